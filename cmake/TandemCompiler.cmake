@@ -1,0 +1,27 @@
+# Compiler settings shared by every target: warnings, ccache, and the helper that declares a
+# tandem library target (one per folder).
+find_program(TANDEM_CCACHE ccache)
+if(TANDEM_CCACHE)
+  set(CMAKE_C_COMPILER_LAUNCHER ${TANDEM_CCACHE})
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${TANDEM_CCACHE})
+  set(CMAKE_CUDA_COMPILER_LAUNCHER ${TANDEM_CCACHE})
+endif()
+
+add_library(tandem_warnings INTERFACE)
+target_compile_options(tandem_warnings INTERFACE
+  $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers>)
+
+# tandem_add_library(NAME SOURCES ... [DEPS ...] [PRIVATE_DEPS ...] [PCH header ...])
+function(tandem_add_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;PRIVATE_DEPS;PCH" ${ARGN})
+  add_library(${name} ${ARG_SOURCES})
+  target_include_directories(${name} PUBLIC $<BUILD_INTERFACE:${TANDEM_SOURCE_ROOT}>
+                                            $<BUILD_INTERFACE:${CMAKE_BINARY_DIR}/generated>)
+  if(TANDEM_FMT_SHIM_DIR)
+    target_include_directories(${name} BEFORE PUBLIC $<BUILD_INTERFACE:${TANDEM_FMT_SHIM_DIR}>)
+  endif()
+  target_link_libraries(${name} PUBLIC ${ARG_DEPS} PRIVATE tandem_warnings ${ARG_PRIVATE_DEPS})
+  if(TANDEM_USE_PCH AND ARG_PCH)
+    target_precompile_headers(${name} PRIVATE ${ARG_PCH})
+  endif()
+endfunction()

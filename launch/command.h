@@ -1,0 +1,48 @@
+// The shape of a `tandem` subcommand: it registers its options on the CLI app and returns the
+// function that runs it once the command line has been parsed. Commands are plain functions in
+// launch/cmd_*.cpp; main() knows nothing about any of them beyond this signature.
+#pragma once
+
+#include <functional>
+
+namespace CLI {
+class App;
+}
+
+namespace tandem::runtime {
+struct ProcessContext;
+}
+
+namespace tandem::launch {
+
+// Job-wide agreement that every rank finished its set-up (config loaded, data found, ...).
+// A command that runs collectives afterwards calls pass() once after its checks; a rank whose
+// set-up threw takes part in the same agreement from the top-level handler instead, so every
+// rank learns of the failure and all exit with the same code rather than hanging.
+class SetupGate {
+ public:
+  virtual ~SetupGate() = default;
+  // Collective over all ranks. Returns when every rank passed; throws PeerSetupFailed when any
+  // rank failed its set-up (that rank logged the reason).
+  virtual void pass() = 0;
+  virtual bool passed() const = 0;
+};
+
+struct PeerSetupFailed {
+  int exit_code;
+};
+
+struct CommandEnv {
+  const runtime::ProcessContext& process;  // rank, world size, host of this process
+  SetupGate& setup;
+};
+
+// Runs the command; returns the process exit code (0 ok, 2 bad input, 1 failure) or throws
+// tandem::Error, which the top-level handler turns into a logged message and that exit code.
+using CommandRunner = std::function<int(const CommandEnv&)>;
+
+// Each registers one subcommand on `app` and returns its runner.
+CommandRunner add_schedule_command(CLI::App& app);     // tandem schedule ...
+CommandRunner add_check_config_command(CLI::App& app); // tandem check-config JOB.yaml
+CommandRunner add_config_reference_command(CLI::App& app);  // tandem config-reference
+}  // namespace tandem::launch

@@ -1,0 +1,68 @@
+// Config sections owned by runtime/: data, checkpoint and logging. Plain data with a field
+// listing (config_schema.h); cross-field rules live in the structs' validate().
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/config_schema.h"
+
+namespace tandem::runtime {
+
+struct DataConfig {
+  std::string path = "data/tiny_corpus";  // prefix of the .bin/.idx pair
+  std::string valid_path;                 // optional separate validation set prefix
+  double valid_fraction = 0.01;           // documents held out when valid_path is empty
+  int64_t seq_length = 128;
+  int64_t micro_batch_size = 4;           // sequences per micro-batch per dp rank
+  int64_t global_batch_size = 16;         // sequences per optimizer step, all dp ranks together
+  std::string tokenizer = "byte";
+
+  template <class V>
+  void visit(V& v) {
+    v("path", path, {.doc = "Dataset prefix: PATH.bin and PATH.idx (Megatron indexed format)"});
+    v("valid_path", valid_path, {.doc = "Validation dataset prefix; empty = hold out valid_fraction of path's documents"});
+    v("valid_fraction", valid_fraction, {.doc = "Fraction of documents held out for evaluation", .min = 0, .max = 0.5});
+    v("seq_length", seq_length, {.doc = "Tokens per training sequence", .min = 2});
+    v("micro_batch_size", micro_batch_size, {.doc = "Sequences per micro-batch on one data-parallel rank", .min = 1});
+    v("global_batch_size", global_batch_size, {.doc = "Sequences per optimizer step over all data-parallel ranks", .min = 1});
+    v("tokenizer", tokenizer, {.doc = "Tokenizer for preprocess and evaluation", .choices = "byte"});
+  }
+};
+
+struct CheckpointConfig {
+  std::string dir;               // empty = <run.output_dir>/checkpoints
+  int64_t interval = 0;          // steps between checkpoints; 0 = only at the end / on signal
+  int64_t keep_last = 3;
+  std::string resume = "auto";   // auto | none | path to a checkpoint directory
+  bool save_on_exit = true;
+
+  template <class V>
+  void visit(V& v) {
+    v("dir", dir, {.doc = "Checkpoint directory; empty = <run.output_dir>/checkpoints"});
+    v("interval", interval, {.doc = "Save every N optimizer steps; 0 = only at the end and on SIGINT/SIGTERM", .min = 0});
+    v("keep_last", keep_last, {.doc = "Checkpoints kept; older ones are deleted after a new one is complete", .min = 1});
+    v("resume", resume, {.doc = "auto (latest valid checkpoint, if any), none, or a checkpoint directory"});
+    v("save_on_exit", save_on_exit, {.doc = "Write a checkpoint when training ends or is stopped by a signal"});
+  }
+};
+
+struct LoggingConfig {
+  std::string level = "info";
+  bool all_ranks = false;
+  int64_t log_interval = 1;
+  bool tensorboard = true;
+  std::vector<int64_t> trace_steps;  // steps whose op timeline is written as a Chrome trace
+
+  template <class V>
+  void visit(V& v) {
+    v("level", level, {.doc = "Log level", .choices = "trace|debug|info|warn|error"});
+    v("all_ranks", all_ranks, {.doc = "Log info lines from every rank, not only rank 0"});
+    v("log_interval", log_interval, {.doc = "Steps between step lines in the log (metrics.jsonl gets every step)", .min = 1});
+    v("tensorboard", tensorboard, {.doc = "Write TensorBoard event files under run.output_dir/tensorboard"});
+    v("trace_steps", trace_steps, {.doc = "Optimizer steps whose per-rank op timeline is recorded (Chrome trace)"});
+  }
+};
+
+}  // namespace tandem::runtime

@@ -14,6 +14,13 @@ target_compile_options(tandem_warnings INTERFACE
 # tandem_add_library(NAME SOURCES ... [DEPS ...] [PRIVATE_DEPS ...] [PCH header ...])
 function(tandem_add_library name)
   cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;PRIVATE_DEPS;PCH" ${ARGN})
+  if(NOT ARG_SOURCES)
+    # A folder whose first sources are still being written: keep the target (others link it).
+    set(placeholder ${CMAKE_BINARY_DIR}/generated/${name}_placeholder.cpp)
+    file(WRITE ${placeholder} "// ${name} has no sources yet\n")
+    set(ARG_SOURCES ${placeholder})
+    set(ARG_PCH "")
+  endif()
   add_library(${name} ${ARG_SOURCES})
   target_include_directories(${name} PUBLIC $<BUILD_INTERFACE:${TANDEM_SOURCE_ROOT}>
                                             $<BUILD_INTERFACE:${CMAKE_BINARY_DIR}/generated>)

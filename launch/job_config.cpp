@@ -39,36 +39,40 @@ void JobConfig::resolve_and_validate(int64_t world_size) {
                           "model.n_routed_experts = {} is not divisible by ep = {}", model.n_routed_experts, parallel.ep);
   }
 
-  // Pipeline: the schedule's own preconditions, and enough layers for every stage.
-  const auto kind = schedule::parse_schedule_kind(parallel.pipeline.schedule);
-  const int64_t num_chunks = schedule::chunks_per_rank(kind, parallel.pipeline.virtual_stages);
-  TANDEM_CONFIG_REQUIRE(kind == schedule::ScheduleKind::kInterleaved || parallel.pipeline.virtual_stages == 1,
-                        "parallel.pipeline.virtual_stages",
-                        "virtual_stages = {} only applies to the interleaved schedule (schedule is {})",
-                        parallel.pipeline.virtual_stages, parallel.pipeline.schedule);
-  try {
-    schedule::check_preconditions(kind, parallel.pp, parallel.pipeline.micro_batches, num_chunks);
-  } catch (const Error& error) {
-    throw config::KeyError("parallel.pipeline", error.message(), error.file(), error.line());
-  }
-  const int64_t num_stages = schedule::num_stages(kind, parallel.pp, num_chunks);
-  TANDEM_CONFIG_REQUIRE(model.num_hidden_layers >= num_stages, "model.num_hidden_layers",
-                        "{} layers cannot fill {} pipeline stages ({} with pp = {}); use fewer stages or more layers",
-                        model.num_hidden_layers, num_stages, parallel.pipeline.schedule, parallel.pp);
-
   // Batch arithmetic: the global batch splits into whole micro-batches on every dp rank.
   const int64_t per_step = data.micro_batch_size * parallel.dp;
   TANDEM_CONFIG_REQUIRE(data.global_batch_size % per_step == 0, "data.global_batch_size",
                         "global_batch_size = {} is not a multiple of micro_batch_size * dp = {} * {} = {}",
                         data.global_batch_size, data.micro_batch_size, parallel.dp, per_step);
-  if (parallel.pp > 1) {
-    const int64_t micro_batches_per_rank = data.global_batch_size / per_step;
-    TANDEM_CONFIG_REQUIRE(micro_batches_per_rank == parallel.pipeline.micro_batches, "parallel.pipeline.micro_batches",
-                          "with pp > 1 every step runs exactly micro_batches = global_batch_size / "
-                          "(micro_batch_size * dp) = {} / ({} * {}) = {}, but micro_batches is {}",
-                          data.global_batch_size, data.micro_batch_size, parallel.dp, micro_batches_per_rank,
-                          parallel.pipeline.micro_batches);
-  }
+  const int64_t micro_batches = data.global_batch_size / per_step;
+  TANDEM_CONFIG_REQUIRE(parallel.pipeline.micro_batches == 0 || parallel.pipeline.micro_batches == micro_batches,
+                        "parallel.pipeline.micro_batches",
+                        "is {}, but global_batch_size / (micro_batch_size * dp) = {} / ({} * {}) = {}; set it to {} "
+                        "or to 0 (derived)",
+                        parallel.pipeline.micro_batches, data.global_batch_size, data.micro_batch_size, parallel.dp,
+                        micro_batches, micro_batches);
+  parallel.pipeline.micro_batches = micro_batches;
+
+  // Pipeline: the schedule's own preconditions, and enough layers for every stage.
+  const auto kind = schedule::parse_schedule_kind(parallel.pipeline.schedule);
+  TANDEM_CONFIG_REQUIRE(kind == schedule::ScheduleKind::kInterleaved || parallel.pipeline.virtual_stages == 1,
+                        "parallel.pipeline.virtual_stages",
+                        "virtual_stages = {} only applies to the interleaved schedule (schedule is {})",
+                        parallel.pipeline.virtual_stages, parallel.pipeline.schedule);
+  const int num_chunks = kind == schedule::ScheduleKind::kInterleaved
+                             ? static_cast<int>(parallel.pipeline.virtual_stages)
+                             : schedule::default_num_chunks(kind);
+  const auto violation = schedule::precondition_violation(kind, static_cast<int>(parallel.pp),
+                                                          static_cast<int>(micro_batches), num_chunks);
+  TANDEM_CONFIG_REQUIRE(!violation, "parallel.pipeline.schedule", "{} (micro_batches = {}, pp = {})",
+                        violation.value_or(""), micro_batches, parallel.pp);
+  const int64_t num_stages =
+      schedule::placement_for(kind, static_cast<int>(parallel.pp), num_chunks, static_cast<int>(micro_batches))
+          .num_stages();
+  TANDEM_CONFIG_REQUIRE(model.num_hidden_layers >= num_stages, "model.num_hidden_layers",
+                        "{} layers cannot fill {} pipeline stages ({} with pp = {}); use fewer stages or more layers",
+                        model.num_hidden_layers, num_stages, parallel.pipeline.schedule, parallel.pp);
+
   TANDEM_CONFIG_REQUIRE(data.seq_length <= model.max_position_embeddings, "data.seq_length",
                         "seq_length = {} exceeds model.max_position_embeddings = {}", data.seq_length,
                         model.max_position_embeddings);

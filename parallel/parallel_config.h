@@ -11,13 +11,16 @@ namespace tandem::parallel {
 
 struct PipelineConfig {
   std::string schedule = "1f1b";  // gpipe | 1f1b | interleaved | zb1p | dualpipe | dualpipev
-  int64_t micro_batches = 1;      // micro-batches per optimizer step and pipeline
+  int64_t micro_batches = 0;      // micro-batches per optimizer step; 0 = derived from the batch
   int64_t virtual_stages = 1;     // chunks per rank for interleaved 1F1B
 
   template <class V>
   void visit(V& v) {
     v("schedule", schedule, {.doc = "Pipeline schedule", .choices = "gpipe|1f1b|interleaved|zb1p|dualpipe|dualpipev"});
-    v("micro_batches", micro_batches, {.doc = "Micro-batches per optimizer step flowing through the pipeline", .min = 1});
+    v("micro_batches", micro_batches,
+      {.doc = "Micro-batches per optimizer step on each data-parallel rank; 0 = global_batch_size / "
+              "(micro_batch_size * dp). When set, it must equal that quotient",
+       .min = 0});
     v("virtual_stages", virtual_stages, {.doc = "Model chunks per pipeline rank (interleaved schedule only)", .min = 1});
   }
 };

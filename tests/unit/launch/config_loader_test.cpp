@@ -1,0 +1,146 @@
+// Job-file loading: every kind of bad input is rejected with a message that names the key, the
+// value and where it was set; overrides, defaults and the printed config round-trip.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <set>
+
+#include "launch/config_loader.h"
+
+namespace tandem::launch {
+namespace {
+
+const std::string kTinyJob = std::string(TANDEM_SOURCE_DIR) + "/configs/tiny_moe.yaml";
+
+// Expects loading to fail with a kConfig error whose message contains every fragment.
+void expect_rejected(const std::string& yaml, const std::vector<std::string>& fragments,
+                     const std::vector<std::string>& overrides = {}, int64_t world = 1) {
+  try {
+    load_job_config_from_string(yaml, "job.yaml", overrides, world);
+    FAIL() << "accepted:\n" << yaml;
+  } catch (const Error& error) {
+    EXPECT_EQ(error.kind(), ErrorKind::kConfig);
+    for (const std::string& fragment : fragments) {
+      EXPECT_NE(std::string(error.what()).find(fragment), std::string::npos)
+          << "missing '" << fragment << "' in: " << error.what();
+    }
+  }
+}
+
+TEST(ConfigLoader, DefaultJobLoadsOnFourRanks) {
+  const JobConfig config = load_job_config(kTinyJob, {}, 4);
+  EXPECT_EQ(config.run.name, "tiny_moe");
+  EXPECT_EQ(config.parallel.pp, 4);
+  EXPECT_EQ(config.parallel.dp, 1);  // derived from the world
+  EXPECT_EQ(config.parallel.pipeline.schedule, "dualpipe");
+  EXPECT_EQ(config.parallel.pipeline.micro_batches, 8);  // derived: 16 / (2 * 1)
+  EXPECT_FALSE(config.model.q_lora_rank.has_value());
+  EXPECT_EQ(config.model.n_routed_experts, 8);
+}
+
+TEST(ConfigLoader, OverridesApplyAndRederive) {
+  const JobConfig config = load_job_config(kTinyJob, {"parallel.pp=2", "parallel.dp=2", "train.steps=20"}, 4);
+  EXPECT_EQ(config.parallel.pp, 2);
+  EXPECT_EQ(config.parallel.dp, 2);
+  EXPECT_EQ(config.train.steps, 20);
+  EXPECT_EQ(config.parallel.pipeline.micro_batches, 4);
+  const JobConfig lists = load_job_config(kTinyJob, {"logging.trace_steps=[3, 4]", "model.q_lora_rank=32"}, 4);
+  EXPECT_EQ(lists.logging.trace_steps, (std::vector<int64_t>{3, 4}));
+  EXPECT_EQ(lists.model.q_lora_rank, 32);
+}
+
+TEST(ConfigLoader, MisspeltKeySuggestsTheRightOne) {
+  expect_rejected("model:\n  hidden_sise: 64\n", {"job.yaml:2", "model.hidden_sise", "unknown key", "did you mean 'hidden_size'"});
+  expect_rejected("paralel:\n  pp: 1\n", {"job.yaml:1", "unknown key", "did you mean 'parallel'"});
+  expect_rejected("run:\n  seed: 1\n", {"unknown key", "parallel.ppp", "--set parallel.ppp=2", "did you mean 'pp'"},
+                  {"parallel.ppp=2"});
+}
+
+TEST(ConfigLoader, WrongTypesNameKeyValueAndLine) {
+  expect_rejected("parallel:\n  tp: 1\n  pp: two\n", {"job.yaml:3", "parallel.pp", "expected an integer, got 'two'"});
+  expect_rejected("parallel:\n  pp: 1.5\n", {"parallel.pp", "expected an integer, got '1.5'"});
+  expect_rejected("optim:\n  lr: fast\n", {"optim.lr", "expected a number, got 'fast'"});
+  expect_rejected("parallel:\n  sequence_parallel: maybe\n", {"parallel.sequence_parallel", "expected a bool"});
+  expect_rejected("model: 5\n", {"job.yaml:1", "model", "expected a section"});
+  expect_rejected("parallel:\n  pp: [1, 2]\n", {"parallel.pp", "got a list or mapping"});
+  expect_rejected("- a\n- b\n", {"must be a mapping"});
+}
+
+TEST(ConfigLoader, OutOfRangeValuesAreRejected) {
+  expect_rejected("model:\n  hidden_size: -64\n", {"job.yaml:2", "model.hidden_size", "must be >= 1 (got -64)"});
+  expect_rejected("parallel:\n  zero: 4\n", {"parallel.zero", "must be <= 3 (got 4)"});
+  expect_rejected("parallel:\n  pipeline:\n    schedule: dualpip\n",
+                  {"job.yaml:3", "parallel.pipeline.schedule", "'dualpip' is not one of", "did you mean 'dualpipe'"});
+  expect_rejected("", {"--set data.seq_length=0", "data.seq_length", "must be >= 2"}, {"data.seq_length=0"});
+}
+
+TEST(ConfigLoader, LayoutsThatDoNotFitTheWorldAreRejected) {
+  expect_rejected("parallel:\n  pp: 3\n", {"job.yaml:2", "parallel.pp", "world of 4 ranks is not divisible by pp*tp"},
+                  {}, 4);
+  expect_rejected("parallel:\n  pp: 1\n  dp: 3\n", {"job.yaml:3", "parallel.dp", "does not match the world of 4"}, {},
+                  4);
+  expect_rejected("parallel:\n  ep: 3\n", {"parallel.ep", "must divide dp*tp"}, {}, 4);
+  expect_rejected("parallel:\n  tp: 4\nmodel:\n  num_attention_heads: 6\n",
+                  {"parallel.tp", "num_attention_heads = 6 is not divisible by tp = 4"}, {}, 4);
+  expect_rejected("parallel:\n  ep: 2\nmodel:\n  n_routed_experts: 5\n  n_group: 1\n",
+                  {"n_routed_experts = 5 is not divisible by ep = 2"}, {}, 2);
+}
+
+TEST(ConfigLoader, ScheduleRulesComeFromTheScheduleLibrary) {
+  // dualpipe needs an even pp and at least 2*pp micro-batches.
+  expect_rejected("parallel:\n  pp: 3\n  pipeline:\n    schedule: dualpipe\ndata:\n  global_batch_size: 12\n  micro_batch_size: 1\n",
+                  {"job.yaml:4", "parallel.pipeline.schedule", "even"}, {}, 3);
+  expect_rejected("parallel:\n  pp: 4\n  pipeline:\n    schedule: dualpipe\ndata:\n  global_batch_size: 4\n  micro_batch_size: 1\n",
+                  {"parallel.pipeline.schedule", "micro_batches = 4"}, {}, 4);
+  expect_rejected("parallel:\n  pipeline:\n    micro_batches: 3\ndata:\n  global_batch_size: 16\n  micro_batch_size: 4\n",
+                  {"job.yaml:3", "parallel.pipeline.micro_batches", "is 3, but global_batch_size"}, {}, 1);
+  expect_rejected("parallel:\n  pp: 2\n  pipeline:\n    virtual_stages: 2\n", {"virtual_stages = 2 only applies"}, {}, 2);
+}
+
+TEST(ConfigLoader, BadOverridesAndSyntaxErrors) {
+  expect_rejected("", {"--set expects key=value"}, {"parallel.pp"});
+  expect_rejected("", {"--set parallel.pp.x=1", "is a value, not a section"}, {"parallel.pp=2", "parallel.pp.x=1"});
+  expect_rejected("model:\n  hidden_size: [1, 2\n", {"job.yaml:", "YAML syntax error"});
+  try {
+    load_job_config("/nonexistent/job.yaml", {}, 1);
+    FAIL();
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("cannot open job file '/nonexistent/job.yaml'"), std::string::npos);
+  }
+}
+
+TEST(ConfigLoader, PrintedConfigLoadsBackToTheSameConfig) {
+  const JobConfig config = load_job_config(kTinyJob, {"model.q_lora_rank=16", "logging.trace_steps=[2]"}, 4);
+  const std::string printed = job_config_to_yaml(config);
+  const JobConfig again = load_job_config_from_string(printed, "printed.yaml", {}, 4);
+  EXPECT_EQ(job_config_to_yaml(again), printed);
+  EXPECT_NE(printed.find("q_lora_rank: 16"), std::string::npos);
+}
+
+TEST(ConfigLoader, ReferenceDocumentsEveryKey) {
+  const std::string reference = job_config_reference_markdown();
+  const std::vector<std::string> keys = job_config_keys();
+  EXPECT_GT(keys.size(), 80u);
+  std::set<std::string> unique(keys.begin(), keys.end());
+  EXPECT_EQ(unique.size(), keys.size());
+  for (const std::string& key : keys) {
+    EXPECT_NE(reference.find("`" + key + "`"), std::string::npos) << key;
+  }
+  // The names in DESIGN.md section 9 are a contract.
+  for (const char* contract : {"run.output_dir", "run.seed", "train.steps", "parallel.pp", "parallel.dp", "parallel.tp",
+                               "parallel.ep", "parallel.zero", "parallel.order", "parallel.pipeline.schedule",
+                               "parallel.pipeline.micro_batches", "parallel.pipeline.virtual_stages"}) {
+    EXPECT_TRUE(unique.count(contract)) << contract;
+  }
+}
+
+TEST(ConfigLoader, ExampleConfigsAreValid) {
+  const std::string dir = std::string(TANDEM_SOURCE_DIR) + "/configs/";
+  const JobConfig v3 = load_job_config(dir + "deepseek_v3_671b.yaml", {}, 2048);
+  EXPECT_EQ(v3.parallel.dp, 128);
+  EXPECT_EQ(v3.parallel.pipeline.micro_batches, 120);  // 15360 / (1 * 128)
+  EXPECT_NO_THROW(load_job_config(dir + "moe_16e_gpu.yaml", {}, 1));
+}
+
+}  // namespace
+}  // namespace tandem::launch

@@ -7,6 +7,10 @@ if(TANDEM_CCACHE)
   set(CMAKE_CUDA_COMPILER_LAUNCHER ${TANDEM_CCACHE})
 endif()
 
+# __FILE__ relative to the source root: error messages read "runtime/error.cpp:12" wherever the
+# checkout lives, and ccache hits across checkouts.
+add_compile_options($<$<COMPILE_LANGUAGE:CXX>:-fmacro-prefix-map=${CMAKE_SOURCE_DIR}/=>)
+
 add_library(tandem_warnings INTERFACE)
 target_compile_options(tandem_warnings INTERFACE
   $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers>)

@@ -1,8 +1,6 @@
 // Out-of-line pieces of tandem::Error: kept here so the throw sites stay small and cold.
 #include "runtime/error.h"
 
-#include <cstring>
-
 namespace tandem {
 
 std::string_view error_kind_name(ErrorKind kind) {
@@ -24,18 +22,9 @@ int exit_code_for(ErrorKind kind) {
   return (kind == ErrorKind::kConfig || kind == ErrorKind::kInput) ? 2 : 1;
 }
 
-namespace {
-// Paths in messages are relative to the source root: long absolute build paths add nothing.
-const char* short_path(const char* file) {
-  for (const char* marker : {"/runtime/", "/parallel/", "/schedule/", "/model/", "/launch/", "/tests/"}) {
-    if (const char* hit = std::strstr(file, marker)) return hit + 1;
-  }
-  return file;
-}
-}  // namespace
 
 Error::Error(ErrorKind kind, std::string message, const char* file, int line)
-    : std::runtime_error(message), kind_(kind), message_(std::move(message)), file_(short_path(file)), line_(line) {
+    : std::runtime_error(message), kind_(kind), message_(std::move(message)), file_(file), line_(line) {
   compose_what();
 }
 

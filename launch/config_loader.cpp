@@ -124,8 +124,10 @@ void decode(const Source& source, const std::string& key, const YAML::Node& node
     const std::string shown = node.IsScalar() ? "'" + node.Scalar() + "'" : std::string("a list or mapping");
     T value{};
     if (!node.IsScalar() || !YAML::convert<T>::decode(node, value)) {
-      fail(source, key, node, fmt::format("expected {} {}, got {}", std::is_same_v<T, bool> ? "a" : "an",
-                                          type_name<T>() == "integer" ? "integer" : type_name<T>(), shown));
+      const std::string expected = std::is_same_v<T, bool> ? "true or false"
+                                   : std::is_integral_v<T>   ? "an integer"
+                                                             : "a number";
+      fail(source, key, node, fmt::format("expected {}, got {}", expected, shown));
     }
     if constexpr (std::is_floating_point_v<T>) {
       if (!std::isfinite(value)) fail(source, key, node, fmt::format("expected a finite number, got {}", shown));
@@ -158,13 +160,15 @@ void check_bounds(const Source& source, const std::string& key, const YAML::Node
 // Binds one mapping of the YAML tree to one config struct.
 class Binder {
  public:
+  // `node` may be undefined (a section the file leaves out): every field keeps its default.
   Binder(YAML::Node node, std::string prefix, const Source& source)
-      : node_(std::move(node)), prefix_(std::move(prefix)), source_(source) {}
+      : node_(std::move(node)), is_map_(node_.IsDefined() && node_.IsMap()), prefix_(std::move(prefix)),
+        source_(source) {}
 
   template <class T>
   void operator()(const char* name, T& field, const config::FieldInfo& info) {
     known_.emplace_back(name);
-    if (!node_.IsMap()) return;
+    if (!is_map_) return;
     const YAML::Node child = std::as_const(node_)[name];
     if (!child.IsDefined()) return;
     const std::string key = prefix_ + name;
@@ -175,8 +179,12 @@ class Binder {
   template <class S>
   void section(const char* name, S& sub, const char* /*doc*/) {
     known_.emplace_back(name);
-    YAML::Node child;
-    if (node_.IsMap()) child.reset(std::as_const(node_)[name]);
+    YAML::Node child(YAML::NodeType::Undefined);
+    if (is_map_) {
+      // A missing key yields an invalid node that yaml-cpp refuses to rebind; keep `child` undefined.
+      const YAML::Node found = std::as_const(node_)[name];
+      if (found.IsDefined()) child.reset(found);
+    }
     const std::string key = prefix_ + name;
     if (child.IsDefined() && !child.IsMap() && !child.IsNull()) {
       fail(source_, key, child, "expected a section (a mapping of keys), got a single value or a list");
@@ -187,7 +195,7 @@ class Binder {
   }
 
   void reject_unknown_keys() const {
-    if (!node_.IsMap()) return;
+    if (!is_map_) return;
     for (const auto& entry : node_) {
       const std::string name = entry.first.Scalar();
       if (std::find(known_.begin(), known_.end(), name) == known_.end()) {
@@ -199,6 +207,7 @@ class Binder {
 
  private:
   YAML::Node node_;
+  bool is_map_;
   std::string prefix_;
   const Source& source_;
   std::vector<std::string> known_;
@@ -238,7 +247,7 @@ void apply_override(YAML::Node& root, const std::string& text, Source& source) {
 YAML::Node find_node(const YAML::Node& root, const std::string& key) {
   YAML::Node current(root);
   for (const std::string& part : split(key, '.')) {
-    if (!current.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
+    if (!current.IsDefined() || !current.IsMap()) return YAML::Node(YAML::NodeType::Undefined);
     const YAML::Node child = std::as_const(current)[part];
     if (!child.IsDefined()) return YAML::Node(YAML::NodeType::Undefined);
     current.reset(child);

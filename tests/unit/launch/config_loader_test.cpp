@@ -60,7 +60,7 @@ TEST(ConfigLoader, WrongTypesNameKeyValueAndLine) {
   expect_rejected("parallel:\n  tp: 1\n  pp: two\n", {"job.yaml:3", "parallel.pp", "expected an integer, got 'two'"});
   expect_rejected("parallel:\n  pp: 1.5\n", {"parallel.pp", "expected an integer, got '1.5'"});
   expect_rejected("optim:\n  lr: fast\n", {"optim.lr", "expected a number, got 'fast'"});
-  expect_rejected("parallel:\n  sequence_parallel: maybe\n", {"parallel.sequence_parallel", "expected a bool"});
+  expect_rejected("parallel:\n  sequence_parallel: maybe\n", {"parallel.sequence_parallel", "expected true or false, got 'maybe'"});
   expect_rejected("model: 5\n", {"job.yaml:1", "model", "expected a section"});
   expect_rejected("parallel:\n  pp: [1, 2]\n", {"parallel.pp", "got a list or mapping"});
   expect_rejected("- a\n- b\n", {"must be a mapping"});

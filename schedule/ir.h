@@ -121,8 +121,9 @@ Placement placement_for(ScheduleKind kind, int num_ranks, int num_chunks, int nu
 enum class TensorKind : std::uint8_t { kActivation, kGradient };
 std::string_view tensor_kind_name(TensorKind kind);  // "activation", "gradient"
 
-// One message between two ranks. Messages are matched by (tensor, mb, from_stage), i.e. they are
-// tagged: an executor must not rely on FIFO order between a pair of ranks.
+// One message between two ranks, identified by (tensor, mb, from_stage). Between two ranks the
+// activations and the gradients may cross (DualPipe), so an executor matches messages by that
+// identity or keeps one FIFO channel per (peer, tensor kind); see channel_order_problem().
 struct Transfer {
   TensorKind tensor = TensorKind::kActivation;
   int peer = 0;        // the rank on the other side

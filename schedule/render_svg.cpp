@@ -160,7 +160,8 @@ void draw_axis(double span, double px, double y, std::string& out) {
                      kLeft + span * px, y + 30);
 }
 
-void draw_legend(ScheduleKind kind, double y, std::string& out) {
+// Returns the x where the legend ends (text widths estimated at 6.2 px per character).
+double draw_legend(ScheduleKind kind, double y, std::string& out) {
   double x = kLeft;
   auto swatch = [&](OpKind k, std::string_view label) {
     out += fmt::format(
@@ -186,7 +187,9 @@ void draw_legend(ScheduleKind kind, double y, std::string& out) {
   if (kind == ScheduleKind::kInterleaved) shade = "darker: later chunks";
   if (!shade.empty()) {
     out += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"11\" fill=\"#555\">{}</text>\n", x, y + 11, shade);
+    x += 6.2 * static_cast<double>(shade.size());
   }
+  return x;
 }
 
 }  // namespace
@@ -209,7 +212,12 @@ std::string render_svg(std::span<const RunView> runs, std::string_view title) {
   const bool groups = runs.size() > 1;
   const double plot_h = rows * (kRowH + kRowGap) + static_cast<double>(runs.size()) * kGroupGap +
                         (groups ? static_cast<double>(runs.size()) * kGroupTitleH : 0);
-  const double width = std::max(kLeft + span * px + kRight, 900.0);
+  const double axis_y = kTitleH + plot_h - kGroupGap + 4;
+  std::string legend;
+  const double legend_end =
+      draw_legend(runs.empty() ? ScheduleKind::k1F1B : runs.front().schedule->kind, axis_y + kAxisH + 4, legend);
+  const double title_end = kLeft + 8.5 * static_cast<double>(title.size());
+  const double width = std::max({kLeft + span * px + kRight, legend_end + kRight, title_end + kRight});
   const double height = kTitleH + plot_h + kAxisH + kLegendH;
 
   std::string out;
@@ -219,12 +227,11 @@ std::string render_svg(std::span<const RunView> runs, std::string_view title) {
       width, height);
   out += "<rect x=\"0\" y=\"0\" width=\"100%\" height=\"100%\" fill=\"#ffffff\"/>\n";
   out += fmt::format("<text x=\"{}\" y=\"26\" font-size=\"15\" font-weight=\"bold\">{}</text>\n", kLeft, escape(title));
-  const double axis_y = kTitleH + plot_h - kGroupGap + 4;
   draw_grid(span, px, kTitleH, axis_y, out);
   SvgWriter writer(px, kTitleH);
   for (const RunView& run : runs) writer.run(run, groups, out);
   draw_axis(span, px, axis_y, out);
-  draw_legend(runs.empty() ? ScheduleKind::k1F1B : runs.front().schedule->kind, axis_y + kAxisH + 4, out);
+  out += legend;
   out += "</svg>\n";
   return out;
 }

@@ -5,6 +5,8 @@
 #include "schedule/validator.h"
 
 #include <cstdint>
+#include <map>
+#include <tuple>
 
 #include <spdlog/fmt/fmt.h>
 
@@ -266,6 +268,33 @@ void check_valid(const Schedule& schedule, ErrorKind kind) {
               fmt::format("{} schedule (pp={}, micro_batches={}) is invalid:\n{}", schedule_kind_name(schedule.kind),
                           schedule.num_ranks, schedule.num_microbatches, report.summary()),
               __FILE__, __LINE__);
+}
+
+std::optional<std::string> channel_order_problem(const Schedule& schedule) {
+  // (sender, receiver, tensor) -> messages (mb, from_stage) in posting order, for each side.
+  using Channel = std::tuple<int, int, TensorKind>;
+  std::map<Channel, std::vector<std::pair<int, int>>> sent, received;
+  for (int r = 0; r < schedule.num_ranks; ++r) {
+    for (const Op& op : schedule.ranks[static_cast<std::size_t>(r)]) {
+      const OpComm comm = op_comm(schedule.placement, r, op);
+      for (const Transfer& t : comm.recvs()) received[{t.peer, r, t.tensor}].emplace_back(t.mb, t.from_stage);
+      for (const Transfer& t : comm.sends()) sent[{r, t.peer, t.tensor}].emplace_back(t.mb, t.from_stage);
+    }
+  }
+  for (const auto& [channel, sends] : sent) {
+    const auto& recvs = received[channel];
+    const auto [src, dst, tensor] = channel;
+    for (std::size_t i = 0; i < sends.size() || i < recvs.size(); ++i) {
+      if (i < sends.size() && i < recvs.size() && sends[i] == recvs[i]) continue;
+      auto describe = [](const std::vector<std::pair<int, int>>& list, std::size_t at) {
+        return at < list.size() ? fmt::format("mb {} from stage {}", list[at].first, list[at].second)
+                                : std::string("nothing");
+      };
+      return fmt::format("{} channel rank {} -> rank {}: message {} sent is {}, received is {}",
+                         tensor_kind_name(tensor), src, dst, i, describe(sends, i), describe(recvs, i));
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace tandem::schedule

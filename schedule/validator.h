@@ -15,6 +15,7 @@
 // runs only when the earlier ones passed, so the report names causes rather than consequences.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -49,5 +50,13 @@ ValidationReport validate(const Schedule& schedule);
 // validate() and throw tandem::Error(kind) with the summary when it fails. Use kInput for a
 // user's schedule, kInternal for a generated one.
 void check_valid(const Schedule& schedule, ErrorKind kind = ErrorKind::kInput);
+
+// For an executor that matches messages first-in-first-out instead of by tag: whether, for every
+// (sender, receiver, tensor kind), the sender's sends come in the order of the receiver's
+// receives (each rank posting its receives and sends in list order). Every generated schedule
+// has this property (tested); activations and gradients between the same two ranks may still
+// cross (DualPipe, DualPipeV), so one FIFO channel per peer is not enough, one per (peer, tensor
+// kind) is. Returns the first channel where the orders differ. Precondition: validate() passed.
+std::optional<std::string> channel_order_problem(const Schedule& schedule);
 
 }  // namespace tandem::schedule

@@ -4,6 +4,7 @@
 
 #include "runtime/error.h"
 #include "schedule/generators.h"
+#include "schedule/json_io.h"
 #include "schedule/render.h"
 #include "schedule/validator.h"
 #include "schedule_test_util.h"
@@ -114,6 +115,29 @@ TEST(ScheduleGenerators, GridIsValidAndEachOpAppearsOnce) {
   }
   // gpipe/1f1b/zb1p: 3 * 16 * 64; interleaved: 3 chunk counts * (M divisible by P); dualpipe(v).
   EXPECT_GT(generated, 3500);
+}
+
+// The executor may use one FIFO channel per (peer, tensor kind): every generated schedule sends
+// each kind of tensor between two ranks in the order the receiver receives it. (One channel per
+// peer would not do: DualPipe's activations and gradients between two ranks cross.)
+TEST(ScheduleGenerators, PerTensorChannelsAreFifo) {
+  for (ScheduleKind kind : kAllScheduleKinds) {
+    for (int p = 1; p <= 8; ++p) {
+      for (int m = 1; m <= 32; ++m) {
+        const int v = kind == ScheduleKind::kInterleaved ? 3 : 0;
+        if (precondition_violation(kind, p, m, v)) continue;
+        const Schedule s = generate(kind, p, m, v);
+        const auto problem = channel_order_problem(s);
+        ASSERT_FALSE(problem.has_value()) << schedule_kind_name(kind) << " P=" << p << " M=" << m << ": " << *problem;
+      }
+    }
+  }
+  // A hand-made order that crosses two activations on one channel is reported.
+  const Schedule crossed = schedule_from_ops("0: F0 F1 BW0 BW1\n1: F1 F0 BW0 BW1\n", ScheduleKind::k1F1B, 2);
+  const auto problem = channel_order_problem(crossed);
+  ASSERT_TRUE(problem.has_value());
+  EXPECT_EQ(*problem, "activation channel rank 0 -> rank 1: message 0 sent is mb 0 from stage 0, received is mb 1 "
+                      "from stage 0");
 }
 
 TEST(ScheduleGenerators, OneRankWorksWhereItMakesSense) {

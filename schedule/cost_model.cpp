@@ -162,9 +162,11 @@ CostModel cost_model_from_samples(std::span<const OpSample> samples, const OpCos
   OpCosts base = fallback;
   base.f_a2a = base.b_a2a = 0;
   CostModel model(base, p2p_latency);
-  for (const auto& [slot, means] : per_slot) {
+  for (const auto& entry : per_slot) {
+    const std::pair<int, int>& slot = entry.first;
+    const std::array<Mean, 5>& means = entry.second;
     OpCosts c = base;
-    auto mean = [&](std::size_t i) { return means[i].sum / means[i].count; };
+    auto mean = [&means](std::size_t i) { return means[i].sum / means[i].count; };
     if (means[0].count) c.f = mean(0);
     if (means[1].count) c.b = mean(1);
     if (means[2].count) c.w = mean(2);

@@ -3,6 +3,8 @@
 // paper's style of figure). Chrome and SVG also take several runs (e.g. simulated next to
 // measured) and draw them as separate groups of tracks with their titles. All return strings
 // (pure functions of their inputs); write_output() sends one to a file or stream.
+// Precondition everywhere: `result` came from simulate() or summarize() of the same schedule, so
+// result.timeline has the schedule's shape.
 #pragma once
 
 #include <ostream>

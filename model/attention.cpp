@@ -1,0 +1,36 @@
+// Multi-head / grouped-query attention: q/k/v/o projections, rotary on q and k, causal
+// scaled-dot-product attention. KV heads are repeated to the query heads before SDPA (whole
+// tensors, no per-head loop).
+#include "model/detail/attention.h"
+
+#include "runtime/error.h"
+
+namespace tandem::model::detail {
+
+GqaAttentionImpl::GqaAttentionImpl(const ModelConfig& c)
+    : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.gqa_head_dim()) {
+  scale_ = attention_softmax_scale(c, head_dim_);
+  q_proj = register_module("q_proj", SplitLinear(c.hidden_size, heads_ * head_dim_));
+  k_proj = register_module("k_proj", SplitLinear(c.hidden_size, kv_heads_ * head_dim_));
+  v_proj = register_module("v_proj", SplitLinear(c.hidden_size, kv_heads_ * head_dim_));
+  o_proj = register_module("o_proj", SplitLinear(heads_ * head_dim_, c.hidden_size));
+}
+
+at::Tensor GqaAttentionImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
+  const int64_t b = x.size(0), t = x.size(1);
+  auto heads_first = [&](const at::Tensor& y, int64_t h) {  // [B, T, h*hd] -> [B, h, T, hd]
+    return y.view({b, t, h, head_dim_}).transpose(1, 2);
+  };
+  at::Tensor q = apply_rope(heads_first(q_proj->forward(x, ctx), heads_), ctx.rope);     // [B, H, T, hd]
+  at::Tensor k = apply_rope(heads_first(k_proj->forward(x, ctx), kv_heads_), ctx.rope);  // [B, KV, T, hd]
+  at::Tensor v = heads_first(v_proj->forward(x, ctx), kv_heads_);                        // [B, KV, T, hd]
+  if (kv_heads_ != heads_) {
+    const int64_t groups = heads_ / kv_heads_;
+    k = k.repeat_interleave(groups, 1);  // [B, H, T, hd]
+    v = v.repeat_interleave(groups, 1);
+  }
+  const at::Tensor o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale_);  // [B, H, T, hd]
+  return o_proj->forward(o.transpose(1, 2).reshape({b, t, heads_ * head_dim_}), ctx);               // [B, T, C]
+}
+
+}  // namespace tandem::model::detail

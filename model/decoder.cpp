@@ -1,0 +1,63 @@
+// Decoder layer: x += attn(input_layernorm(x)); x += ffn(post_attention_layernorm(x)), the ffn
+// a dense SwiGLU for the first first_k_dense_replace layers and MoE after. MTP module: the
+// combination projection in front of one such layer (MODEL.md, multi-token prediction).
+#include "model/detail/decoder.h"
+
+#include "runtime/error.h"
+
+namespace tandem::model::detail {
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) : layer_(layer) {
+  input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps);
+  post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps);
+  if (c.attention_type == "gqa") {
+    gqa = GqaAttention(c);
+  } else {
+    mla = MlaAttention(c);
+  }
+  if (c.is_moe_layer(layer)) {
+    moe = MoE(c, layer);
+  } else {
+    mlp = SwiGLU(c.hidden_size, c.intermediate_size);
+  }
+  register_children_on(*this);
+}
+
+void DecoderLayerImpl::register_children_on(torch::nn::Module& owner) {
+  owner.register_module("input_layernorm", input_layernorm);
+  if (gqa) owner.register_module("self_attn", gqa);
+  if (mla) owner.register_module("self_attn", mla);
+  owner.register_module("post_attention_layernorm", post_attention_layernorm);
+  if (mlp) owner.register_module("mlp", mlp);
+  if (moe) owner.register_module("mlp", moe);
+}
+
+at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
+  const at::Tensor normed = input_layernorm->forward(x);                                // [B, T, C]
+  const at::Tensor h = x + (mla ? mla->forward(normed, ctx) : gqa->forward(normed, ctx));  // [B, T, C]
+  const at::Tensor normed2 = post_attention_layernorm->forward(h);
+  return h + (moe ? moe->forward(normed2, ctx) : mlp->forward(normed2, ctx));  // [B, T, C]
+}
+
+MtpModuleImpl::MtpModuleImpl(const ModelConfig& c, int64_t depth) : depth_(depth) {
+  TANDEM_CHECK(depth >= 1 && depth <= c.num_nextn_predict_layers, "MTP depth {} outside [1, {}]", depth,
+               c.num_nextn_predict_layers);
+  enorm = register_module("enorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  hnorm = register_module("hnorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  eh_proj = register_module("eh_proj", SplitLinear(2 * c.hidden_size, c.hidden_size));
+  auto shared_head = register_module("shared_head", std::make_shared<torch::nn::Module>());
+  head_norm = shared_head->register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
+  // The block's parameters live flat under model.layers.{N+k-1}. (HF layout), so the block is
+  // not registered as a child; its children are.
+  block = DecoderLayer(c, c.num_hidden_layers + depth - 1);
+  block->register_children_on(*this);
+}
+
+at::Tensor MtpModuleImpl::forward(const at::Tensor& prev, const at::Tensor& emb, ForwardContext& ctx) {
+  TANDEM_CHECK(prev.sizes() == emb.sizes(), "MTP inputs differ: hidden {} vs embedding {}", c10::str(prev.sizes()),
+               c10::str(emb.sizes()));
+  const at::Tensor combined = at::cat({enorm->forward(emb), hnorm->forward(prev)}, -1);  // [B, T', 2C]
+  return block->forward(eh_proj->forward(combined, ctx), ctx);                           // [B, T', C]
+}
+
+}  // namespace tandem::model::detail

@@ -1,0 +1,52 @@
+// Internal decoder layer (pre-norm attention + dense MLP or MoE) and MTP module (MODEL.md).
+// Module names are the HF names below "model.layers.{i}.".
+#pragma once
+
+#include "model/detail/attention.h"
+#include "model/detail/moe.h"
+
+namespace tandem::model::detail {
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  // `layer` is the global index (N..N+D-1 for MTP blocks), deciding dense vs MoE.
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer);
+  at::Tensor forward(const at::Tensor& x, ForwardContext& ctx);  // [B, T, C] -> [B, T, C]
+
+  // Registers this layer's children on `owner` under their HF names (MTP modules store the
+  // block flat, next to enorm/hnorm/eh_proj).
+  void register_children_on(torch::nn::Module& owner);
+
+  int64_t layer_index() const { return layer_; }
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  GqaAttention gqa{nullptr};
+  MlaAttention mla{nullptr};
+  SwiGLU mlp{nullptr};  // dense layers
+  MoE moe{nullptr};     // MoE layers
+
+ private:
+  int64_t layer_;
+};
+TORCH_MODULE(DecoderLayer);
+
+// MTP depth k: h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]) -> decoder block ->
+// h^k; the logits come from the shared head after shared_head.norm. The [embedding; hidden]
+// column order of eh_proj is the one of DeepSeek's released MTP weights (enorm, hnorm).
+class MtpModuleImpl : public torch::nn::Module {
+ public:
+  MtpModuleImpl(const ModelConfig& config, int64_t depth);
+  // prev [B, T', C] (h^{k-1} truncated to the T' = T-k valid positions), emb [B, T', C] -> h^k.
+  at::Tensor forward(const at::Tensor& prev, const at::Tensor& emb, ForwardContext& ctx);
+  at::Tensor head_input(const at::Tensor& h) { return head_norm->forward(h); }  // shared_head.norm
+
+  int64_t depth() const { return depth_; }
+  RMSNorm enorm{nullptr}, hnorm{nullptr}, head_norm{nullptr};
+  SplitLinear eh_proj{nullptr};
+  DecoderLayer block{nullptr};
+
+ private:
+  int64_t depth_;
+};
+TORCH_MODULE(MtpModule);
+
+}  // namespace tandem::model::detail

@@ -1,0 +1,48 @@
+// Stage::Impl: the modules one pipeline stage holds and its forward. Model::make_stages builds
+// several Impls over the same module objects (sharing parameters), Stage::build fresh ones.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/detail/decoder.h"
+#include "model/stage.h"
+
+namespace tandem::model {
+
+struct Stage::Impl {
+  ModelConfig config;
+  StageSpec spec;
+  ParallelGroups groups;
+  std::shared_ptr<WeightGradQueue> queue = std::make_shared<WeightGradQueue>();
+
+  detail::TokenEmbedding embed{nullptr};  // stage 0; a copy on the last stage when it needs one
+  std::vector<detail::DecoderLayer> layers;  // global indices spec.layer_begin ..
+  detail::RMSNorm norm{nullptr};             // last stage
+  detail::SplitLinear head{nullptr};         // last stage, null when tied
+  std::vector<detail::MtpModule> mtp;        // last stage, depths 1..D
+  // Registers every module above, so train()/to() reach them all (names here are internal).
+  std::shared_ptr<torch::nn::Module> root = std::make_shared<torch::nn::Module>("Stage");
+
+  // Creates the modules of `spec` (uninitialized) and registers them on root.
+  void create_modules();
+  // Fills every parameter from (seed, HF name, full shape); norms start at 1.
+  void initialize(uint64_t seed);
+  // Registers the existing module pointers on root (after they were set from outside).
+  void register_on_root();
+
+  bool needs_embedding() const;
+  const at::Tensor& head_weight() const { return head ? head->weight : embed->weight; }
+  detail::RopeTables rope_tables(int64_t length, at::ScalarType dtype, at::Device device) const;
+  // MoE layers of this stage (main layers, then MTP blocks) with their global layer index.
+  std::vector<std::pair<int64_t, detail::MoE>> moe_layers() const;
+
+  std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
+  std::vector<std::pair<std::string, at::Tensor>> named_buffers() const;
+
+  StageOutput forward(const StageInput& input);
+  at::Tensor main_logits(const at::Tensor& tokens);  // [B, T] -> [B, T, V]; stage spanning the model only
+};
+
+}  // namespace tandem::model

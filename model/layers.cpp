@@ -1,0 +1,112 @@
+// RMSNorm, SwiGLU and rotary embedding with YaRN (MODEL.md). Numerics: norm statistics and
+// rotary tables are computed in at least fp32 (tables in float64, then cast), so a bf16 model
+// does not lose the rotary phase at long positions.
+#include <cmath>
+#include <numbers>
+
+#include "model/detail/layers.h"
+#include "runtime/error.h"
+
+namespace tandem::model::detail {
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const at::ScalarType compute = at::promote_types(x.scalar_type(), at::kFloat);
+  const at::Tensor xf = x.to(compute);                                    // [..., d]
+  const at::Tensor inv_rms = at::rsqrt(xf.pow(2).mean(-1, true) + eps);  // [..., 1]
+  return (xf * inv_rms).to(x.scalar_type()) * weight;
+}
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::empty({dim}));
+}
+
+TokenEmbeddingImpl::TokenEmbeddingImpl(int64_t vocab_size, int64_t dim) {
+  weight = register_parameter("weight", torch::empty({vocab_size, dim}));
+}
+
+SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t width) {
+  gate_proj = register_module("gate_proj", SplitLinear(dim, width));
+  up_proj = register_module("up_proj", SplitLinear(dim, width));
+  down_proj = register_module("down_proj", SplitLinear(width, dim));
+}
+
+at::Tensor SwiGLUImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
+  const at::Tensor hidden = at::silu(gate_proj->forward(x, ctx)) * up_proj->forward(x, ctx);  // [..., width]
+  return down_proj->forward(hidden, ctx);
+}
+
+namespace {
+
+double yarn_mscale(double factor, double m) { return factor <= 1.0 ? 1.0 : 0.1 * m * std::log(factor) + 1.0; }
+
+bool yarn_on(const ModelConfig& c) { return c.rope_scaling.type == "yarn" && c.rope_scaling.factor > 1.0; }
+
+// Frequency index whose wavelength fits `rotations` times into the original context:
+// 2 pi theta^(2i/d) = L / rotations  =>  i = d ln(L / (2 pi rotations)) / (2 ln theta).
+double correction_dim(double rotations, int64_t dim, double theta, double original_len) {
+  return static_cast<double>(dim) * std::log(original_len / (rotations * 2.0 * std::numbers::pi)) /
+         (2.0 * std::log(theta));
+}
+
+}  // namespace
+
+at::Tensor rope_inv_freq(const ModelConfig& c, int64_t rope_dim) {
+  TANDEM_CHECK(rope_dim % 2 == 0, "rotary width {} must be even", rope_dim);
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor index = at::arange(0, rope_dim / 2, opts);                        // [d/2]
+  const at::Tensor base = at::pow(c.rope_theta, index * (-2.0 / rope_dim));           // theta^(-2i/d)
+  if (!yarn_on(c)) return base;
+  const auto& y = c.rope_scaling;
+  const double original = static_cast<double>(y.original_max_position_embeddings);
+  double low = std::floor(correction_dim(y.beta_fast, rope_dim, c.rope_theta, original));
+  double high = std::ceil(correction_dim(y.beta_slow, rope_dim, c.rope_theta, original));
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(rope_dim - 1));
+  if (high == low) high += 0.001;  // avoid a zero-width ramp
+  // ramp 0 below `low` (short wavelengths: keep), 1 above `high` (long: divide by factor).
+  const at::Tensor ramp = ((index - low) / (high - low)).clamp(0.0, 1.0);
+  return base * (1.0 - ramp) + (base / y.factor) * ramp;
+}
+
+double rope_amplitude(const ModelConfig& c) {
+  if (!yarn_on(c)) return 1.0;
+  return yarn_mscale(c.rope_scaling.factor, c.rope_scaling.mscale) /
+         yarn_mscale(c.rope_scaling.factor, c.rope_scaling.mscale_all_dim);
+}
+
+double attention_softmax_scale(const ModelConfig& c, int64_t qk_head_dim) {
+  double scale = 1.0 / std::sqrt(static_cast<double>(qk_head_dim));
+  if (yarn_on(c)) {
+    const double m = yarn_mscale(c.rope_scaling.factor, c.rope_scaling.mscale_all_dim);
+    scale *= m * m;
+  }
+  return scale;
+}
+
+RopeTables make_rope_tables(const ModelConfig& c, int64_t rope_dim, int64_t length, at::ScalarType dtype,
+                            at::Device device) {
+  const at::Tensor positions = at::arange(0, length, at::TensorOptions().dtype(at::kDouble));  // [T]
+  const at::Tensor angles = at::outer(positions, rope_inv_freq(c, rope_dim));                 // [T, d/2]
+  const double amplitude = rope_amplitude(c);
+  const auto to = at::TensorOptions().dtype(dtype).device(device);
+  return {(at::cos(angles) * amplitude).to(to), (at::sin(angles) * amplitude).to(to)};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope) {
+  const int64_t t = x.size(-2);
+  const int64_t d = x.size(-1);
+  TANDEM_CHECK(rope.cos.size(0) >= t && rope.cos.size(1) * 2 == d, "rotary tables [{}, {}] do not fit x [..., {}, {}]",
+               rope.cos.size(0), rope.cos.size(1), t, d);
+  const at::Tensor cos = rope.cos.narrow(0, 0, t);  // [T, d/2]
+  const at::Tensor sin = rope.sin.narrow(0, 0, t);
+  std::vector<int64_t> pair_shape = x.sizes().vec();
+  pair_shape.back() = d / 2;
+  pair_shape.push_back(2);
+  const at::Tensor pairs = x.reshape(pair_shape);  // [..., T, d/2, 2]
+  const at::Tensor even = pairs.select(-1, 0);     // [..., T, d/2]
+  const at::Tensor odd = pairs.select(-1, 1);
+  const at::Tensor rotated = at::stack({even * cos - odd * sin, even * sin + odd * cos}, -1);  // [..., T, d/2, 2]
+  return rotated.flatten(-2);                                                                  // [..., T, d]
+}
+
+}  // namespace tandem::model::detail

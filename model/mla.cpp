@@ -1,0 +1,57 @@
+// Multi-head latent attention (MODEL.md): queries through an optional low-rank bottleneck,
+// keys/values from a shared compressed latent c_kv plus one rotary key shared by all heads.
+// The training form: k_nope and v are materialized per head from kv_b_proj (the absorbed form
+// is an inference optimization and is not needed here).
+#include "model/detail/attention.h"
+
+#include "runtime/error.h"
+
+namespace tandem::model::detail {
+
+MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& c)
+    : heads_(c.num_attention_heads),
+      nope_dim_(c.qk_nope_head_dim),
+      rope_dim_(c.qk_rope_head_dim),
+      v_dim_(c.v_head_dim),
+      kv_rank_(c.kv_lora_rank) {
+  scale_ = attention_softmax_scale(c, nope_dim_ + rope_dim_);
+  const int64_t q_width = heads_ * (nope_dim_ + rope_dim_);
+  if (c.q_lora_rank) {
+    q_a_proj = register_module("q_a_proj", SplitLinear(c.hidden_size, *c.q_lora_rank));
+    q_a_layernorm = register_module("q_a_layernorm", RMSNorm(*c.q_lora_rank, c.rms_norm_eps));
+    q_b_proj = register_module("q_b_proj", SplitLinear(*c.q_lora_rank, q_width));
+  } else {
+    q_proj = register_module("q_proj", SplitLinear(c.hidden_size, q_width));
+  }
+  kv_a_proj_with_mqa = register_module("kv_a_proj_with_mqa", SplitLinear(c.hidden_size, kv_rank_ + rope_dim_));
+  kv_a_layernorm = register_module("kv_a_layernorm", RMSNorm(kv_rank_, c.rms_norm_eps));
+  kv_b_proj = register_module("kv_b_proj", SplitLinear(kv_rank_, heads_ * (nope_dim_ + v_dim_)));
+  o_proj = register_module("o_proj", SplitLinear(heads_ * v_dim_, c.hidden_size));
+}
+
+at::Tensor MlaAttentionImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
+  const int64_t b = x.size(0), t = x.size(1);
+  const at::Tensor q_flat = q_proj ? q_proj->forward(x, ctx)
+                                   : q_b_proj->forward(q_a_layernorm->forward(q_a_proj->forward(x, ctx)), ctx);
+  const at::Tensor q = q_flat.view({b, t, heads_, nope_dim_ + rope_dim_}).transpose(1, 2);  // [B, H, T, dn+dr]
+  const at::Tensor q_nope = q.narrow(-1, 0, nope_dim_);                                    // [B, H, T, dn]
+  const at::Tensor q_rope = apply_rope(q.narrow(-1, nope_dim_, rope_dim_), ctx.rope);      // [B, H, T, dr]
+
+  const at::Tensor compressed = kv_a_proj_with_mqa->forward(x, ctx);  // [B, T, kv_rank + dr]
+  const at::Tensor c_kv = compressed.narrow(-1, 0, kv_rank_);         // [B, T, kv_rank]
+  const at::Tensor k_rope =
+      apply_rope(compressed.narrow(-1, kv_rank_, rope_dim_).unsqueeze(1), ctx.rope);  // [B, 1, T, dr]
+  const at::Tensor kv = kv_b_proj->forward(kv_a_layernorm->forward(c_kv), ctx)
+                            .view({b, t, heads_, nope_dim_ + v_dim_})
+                            .transpose(1, 2);              // [B, H, T, dn+dv]
+  const at::Tensor k_nope = kv.narrow(-1, 0, nope_dim_);   // [B, H, T, dn]
+  const at::Tensor v = kv.narrow(-1, nope_dim_, v_dim_);   // [B, H, T, dv]
+
+  const at::Tensor q_full = at::cat({q_nope, q_rope}, -1);                            // [B, H, T, dn+dr]
+  const at::Tensor k_full = at::cat({k_nope, k_rope.expand({b, heads_, t, rope_dim_})}, -1);  // [B, H, T, dn+dr]
+  const at::Tensor o =
+      at::scaled_dot_product_attention(q_full, k_full, v, {}, 0.0, /*is_causal=*/true, scale_);  // [B, H, T, dv]
+  return o_proj->forward(o.transpose(1, 2).reshape({b, t, heads_ * v_dim_}), ctx);         // [B, T, C]
+}
+
+}  // namespace tandem::model::detail

@@ -1,0 +1,150 @@
+// The B/W-split linear layer and its queue. The autograd function computes dX = dY W in its
+// backward and either returns dW = dY^T X to autograd (queue absent or not deferring) or
+// queues that product, to be accumulated into W.grad later. Both paths run the same kernels on
+// the same saved tensors, so deferring changes when dW is computed, never its bits.
+#include <torch/torch.h>
+
+#include "model/detail/layers.h"
+#include "runtime/error.h"
+
+namespace tandem::model {
+
+// --- WeightGradQueue ------------------------------------------------------------------------
+
+void WeightGradQueue::set_deferring(bool deferring) {
+  std::lock_guard lock(mutex_);
+  deferring_ = deferring;
+}
+
+bool WeightGradQueue::deferring() const {
+  std::lock_guard lock(mutex_);
+  return deferring_;
+}
+
+void WeightGradQueue::push(Task task) {
+  std::lock_guard lock(mutex_);
+  open_.push_back(std::move(task));
+}
+
+void WeightGradQueue::close_group() {
+  std::lock_guard lock(mutex_);
+  if (!open_.empty()) sealed_.push_back(std::exchange(open_, {}));
+}
+
+size_t WeightGradQueue::num_groups() const {
+  std::lock_guard lock(mutex_);
+  return sealed_.size() + (open_.empty() ? 0 : 1);
+}
+
+size_t WeightGradQueue::num_tasks() const {
+  std::lock_guard lock(mutex_);
+  size_t n = open_.size();
+  for (const auto& group : sealed_) n += group.size();
+  return n;
+}
+
+std::vector<WeightGradQueue::Task> WeightGradQueue::take_oldest_group() {
+  std::lock_guard lock(mutex_);
+  if (sealed_.empty()) return std::exchange(open_, {});
+  std::vector<Task> group = std::move(sealed_.front());
+  sealed_.pop_front();
+  return group;
+}
+
+bool WeightGradQueue::run_next_group() {
+  // Taken out under the lock and run without it: a task never pushes, but a backward on
+  // another thread may push to the open group meanwhile.
+  std::vector<Task> group = take_oldest_group();
+  for (Task& task : group) task();
+  return !group.empty();
+}
+
+void WeightGradQueue::run_all() {
+  while (run_next_group()) {
+  }
+}
+
+namespace detail {
+namespace {
+
+// Carries the queue through AutogradContext::saved_data (IValue capsules need no registration).
+struct QueueCapsule : torch::CustomClassHolder {
+  explicit QueueCapsule(std::shared_ptr<WeightGradQueue> q) : queue(std::move(q)) {}
+  std::shared_ptr<WeightGradQueue> queue;
+};
+
+at::Tensor flatten_rows(const at::Tensor& t) { return t.reshape({-1, t.size(-1)}); }  // [..., n] -> [M, n]
+
+// dW = dY^T X (the product aten's linear backward computes for the weight of x W^T).
+at::Tensor weight_grad(const at::Tensor& grad_out2d, const at::Tensor& input2d) {
+  return grad_out2d.t().mm(input2d);  // [out, M] x [M, in] -> [out, in]
+}
+
+// Adds `grad` to `param`.grad the way AccumulateGrad does (first gradient taken as is).
+void accumulate_grad(const at::Tensor& param, at::Tensor grad) {
+  at::Tensor& slot = param.mutable_grad();
+  if (!slot.defined()) {
+    slot = std::move(grad);
+  } else {
+    torch::NoGradGuard no_grad;
+    slot.add_(grad);
+  }
+}
+
+struct SplitLinearFunction : torch::autograd::Function<SplitLinearFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
+                            std::shared_ptr<WeightGradQueue> queue) {
+    ctx->save_for_backward({input, weight});
+    if (queue) ctx->saved_data["queue"] = c10::IValue::make_capsule(c10::make_intrusive<QueueCapsule>(std::move(queue)));
+    at::Tensor out2d = flatten_rows(input).mm(weight.t());  // [M, in] x [in, out] -> [M, out]
+    std::vector<int64_t> shape = input.sizes().vec();
+    shape.back() = weight.size(0);
+    return out2d.view(shape);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& input = saved[0];
+    const at::Tensor& weight = saved[1];
+    const at::Tensor grad_out2d = flatten_rows(grad_outputs[0]);  // [M, out]
+    at::Tensor grad_input, grad_weight;
+    if (ctx->needs_input_grad(0)) grad_input = grad_out2d.mm(weight).view(input.sizes());  // [M, in]
+    if (ctx->needs_input_grad(1)) {
+      std::shared_ptr<WeightGradQueue> queue;
+      if (auto it = ctx->saved_data.find("queue"); it != ctx->saved_data.end()) {
+        queue = c10::static_intrusive_pointer_cast<QueueCapsule>(it->second.toCapsule())->queue;
+      }
+      // Deferring needs a leaf to accumulate into; a computed weight (a cast, a gathered
+      // shard) hands its gradient back to autograd now.
+      if (queue && queue->deferring() && weight.is_leaf()) {
+        queue->push([weight, grad_out2d, input2d = flatten_rows(input)] {
+          accumulate_grad(weight, weight_grad(grad_out2d, input2d));
+        });
+      } else {
+        grad_weight = weight_grad(grad_out2d, flatten_rows(input));
+      }
+    }
+    return {grad_input, grad_weight, at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor split_linear(const at::Tensor& input, const at::Tensor& weight,
+                        const std::shared_ptr<WeightGradQueue>& queue) {
+  TANDEM_CHECK(input.size(-1) == weight.size(1), "linear input width {} != weight in_features {}", input.size(-1),
+               weight.size(1));
+  return SplitLinearFunction::apply(input, weight, queue);
+}
+
+SplitLinearImpl::SplitLinearImpl(int64_t in_features, int64_t out_features) {
+  weight = register_parameter("weight", torch::empty({out_features, in_features}));
+}
+
+at::Tensor SplitLinearImpl::forward(const at::Tensor& input, ForwardContext& ctx) {
+  return split_linear(input, weight, ctx.queue);
+}
+
+}  // namespace detail
+}  // namespace tandem::model

@@ -1,0 +1,261 @@
+// Stage: construction, HF naming, forward (embedding -> layers -> norm/head/MTP losses),
+// externally driven backward with the B/W split, expert load and routing-bias update.
+// The head runs once on the main and all MTP hidden states stacked along rows, so the head
+// weight is used once per backward (its gradient accumulation order never depends on the
+// B/W split) and the head matmul is one large GEMM. The MTP modules look the embedding up
+// themselves (the last stage may hold only a copy of it).
+#include <fmt/format.h>
+
+#include "model/detail/stage_impl.h"
+#include "model/init.h"
+#include "runtime/error.h"
+
+namespace tandem::model {
+
+using detail::DecoderLayer;
+using detail::MtpModule;
+
+// --- Impl -----------------------------------------------------------------------------------
+
+bool Stage::Impl::needs_embedding() const {
+  return spec.is_first() || (spec.is_last() && (config.tie_word_embeddings || config.num_nextn_predict_layers > 0));
+}
+
+void Stage::Impl::create_modules() {
+  const ModelConfig& c = config;
+  if (needs_embedding()) embed = detail::TokenEmbedding(c.vocab_size, c.hidden_size);
+  for (int64_t layer = spec.layer_begin; layer < spec.layer_end; ++layer) layers.emplace_back(c, layer);
+  if (spec.is_last()) {
+    norm = detail::RMSNorm(c.hidden_size, c.rms_norm_eps);
+    if (!c.tie_word_embeddings) head = detail::SplitLinear(c.hidden_size, c.vocab_size);
+    for (int64_t depth = 1; depth <= c.num_nextn_predict_layers; ++depth) mtp.emplace_back(c, depth);
+  }
+  register_on_root();
+}
+
+void Stage::Impl::register_on_root() {
+  if (embed) root->register_module("embed", embed);
+  for (const DecoderLayer& layer : layers) root->register_module(fmt::format("layer{}", layer->layer_index()), layer);
+  if (norm) root->register_module("norm", norm);
+  if (head) root->register_module("head", head);
+  for (const MtpModule& m : mtp) root->register_module(fmt::format("mtp{}", m->depth()), m);
+}
+
+void Stage::Impl::initialize(uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  for (auto& [name, param] : named_parameters()) {
+    if (is_norm_weight(name)) {
+      param.fill_(1.0);
+    } else {
+      param.copy_(init_normal(seed, name, param.sizes(), config.initializer_range));
+    }
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Stage::Impl::named_parameters() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  auto add_module = [&](const std::string& prefix, const torch::nn::Module& m) {
+    for (const auto& item : m.named_parameters(/*recurse=*/true)) out.emplace_back(prefix + item.key(), item.value());
+  };
+  if (embed) out.emplace_back("model.embed_tokens.weight", embed->weight);
+  for (const DecoderLayer& layer : layers) add_module(fmt::format("model.layers.{}.", layer->layer_index()), *layer);
+  if (norm) out.emplace_back("model.norm.weight", norm->weight);
+  if (head) out.emplace_back("lm_head.weight", head->weight);
+  for (const MtpModule& m : mtp) add_module(fmt::format("model.layers.{}.", m->block->layer_index()), *m);
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Stage::Impl::named_buffers() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (auto& [layer, moe] : moe_layers()) {
+    out.emplace_back(fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias", layer), moe->gate->e_score_correction_bias);
+  }
+  return out;
+}
+
+std::vector<std::pair<int64_t, detail::MoE>> Stage::Impl::moe_layers() const {
+  std::vector<std::pair<int64_t, detail::MoE>> out;
+  for (const DecoderLayer& layer : layers) {
+    if (layer->moe) out.emplace_back(layer->layer_index(), layer->moe);
+  }
+  for (const MtpModule& m : mtp) {
+    if (m->block->moe) out.emplace_back(m->block->layer_index(), m->block->moe);
+  }
+  return out;
+}
+
+detail::RopeTables Stage::Impl::rope_tables(int64_t length, at::ScalarType dtype, at::Device device) const {
+  const int64_t rope_dim = config.attention_type == "gqa" ? config.gqa_head_dim() : config.qk_rope_head_dim;
+  return detail::make_rope_tables(config, rope_dim, length, dtype, device);
+}
+
+StageOutput Stage::Impl::forward(const StageInput& input) {
+  const at::Tensor& tokens = input.tokens;  // [B, T+1]
+  TANDEM_CHECK_INPUT(tokens.defined() && tokens.dim() == 2 && tokens.scalar_type() == at::kLong,
+                     "stage {} needs token ids [B, T+1] int64", spec.index);
+  const int64_t b = tokens.size(0);
+  const int64_t t = tokens.size(1) - 1;
+  const int64_t depth = config.num_nextn_predict_layers;
+  TANDEM_CHECK_INPUT(t > depth, "sequence of {} tokens is too short for {} MTP depths (needs T > D)", t, depth);
+
+  at::Tensor h;  // [B, T, C]
+  if (spec.is_first()) {
+    h = embed->forward(tokens.narrow(1, 0, t));
+  } else {
+    h = input.hidden;
+    TANDEM_CHECK_INPUT(h.defined() && h.dim() == 3 && h.size(0) == b && h.size(1) == t &&
+                           h.size(2) == config.hidden_size,
+                       "stage {} expects hidden [{}, {}, {}] from the previous stage", spec.index, b, t,
+                       config.hidden_size);
+  }
+  detail::ForwardContext ctx;
+  ctx.queue = queue;
+  ctx.loss_scale = input.loss_scale;
+  ctx.rope = rope_tables(t, h.scalar_type(), h.device());
+  for (DecoderLayer& layer : layers) h = layer->forward(h, ctx);
+
+  StageOutput out;
+  if (!spec.is_last()) {
+    out.hidden = h;
+    out.aux_loss = ctx.aux_loss.defined() ? ctx.aux_loss : at::zeros({}, h.options());
+    return out;
+  }
+
+  // Main head input, then MTP depth k on positions [0, T-k) predicting tokens[:, k+1 ..].
+  std::vector<at::Tensor> head_rows{norm->forward(h).reshape({b * t, -1})};  // [B*T, C]
+  std::vector<at::Tensor> targets{tokens.narrow(1, 1, t).reshape({-1})};     // [B*T]
+  at::Tensor prev = h;
+  for (MtpModule& m : mtp) {
+    const int64_t k = m->depth();
+    const int64_t len = t - k;
+    const at::Tensor emb = embed->forward(tokens.narrow(1, k, len));       // [B, T-k, C] Emb(t_{i+k})
+    const at::Tensor hk = m->forward(prev.narrow(1, 0, len), emb, ctx);   // [B, T-k, C]
+    head_rows.push_back(m->head_input(hk).reshape({b * len, -1}));
+    targets.push_back(tokens.narrow(1, k + 1, len).reshape({-1}));
+    prev = hk;
+  }
+  // A tied head's weight is also the embedding, whose gradient sums several lookups in B;
+  // deferring the head's share would change that summation order, so it is computed in B too.
+  const std::shared_ptr<WeightGradQueue> head_queue = head ? queue : nullptr;
+  const at::Tensor logits = detail::split_linear(at::cat(head_rows, 0), head_weight(), head_queue);  // [rows, V]
+  const at::ScalarType loss_dtype = at::promote_types(logits.scalar_type(), at::kFloat);
+  std::vector<at::Tensor> losses;
+  int64_t row = 0;
+  for (const at::Tensor& target : targets) {
+    const int64_t n = target.numel();
+    losses.push_back(at::cross_entropy_loss(logits.narrow(0, row, n).to(loss_dtype), target));
+    row += n;
+  }
+  LossPieces& p = out.losses;
+  p.lm_loss = losses[0];
+  p.mtp_loss = at::zeros({}, losses[0].options());
+  for (int64_t k = 1; k <= depth; ++k) p.mtp_loss = p.mtp_loss + losses[k];
+  if (depth > 0) p.mtp_loss = p.mtp_loss * (config.mtp_loss_weight / static_cast<double>(depth));
+  out.aux_loss = ctx.aux_loss.defined() ? ctx.aux_loss.to(loss_dtype) : at::zeros({}, losses[0].options());
+  p.aux_loss = out.aux_loss;
+  p.loss = p.lm_loss + p.mtp_loss + p.aux_loss;
+  return out;
+}
+
+at::Tensor Stage::Impl::main_logits(const at::Tensor& tokens) {
+  TANDEM_CHECK(spec.is_first() && spec.is_last(), "main_logits needs the stage spanning the whole model");
+  TANDEM_CHECK_INPUT(tokens.dim() == 2 && tokens.scalar_type() == at::kLong, "tokens must be [B, T] int64");
+  at::Tensor h = embed->forward(tokens);  // [B, T, C]
+  detail::ForwardContext ctx;
+  ctx.queue = queue;
+  ctx.rope = rope_tables(tokens.size(1), h.scalar_type(), h.device());
+  for (DecoderLayer& layer : layers) h = layer->forward(h, ctx);
+  return detail::split_linear(norm->forward(h), head_weight(), queue);  // [B, T, V]
+}
+
+// --- Stage ----------------------------------------------------------------------------------
+
+namespace {
+
+void check_supported_groups(const ParallelGroups& groups) {
+  TANDEM_CHECK_CONFIG(groups.tp_size() == 1, "tensor parallelism (tp = {}) is not implemented in model/ yet",
+                      groups.tp_size());
+  TANDEM_CHECK_CONFIG(groups.ep_size() == 1, "expert parallelism (ep = {}) is not implemented in model/ yet",
+                      groups.ep_size());
+}
+
+}  // namespace
+
+std::shared_ptr<Stage> Stage::build(const ModelConfig& config, uint64_t seed, const ParallelGroups& groups,
+                                    const StageSpec& spec) {
+  config.validate();
+  check_supported_groups(groups);
+  TANDEM_CHECK(spec.num_stages >= 1 && spec.index >= 0 && spec.index < spec.num_stages && spec.layer_begin >= 0 &&
+                   spec.layer_begin <= spec.layer_end && spec.layer_end <= config.num_hidden_layers,
+               "bad stage spec: stage {} of {}, layers [{}, {})", spec.index, spec.num_stages, spec.layer_begin,
+               spec.layer_end);
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  impl->spec = spec;
+  impl->groups = groups;
+  impl->create_modules();
+  impl->initialize(seed);
+  return std::make_shared<Stage>(std::move(impl));
+}
+
+Stage::Stage(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Stage::~Stage() = default;
+
+const StageSpec& Stage::spec() const { return impl_->spec; }
+const ModelConfig& Stage::config() const { return impl_->config; }
+
+StageOutput Stage::forward(const StageInput& input) { return impl_->forward(input); }
+
+void Stage::backward(const std::vector<at::Tensor>& outputs, const std::vector<at::Tensor>& grad_outputs,
+                     bool defer_weight_grads) {
+  WeightGradQueue& queue = *impl_->queue;
+  const bool previous = queue.deferring();
+  queue.set_deferring(defer_weight_grads);
+  try {
+    torch::autograd::backward(outputs, grad_outputs);
+  } catch (...) {
+    queue.set_deferring(previous);
+    queue.close_group();
+    throw;
+  }
+  queue.set_deferring(previous);
+  queue.close_group();
+}
+
+const std::shared_ptr<WeightGradQueue>& Stage::weight_grad_queue() const { return impl_->queue; }
+
+void Stage::set_weight_grad_queue(std::shared_ptr<WeightGradQueue> queue) {
+  TANDEM_CHECK(queue != nullptr, "a stage needs a weight-gradient queue");
+  impl_->queue = std::move(queue);
+}
+
+std::vector<std::pair<std::string, at::Tensor>> Stage::named_parameters() const { return impl_->named_parameters(); }
+std::vector<std::pair<std::string, at::Tensor>> Stage::named_buffers() const { return impl_->named_buffers(); }
+
+at::Tensor Stage::expert_load() const {
+  const ModelConfig& c = impl_->config;
+  at::Tensor load = at::zeros({c.num_hidden_layers + c.num_nextn_predict_layers, c.n_routed_experts}, at::kLong);
+  for (auto& [layer, moe] : impl_->moe_layers()) load[layer].copy_(moe->load());
+  return load;
+}
+
+void Stage::reset_expert_load() {
+  for (auto& [layer, moe] : impl_->moe_layers()) moe->reset_load();
+}
+
+void Stage::update_routing_bias(const at::Tensor& counts, double gamma) {
+  const ModelConfig& c = impl_->config;
+  TANDEM_CHECK(counts.dim() == 2 && counts.size(0) == c.num_hidden_layers + c.num_nextn_predict_layers &&
+                   counts.size(1) == c.n_routed_experts,
+               "routing counts must be [{}, {}], got {}", c.num_hidden_layers + c.num_nextn_predict_layers,
+               c.n_routed_experts, c10::str(counts.sizes()));
+  const double step = gamma < 0 ? c.bias_update_speed : gamma;
+  for (auto& [layer, moe] : impl_->moe_layers()) {
+    detail::update_routing_bias_(moe->gate->e_score_correction_bias, counts[layer], step);
+  }
+}
+
+void Stage::train(bool on) { impl_->root->train(on); }
+void Stage::to(at::ScalarType dtype) { impl_->root->to(dtype); }
+
+}  // namespace tandem::model

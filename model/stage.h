@@ -1,0 +1,129 @@
+// Pipeline stages: the model cut by decoder-layer ranges. Stage 0 holds the token embedding;
+// the last stage holds the final norm, the output head and the MTP modules (and, when it needs
+// the embedding matrix for a tied head or for MTP lookups without being stage 0, a copy of it
+// under the same name "model.embed_tokens.weight" that the executor keeps in sync with stage
+// 0's). Every stage gets the micro-batch's token ids: stage 0 embeds them, the last stage takes
+// labels and MTP inputs from them.
+// Backward is driven from outside (an executor): run torch::autograd::backward on the outputs,
+// or use Stage::backward, which also decides whether weight gradients are deferred (B/W split).
+// The sequence-wise balance loss of a stage's MoE layers is injected into the backward of the
+// hidden state it is computed from, scaled by StageInput::loss_scale, so a middle stage needs
+// no extra output for it.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/model_config.h"
+#include "model/parallel_groups.h"
+#include "model/weight_grad_queue.h"
+
+namespace tandem::model {
+
+// Which part of the model one stage holds. Layers are [layer_begin, layer_end) of the N main
+// decoder layers; a stage may hold none (a pass-through, e.g. DualPipeV with more stages than
+// layers).
+struct StageSpec {
+  int64_t index = 0;
+  int64_t num_stages = 1;
+  int64_t layer_begin = 0;
+  int64_t layer_end = 0;
+  bool is_first() const { return index == 0; }                // embedding
+  bool is_last() const { return index == num_stages - 1; }    // final norm, head, MTP
+};
+
+// Splits the N decoder layers into `num_stages` contiguous ranges, as even as possible, the
+// earlier stages taking the remainder (launch/memory_estimate.cpp uses the same rule).
+std::vector<StageSpec> partition_layers(const ModelConfig& config, int64_t num_stages);
+// Explicit sizes (sum must be N; entries may be 0). Throws config::KeyError otherwise.
+std::vector<StageSpec> partition_layers(const ModelConfig& config, const std::vector<int64_t>& layers_per_stage);
+
+// Stages held by each pipeline rank, in chunk order (chunk 0 first).
+// DualPipe: P stages, rank r holds stage r (chunk 0, micro-batches flowing down) and P-1-r
+// (chunk 1, flowing up); every stage is held by two ranks. DualPipeV: 2P stages, rank r holds
+// r and 2P-1-r (the V fold). Linear (GPipe/1F1B/ZB): P stages, rank r holds r. Interleaved with
+// v chunks: v*P stages, chunk c of rank r is stage c*P + r.
+std::vector<std::vector<int64_t>> linear_stage_assignment(int64_t pp);
+std::vector<std::vector<int64_t>> interleaved_stage_assignment(int64_t pp, int64_t virtual_stages);
+std::vector<std::vector<int64_t>> dualpipe_stage_assignment(int64_t pp);
+std::vector<std::vector<int64_t>> dualpipev_stage_assignment(int64_t pp);
+
+// Loss values of one micro-batch (scalars). `loss` = lm_loss + mtp_loss + aux_loss is what to
+// differentiate; aux_loss's gradient reaches the router through the hidden states (see file
+// comment), so only lm_loss and mtp_loss carry a graph through `loss` itself.
+struct LossPieces {
+  at::Tensor loss;      // [] the objective
+  at::Tensor lm_loss;   // [] next-token cross-entropy, mean over B*T positions
+  at::Tensor mtp_loss;  // [] (lambda / D) * sum_k L_k; 0 when D = 0
+  at::Tensor aux_loss;  // [] sequence-wise balance loss of the MoE layers that ran (detached)
+};
+
+struct StageInput {
+  at::Tensor tokens;  // [B, T+1] int64: inputs are tokens[:, :T], next-token labels tokens[:, 1:]
+  at::Tensor hidden;  // [B, T, C] from the previous stage; undefined on stage 0. Make it a leaf
+                      // that requires grad to receive its gradient.
+  // Factor the caller will apply to this micro-batch's loss gradient (e.g. 1 / micro-batches);
+  // the balance loss injected inside the stage is scaled by it too.
+  double loss_scale = 1.0;
+};
+
+struct StageOutput {
+  at::Tensor hidden;    // [B, T, C] for the next stage; undefined on the last stage
+  LossPieces losses;    // last stage only
+  at::Tensor aux_loss;  // [] this stage's balance loss (detached, for logging), every stage
+};
+
+class Stage {
+ public:
+  struct Impl;
+  // Builds the stage's own modules (parameters initialized from (seed, name, full shape)), as a
+  // pipeline rank does. Throws config errors for an invalid config or unsupported groups.
+  static std::shared_ptr<Stage> build(const ModelConfig& config, uint64_t seed, const ParallelGroups& groups,
+                                      const StageSpec& spec);
+  explicit Stage(std::unique_ptr<Impl> impl);
+  ~Stage();
+  Stage(const Stage&) = delete;
+  Stage& operator=(const Stage&) = delete;
+
+  const StageSpec& spec() const;
+  const ModelConfig& config() const;
+
+  StageOutput forward(const StageInput& input);
+
+  // torch::autograd::backward(outputs, grad_outputs) with weight gradients deferred into this
+  // stage's queue when `defer_weight_grads` (B now, W later), or computed now (full backward).
+  // One call is one queue group. On the last stage pass {losses.loss} and {} (or a scale).
+  void backward(const std::vector<at::Tensor>& outputs, const std::vector<at::Tensor>& grad_outputs,
+                bool defer_weight_grads);
+  // The queue this stage's split layers push to. Stages that share a rank's W FIFO (DualPipe)
+  // can be given one queue; set it before the first forward.
+  const std::shared_ptr<WeightGradQueue>& weight_grad_queue() const;
+  void set_weight_grad_queue(std::shared_ptr<WeightGradQueue> queue);
+
+  // HF names ("model.layers.3.mlp.experts.5.up_proj.weight"), this stage's parameters only.
+  std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
+  std::vector<std::pair<std::string, at::Tensor>> named_buffers() const;  // routing biases
+
+  // Tokens routed to each expert since the last reset, rows indexed by global layer (N main
+  // layers then D MTP blocks), zero rows for dense layers and layers of other stages.
+  at::Tensor expert_load() const;  // [N + D, n_routed_experts] int64
+  void reset_expert_load();
+  // b_i += gamma * sign(mean_i(c) - c_i) for each MoE layer of this stage, from globally
+  // reduced counts in expert_load()'s layout; gamma defaults to config.bias_update_speed.
+  void update_routing_bias(const at::Tensor& counts, double gamma = -1.0);
+
+  void train(bool on);
+  void to(at::ScalarType dtype);
+
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tandem::model

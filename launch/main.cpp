@@ -5,6 +5,8 @@
 //    MPI_Abort ends every rank within seconds: a job never hangs on a dead peer.
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
+#include <functional>
 #include <map>
 
 #include "launch/command.h"
@@ -18,27 +20,48 @@ namespace {
 class MpiSetupGate final : public SetupGate {
  public:
   explicit MpiSetupGate(const runtime::MpiSession& session) : session_(session) {}
-  void pass() override { agree(0); }
+  void pass() override {
+    const int agreed = agree(0, "", "");
+    if (agreed != 0) throw PeerSetupFailed{agreed};
+  }
   bool passed() const override { return passed_; }
 
-  // Every rank calls this exactly once (pass() or the error path); MAX of the codes wins.
-  int agree_exit_code(int code) {
+  // Every rank calls this exactly once (through pass() or the error path), so it always matches
+  // up. Returns the largest exit code of all ranks. A failing rank's message is logged by the
+  // lowest rank that has the same message, with the ranks that share it: one line for an error
+  // that every rank hit (a bad config), one per distinct error otherwise.
+  int agree(int code, const std::string& message, const std::string& digest_text) {
     passed_ = true;
-    return session_.max_over_ranks(code);
+    const uint64_t digest = message.empty() ? 0 : (std::hash<std::string>{}(digest_text) | 1);
+    const std::vector<uint64_t> codes = session_.all_gather(static_cast<uint64_t>(code));
+    const std::vector<uint64_t> digests = session_.all_gather(digest);
+    const int rank = session_.context().rank;
+    int first = -1, count = 0;
+    for (size_t other = 0; other < digests.size(); ++other) {
+      if (digest != 0 && digests[other] == digest) {
+        if (first < 0) first = static_cast<int>(other);
+        ++count;
+      }
+    }
+    if (digest != 0 && first == rank) {
+      const std::string shared =
+          count == 1 ? std::string() : fmt::format(" ({} of {} ranks report the same)", count, codes.size());
+      TANDEM_LOG_ERROR("launch", "{}{}", message, shared);
+    }
+    return static_cast<int>(*std::max_element(codes.begin(), codes.end()));
   }
 
  private:
-  void agree(int code) {
-    const int agreed = agree_exit_code(code);
-    if (agreed != 0) throw PeerSetupFailed{agreed};
-  }
   const runtime::MpiSession& session_;
   bool passed_ = false;
 };
 
-int handle_failure(int code, const std::string& message, MpiSetupGate& gate, const runtime::ProcessContext& process) {
+// `message` names rank and host; `digest_text` is the same without them, so that ranks that hit
+// the same error recognise it as the same.
+int handle_failure(int code, const std::string& message, const std::string& digest_text, MpiSetupGate& gate,
+                   const runtime::ProcessContext& process) {
+  if (!gate.passed()) return gate.agree(code, message, digest_text);  // set-up: all exit with the agreed code
   TANDEM_LOG_ERROR("launch", "{}", message);
-  if (!gate.passed()) return gate.agree_exit_code(code);  // set-up phase: everyone exits with the agreed code
   if (process.world_size > 1) runtime::MpiSession::abort_job(code);
   return code;
 }
@@ -66,22 +89,23 @@ int run(int argc, char** argv) {
       int code = 0;
       if (process.is_root()) code = app.exit(error);
       else code = error.get_exit_code();
-      return gate.agree_exit_code(code == 0 ? 0 : 2);
+      return gate.agree(code == 0 ? 0 : 2, "", "");
     }
     const CLI::App* chosen = app.get_subcommands().front();
     CommandEnv env{process, gate};
     const int code = runners.at(chosen)(env);
-    if (!gate.passed()) return gate.agree_exit_code(code);
+    if (!gate.passed()) return gate.agree(code, "", "");
     return code;
   } catch (const PeerSetupFailed& failed) {
-    TANDEM_LOG_WARN("launch", "another rank failed during set-up; exiting with code {}", failed.exit_code);
+    TANDEM_LOG_WARN("launch", "another rank failed during set-up (its error is above); exiting with code {}",
+                    failed.exit_code);
     return failed.exit_code;
   } catch (const Error& error) {
     const Error located = error.with_location(process.rank, process.host);
-    return handle_failure(exit_code_for(error.kind()), located.what(), gate, process);
+    return handle_failure(exit_code_for(error.kind()), located.what(), error.what(), gate, process);
   } catch (const std::exception& error) {
     return handle_failure(1, fmt::format("[rank {} on {}] unexpected error: {}", process.rank, process.host, error.what()),
-                          gate, process);
+                          error.what(), gate, process);
   }
 }
 

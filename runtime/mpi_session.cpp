@@ -72,6 +72,12 @@ int MpiSession::max_over_ranks(int value) const {
   return global;
 }
 
+std::vector<uint64_t> MpiSession::all_gather(uint64_t value) const {
+  std::vector<uint64_t> values(static_cast<size_t>(context_.world_size));
+  TANDEM_MPI_CHECK(MPI_Allgather(&value, 1, MPI_UINT64_T, values.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD));
+  return values;
+}
+
 void MpiSession::abort_job(int exit_code) {
   flush_logs();
   MPI_Abort(MPI_COMM_WORLD, exit_code);

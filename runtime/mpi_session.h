@@ -4,6 +4,9 @@
 // same code, nobody is killed) and MPI_Abort when one rank fails alone (all die within seconds).
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "runtime/process_context.h"
 
 namespace tandem::runtime {
@@ -24,6 +27,8 @@ class MpiSession {
   bool any_rank(bool flag) const;
   // Collective over MPI_COMM_WORLD: the largest `value` passed by any rank.
   int max_over_ranks(int value) const;
+  // Collective over MPI_COMM_WORLD: every rank's `value`, indexed by rank.
+  std::vector<uint64_t> all_gather(uint64_t value) const;
 
   // Kills every rank of the job with this exit code (MPI_Abort). Does not return.
   [[noreturn]] static void abort_job(int exit_code);

@@ -32,7 +32,7 @@ expect() {
 
 expect 0 "rank   pp   dp   tp" check-config "$job" --set parallel.pp=2 --set parallel.dp=2 --quiet
 printf 'model:\n  hiden_size: 64\n' >"$work/misspelt.yaml"
-expect 2 "did you mean 'hidden_size'? (4 of 4 ranks report the same)" check-config "$work/misspelt.yaml"
+expect 2 "unknown key (did you mean 'hidden_size'?) (4 of 4 ranks report the same)" check-config "$work/misspelt.yaml"
 printf 'model:\n  hidden_size: -64\n' >"$work/negative.yaml"
 expect 2 "model.hidden_size: must be >= 1 (got -64)" check-config "$work/negative.yaml"
 expect 2 "world of 4 ranks is not divisible by pp*tp" check-config "$job" --set parallel.pp=3

@@ -256,6 +256,15 @@ void Stage::update_routing_bias(const at::Tensor& counts, double gamma) {
 }
 
 void Stage::train(bool on) { impl_->root->train(on); }
-void Stage::to(at::ScalarType dtype) { impl_->root->to(dtype); }
+void Stage::to(at::ScalarType dtype) {
+  impl_->root->to(dtype);
+  // The routing bias moves by gamma = 1e-3 per step: it stays in at least fp32 (as in V3).
+  const at::ScalarType bias_dtype = at::promote_types(dtype, at::kFloat);
+  torch::NoGradGuard no_grad;
+  for (auto& [layer, moe] : impl_->moe_layers()) {
+    at::Tensor& bias = moe->gate->e_score_correction_bias;
+    bias.set_data(bias.to(bias_dtype));
+  }
+}
 
 }  // namespace tandem::model

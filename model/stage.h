@@ -117,7 +117,8 @@ class Stage {
   // reduced counts in expert_load()'s layout; gamma defaults to config.bias_update_speed.
   void update_routing_bias(const at::Tensor& counts, double gamma = -1.0);
 
-  void train(bool on);
+  void train(bool on);  // eval: no balance loss, no load counting (MTP still runs in forward)
+  // Parameters to `dtype`; routing biases stay in at least fp32.
   void to(at::ScalarType dtype);
 
   Impl& impl() { return *impl_; }

@@ -200,6 +200,20 @@ TEST(Model, ExpertLoadAndBiasUpdate) {
   EXPECT_EQ(model.expert_load().sum().item<int64_t>(), 0);
 }
 
+TEST(Model, RunsInBfloat16WithAnFp32RoutingBias) {
+  const ModelConfig c = tiny_config();
+  Model model(c, 71);
+  model.to(at::kBFloat16);
+  const at::Tensor toks = tokens(2, 8, c.vocab_size, 72);
+  const LossPieces pieces = model.forward_loss(toks);
+  pieces.loss.backward();
+  EXPECT_TRUE(std::isfinite(pieces.loss.item<double>()));
+  EXPECT_NEAR(pieces.lm_loss.item<double>(), std::log(double(c.vocab_size)), 1.0);  // near uniform at init
+  for (const auto& [name, b] : model.named_buffers()) EXPECT_EQ(b.scalar_type(), at::kFloat) << name;
+  for (const auto& [name, p] : model.named_parameters()) EXPECT_EQ(p.scalar_type(), at::kBFloat16) << name;
+  EXPECT_TRUE(model.named_parameters()[0].second.grad().defined());
+}
+
 // --- stages ----------------------------------------------------------------------------------
 
 TEST(ModelStages, PartitionAndPlacement) {

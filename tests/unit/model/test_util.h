@@ -13,6 +13,13 @@
 
 namespace tandem::model::testing {
 
+// The test tensors are tiny: intra-op threads cost more than they give (5 s vs 2 s for this
+// executable on the shared 2-core machine), so every test process runs single-threaded.
+inline const bool kSingleThreadedTests = [] {
+  at::set_num_threads(1);
+  return true;
+}();
+
 // Largest |a - b| over all elements.
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();

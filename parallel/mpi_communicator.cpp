@@ -200,18 +200,18 @@ class MpiCommunicator final : public Communicator, public std::enable_shared_fro
 
 // Throws tandem::Error of `kind` located on this communicator's rank and host.
 #define TANDEM_COMM_THROW(comm, kind, ...) \
-  throw (comm).located_error(::tandem::ErrorKind::kind, __FILE__, __LINE__, ::fmt::format(__VA_ARGS__))
+  throw(comm).located_error(::tandem::ErrorKind::kind, __FILE__, __LINE__, ::fmt::format(__VA_ARGS__))
 // Like TANDEM_MPI_CHECK, but the message names the operation and the communicator.
-#define TANDEM_COMM_MPI_CHECK(comm, call, call_name, op)                               \
-  do {                                                                                 \
-    const int tandem_comm_rc_ = (call);                                                \
-    if (tandem_comm_rc_ != MPI_SUCCESS) [[unlikely]]                                   \
-      throw (comm).mpi_error(tandem_comm_rc_, call_name, op, __FILE__, __LINE__);      \
+#define TANDEM_COMM_MPI_CHECK(comm, call, call_name, op)                         \
+  do {                                                                           \
+    const int tandem_comm_rc_ = (call);                                          \
+    if (tandem_comm_rc_ != MPI_SUCCESS) [[unlikely]]                             \
+      throw(comm).mpi_error(tandem_comm_rc_, call_name, op, __FILE__, __LINE__); \
   } while (0)
-#define TANDEM_COMM_CHECK(comm, cond, ...)                             \
-  do {                                                                 \
-    if (!(cond)) [[unlikely]]                                          \
-      TANDEM_COMM_THROW(comm, kCommunication, __VA_ARGS__);            \
+#define TANDEM_COMM_CHECK(comm, cond, ...)                  \
+  do {                                                      \
+    if (!(cond)) [[unlikely]]                               \
+      TANDEM_COMM_THROW(comm, kCommunication, __VA_ARGS__); \
   } while (0)
 
 // ---------------------------------------------------------------------------------------------
@@ -296,8 +296,9 @@ Error MpiCommunicator::mpi_error(int code, const char* call, std::string_view op
 
 void MpiCommunicator::check_usable(std::string_view op) const {
   if (failed()) [[unlikely]] {
-    TANDEM_COMM_THROW(*this, kCommunication, "{}: the communicator was aborted ({}); no further operations can run on it",
-                      describe(op), failure_reason());
+    TANDEM_COMM_THROW(*this, kCommunication,
+                      "{}: the communicator was aborted ({}); no further operations can run on it", describe(op),
+                      failure_reason());
   }
 }
 
@@ -357,8 +358,7 @@ MPI_Op MpiCommunicator::reduction(std::string_view op, at::ScalarType dtype, Red
   const size_t half_index = reduce == ReduceOp::kMax ? 1 : reduce == ReduceOp::kMin ? 2 : 0;
   switch (dtype) {
     case at::kFloat:
-    case at::kDouble:
-      return reduce == ReduceOp::kMax ? MPI_MAX : reduce == ReduceOp::kMin ? MPI_MIN : MPI_SUM;
+    case at::kDouble: return reduce == ReduceOp::kMax ? MPI_MAX : reduce == ReduceOp::kMin ? MPI_MIN : MPI_SUM;
     case at::kBFloat16: return bf16_ops_[half_index];
     case at::kHalf: return f16_ops_[half_index];
     case at::kLong:
@@ -406,8 +406,9 @@ WorkHandle MpiCommunicator::all_reduce_async(at::Tensor tensor, ReduceOp op, OpO
   const int count = checked_count(what, "`tensor`", tensor.numel());
   auto buffers = std::make_unique<InFlight>(InFlight{{tensor}, {}});
   MPI_Request request = MPI_REQUEST_NULL;
-  TANDEM_COMM_MPI_CHECK(*this, MPI_Iallreduce(MPI_IN_PLACE, tensor.data_ptr(), count, wire.type, mpi_op, comm_, &request),
-            "MPI_Iallreduce", what);
+  TANDEM_COMM_MPI_CHECK(*this,
+                        MPI_Iallreduce(MPI_IN_PLACE, tensor.data_ptr(), count, wire.type, mpi_op, comm_, &request),
+                        "MPI_Iallreduce", what);
   return start(what, kCollectiveHint, std::move(buffers), request, average_finisher(op, tensor));
 }
 
@@ -430,9 +431,10 @@ WorkHandle MpiCommunicator::all_gather_async(at::Tensor output, at::Tensor input
                     "{}: `input` overlaps `output` other than as this rank's slice {} of it", describe(what), rank_);
   auto buffers = std::make_unique<InFlight>(InFlight{{output, input}, {}});
   MPI_Request request = MPI_REQUEST_NULL;
-  TANDEM_COMM_MPI_CHECK(*this, MPI_Iallgather(in_place ? MPI_IN_PLACE : input.data_ptr(), count, wire.type, output.data_ptr(), count,
-                           wire.type, comm_, &request),
-            "MPI_Iallgather", what);
+  TANDEM_COMM_MPI_CHECK(*this,
+                        MPI_Iallgather(in_place ? MPI_IN_PLACE : input.data_ptr(), count, wire.type, output.data_ptr(),
+                                       count, wire.type, comm_, &request),
+                        "MPI_Iallgather", what);
   return start(what, kCollectiveHint, std::move(buffers), request);
 }
 
@@ -453,8 +455,9 @@ WorkHandle MpiCommunicator::reduce_scatter_async(at::Tensor output, at::Tensor i
   checked_count(what, "`input`", input.numel());
   auto buffers = std::make_unique<InFlight>(InFlight{{output, input}, {}});
   MPI_Request request = MPI_REQUEST_NULL;
-  TANDEM_COMM_MPI_CHECK(*this, MPI_Ireduce_scatter_block(input.data_ptr(), output.data_ptr(), count, wire.type, mpi_op, comm_, &request),
-            "MPI_Ireduce_scatter_block", what);
+  TANDEM_COMM_MPI_CHECK(
+      *this, MPI_Ireduce_scatter_block(input.data_ptr(), output.data_ptr(), count, wire.type, mpi_op, comm_, &request),
+      "MPI_Ireduce_scatter_block", what);
   return start(what, kCollectiveHint, std::move(buffers), request, average_finisher(op, output));
 }
 
@@ -468,7 +471,8 @@ WorkHandle MpiCommunicator::broadcast_async(at::Tensor tensor, int root, OpOptio
   const int count = checked_count(what, "`tensor`", tensor.numel() * wire.units_per_element);
   auto buffers = std::make_unique<InFlight>(InFlight{{tensor}, {}});
   MPI_Request request = MPI_REQUEST_NULL;
-  TANDEM_COMM_MPI_CHECK(*this, MPI_Ibcast(tensor.data_ptr(), count, wire.type, root, comm_, &request), "MPI_Ibcast", what);
+  TANDEM_COMM_MPI_CHECK(*this, MPI_Ibcast(tensor.data_ptr(), count, wire.type, root, comm_, &request), "MPI_Ibcast",
+                        what);
   return start(what, kCollectiveHint, std::move(buffers), request);
 }
 
@@ -482,9 +486,10 @@ WorkHandle MpiCommunicator::all_to_all_async(at::Tensor output, at::Tensor input
   TANDEM_COMM_CHECK(*this, input.dim() >= 1 && output.dim() >= 1,
                     "{}: splits count rows of dim 0, but `input` has {} dims and `output` {}", describe(what),
                     input.dim(), output.dim());
-  TANDEM_COMM_CHECK(*this, input.sizes().slice(1) == output.sizes().slice(1),
-                    "{}: rows differ in shape: `input` is [{}] and `output` is [{}] (all dims but the first must match)",
-                    describe(what), fmt::join(input.sizes(), ", "), fmt::join(output.sizes(), ", "));
+  TANDEM_COMM_CHECK(
+      *this, input.sizes().slice(1) == output.sizes().slice(1),
+      "{}: rows differ in shape: `input` is [{}] and `output` is [{}] (all dims but the first must match)",
+      describe(what), fmt::join(input.sizes(), ", "), fmt::join(output.sizes(), ", "));
   const auto check_splits = [&](const std::vector<int64_t>& splits, const char* role, int64_t rows) {
     TANDEM_COMM_CHECK(*this, static_cast<int64_t>(splits.size()) == size_,
                       "{}: {} has {} entries, expected one per rank ({})", describe(what), role, splits.size(), size_);
@@ -520,9 +525,10 @@ WorkHandle MpiCommunicator::all_to_all_async(at::Tensor output, at::Tensor input
     recv_offset += output_splits[j] * row_units;
   }
   MPI_Request request = MPI_REQUEST_NULL;
-  TANDEM_COMM_MPI_CHECK(*this, MPI_Ialltoallv(input.data_ptr(), send_counts, send_displs, wire.type, output.data_ptr(), recv_counts,
-                           recv_displs, wire.type, comm_, &request),
-            "MPI_Ialltoallv", what);
+  TANDEM_COMM_MPI_CHECK(*this,
+                        MPI_Ialltoallv(input.data_ptr(), send_counts, send_displs, wire.type, output.data_ptr(),
+                                       recv_counts, recv_displs, wire.type, comm_, &request),
+                        "MPI_Ialltoallv", what);
   return start(what,
                "a peer rank may have died, issued a different collective, or passed splits that do not match "
                "this rank's (input_splits[j] of rank i must equal output_splits[i] of rank j)",
@@ -538,7 +544,8 @@ WorkHandle MpiCommunicator::send_async(at::Tensor tensor, int peer, int tag, OpO
   const int count = checked_count(what, "`tensor`", tensor.numel() * wire.units_per_element);
   auto buffers = std::make_unique<InFlight>(InFlight{{tensor}, {}});
   MPI_Request request = MPI_REQUEST_NULL;
-  TANDEM_COMM_MPI_CHECK(*this, MPI_Isend(tensor.data_ptr(), count, wire.type, peer, tag, comm_, &request), "MPI_Isend", what);
+  TANDEM_COMM_MPI_CHECK(*this, MPI_Isend(tensor.data_ptr(), count, wire.type, peer, tag, comm_, &request), "MPI_Isend",
+                        what);
   return start(what, fmt::format("rank {} may have died or not posted the matching recv", peer), std::move(buffers),
                request);
 }
@@ -552,7 +559,8 @@ WorkHandle MpiCommunicator::recv_async(at::Tensor tensor, int peer, int tag, OpO
   const int count = checked_count(what, "`tensor`", tensor.numel() * wire.units_per_element);
   auto buffers = std::make_unique<InFlight>(InFlight{{tensor}, {}});
   MPI_Request request = MPI_REQUEST_NULL;
-  TANDEM_COMM_MPI_CHECK(*this, MPI_Irecv(tensor.data_ptr(), count, wire.type, peer, tag, comm_, &request), "MPI_Irecv", what);
+  TANDEM_COMM_MPI_CHECK(*this, MPI_Irecv(tensor.data_ptr(), count, wire.type, peer, tag, comm_, &request), "MPI_Irecv",
+                        what);
   // A shorter message than the tensor is not an MPI error, but it is one for us: the two sides
   // disagree about the shape (a longer one already fails in MPI with a truncation error).
   auto finish = [this, what, count, wire](const MPI_Status& status) {

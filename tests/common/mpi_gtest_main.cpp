@@ -118,7 +118,8 @@ void wait_politely(MPI_Request& request, int rank, const std::string& what) {
     if (done) return;
     const auto waited = std::chrono::steady_clock::now() - begin;
     if (waited > kVerdictTimeout) {
-      std::fprintf(stderr, "[rank %d] fatal: other ranks did not arrive within %lld s while %s; a rank is stuck "
+      std::fprintf(stderr,
+                   "[rank %d] fatal: other ranks did not arrive within %lld s while %s; a rank is stuck "
                    "(its last output says where); aborting the job\n",
                    rank, static_cast<long long>(kVerdictTimeout.count()), what.c_str());
       tandem::runtime::MpiSession::abort_job(1);

@@ -43,11 +43,18 @@ at::Tensor as_dtype(const at::Tensor& values, at::ScalarType dtype) {
 
 at::Tensor indices(int64_t n) { return at::arange(n, at::TensorOptions().dtype(at::kDouble)); }
 
+// "[1, 2.5, 3]": a tensor's values on one line, for failure messages.
+std::string values_of(const at::Tensor& tensor) {
+  const at::Tensor flat = tensor.to(at::kDouble).flatten().contiguous();
+  const double* data = flat.data_ptr<double>();
+  return fmt::format("[{}]", fmt::join(data, data + flat.numel(), ", "));
+}
+
 void expect_tensor_eq(const at::Tensor& got, const at::Tensor& expected, const std::string& what) {
   EXPECT_EQ(got.scalar_type(), expected.scalar_type()) << what;
   EXPECT_EQ(got.sizes(), expected.sizes()) << what;
   EXPECT_TRUE(got.sizes() == expected.sizes() && at::equal(got, expected))
-      << what << "\n  got:      " << got.to(at::kDouble).flatten() << "\n  expected: " << expected.to(at::kDouble).flatten();
+      << what << "\n  got:      " << values_of(got) << "\n  expected: " << values_of(expected);
 }
 
 // Runs `call`, expecting a tandem::Error of `kind` whose what() contains every one of `needles`.
@@ -127,18 +134,18 @@ TEST_F(CommunicatorMpiTest, AllReduceKeepsIntegerWidthAndSign) {
   const int64_t big = int64_t{1} << 40;
   at::Tensor wide = at::full({3}, (rank_ + 1) * big, at::kLong);
   comm_.all_reduce(wide, ReduceOp::kSum);
-  EXPECT_TRUE(at::equal(wide, at::full({3}, big * size_ * (size_ + 1) / 2, at::kLong))) << wide;
+  EXPECT_TRUE(at::equal(wide, at::full({3}, big * size_ * (size_ + 1) / 2, at::kLong))) << values_of(wide);
 
   at::Tensor negative = at::full({3}, -100000 * (rank_ + 1), at::kInt);
   at::Tensor lowest = negative.clone();
   comm_.all_reduce(negative, ReduceOp::kSum);
   comm_.all_reduce(lowest, ReduceOp::kMin);
-  EXPECT_TRUE(at::equal(negative, at::full({3}, -100000 * size_ * (size_ + 1) / 2, at::kInt))) << negative;
-  EXPECT_TRUE(at::equal(lowest, at::full({3}, -100000 * size_, at::kInt))) << lowest;
+  EXPECT_TRUE(at::equal(negative, at::full({3}, -100000 * size_ * (size_ + 1) / 2, at::kInt))) << values_of(negative);
+  EXPECT_TRUE(at::equal(lowest, at::full({3}, -100000 * size_, at::kInt))) << values_of(lowest);
 
   at::Tensor bytes = at::full({3}, 200 + rank_, at::kByte);  // above 127: catches a signed char
   comm_.all_reduce(bytes, ReduceOp::kMax);
-  EXPECT_TRUE(at::equal(bytes, at::full({3}, 200 + size_ - 1, at::kByte))) << bytes;
+  EXPECT_TRUE(at::equal(bytes, at::full({3}, 200 + size_ - 1, at::kByte))) << values_of(bytes);
 }
 
 TEST_F(CommunicatorMpiTest, AllReduceBoolMaxIsOrMinIsAnd) {
@@ -235,7 +242,8 @@ TEST_F(CommunicatorMpiTest, MovesOtherDtypesAsBytes) {
   at::Tensor complex = rank_ == 0 ? at::complex(indices(4).to(at::kFloat), -indices(4).to(at::kFloat))
                                   : at::zeros({4}, at::kComplexFloat);
   comm_.broadcast(complex, 0);
-  EXPECT_TRUE(at::equal(complex, at::complex(indices(4).to(at::kFloat), -indices(4).to(at::kFloat)))) << complex;
+  EXPECT_TRUE(at::equal(complex, at::complex(indices(4).to(at::kFloat), -indices(4).to(at::kFloat))))
+      << values_of(at::view_as_real(complex));
 }
 
 // --- all_to_all ------------------------------------------------------------------------------
@@ -336,8 +344,8 @@ TEST_F(CommunicatorMpiTest, RecvMatchesByTagNotOrder) {
   recv_second->wait();
   send_second->wait();
   send_first->wait();
-  EXPECT_TRUE(at::equal(first, at::full({2}, prev * 100 + 1, at::kLong))) << first;
-  EXPECT_TRUE(at::equal(second, at::full({2}, prev * 100 + 2, at::kLong))) << second;
+  EXPECT_TRUE(at::equal(first, at::full({2}, prev * 100 + 1, at::kLong))) << values_of(first);
+  EXPECT_TRUE(at::equal(second, at::full({2}, prev * 100 + 2, at::kLong))) << values_of(second);
 }
 
 TEST_F(CommunicatorMpiTest, SendToSelf) {
@@ -345,7 +353,7 @@ TEST_F(CommunicatorMpiTest, SendToSelf) {
   auto recv = comm_.recv_async(received, rank_, 5);
   comm_.send(at::full({3}, rank_ + 0.5, at::kFloat), rank_, 5);
   recv->wait();
-  EXPECT_TRUE(at::equal(received, at::full({3}, rank_ + 0.5, at::kFloat))) << received;
+  EXPECT_TRUE(at::equal(received, at::full({3}, rank_ + 0.5, at::kFloat))) << values_of(received);
 }
 
 TEST_F(CommunicatorMpiTest, RecvOfTheWrongSizeIsAnError) {
@@ -395,12 +403,12 @@ TEST_F(CommunicatorMpiTest, ManyOperationsInFlightWaitedOutOfOrder) {
   works.push_back(comm_.send_async(at::full({1}, rank_ + 0.25, at::kHalf), (rank_ + 1) % size_, 9));
   for (auto work = works.rbegin(); work != works.rend(); ++work) (*work)->wait();
 
-  EXPECT_TRUE(at::equal(summed, at::full({4}, size_ * (size_ + 1) / 2.0, at::kFloat))) << summed;
-  EXPECT_TRUE(at::equal(gathered, at::arange(size_, at::kLong) * 3)) << gathered;
-  EXPECT_TRUE(at::equal(broadcast, at::full({2}, 42.0, at::kDouble))) << broadcast;
-  EXPECT_TRUE(at::equal(scattered, at::ones({2}, at::kBFloat16))) << scattered;
-  EXPECT_TRUE(at::equal(maximum, at::full({3}, size_ - 1, at::kInt))) << maximum;
-  EXPECT_TRUE(at::equal(received, at::full({1}, (rank_ + size_ - 1) % size_ + 0.25, at::kHalf))) << received;
+  EXPECT_TRUE(at::equal(summed, at::full({4}, size_ * (size_ + 1) / 2.0, at::kFloat))) << values_of(summed);
+  EXPECT_TRUE(at::equal(gathered, at::arange(size_, at::kLong) * 3)) << values_of(gathered);
+  EXPECT_TRUE(at::equal(broadcast, at::full({2}, 42.0, at::kDouble))) << values_of(broadcast);
+  EXPECT_TRUE(at::equal(scattered, at::ones({2}, at::kBFloat16))) << values_of(scattered);
+  EXPECT_TRUE(at::equal(maximum, at::full({3}, size_ - 1, at::kInt))) << values_of(maximum);
+  EXPECT_TRUE(at::equal(received, at::full({1}, (rank_ + size_ - 1) % size_ + 0.25, at::kHalf))) << values_of(received);
 }
 
 TEST_F(CommunicatorMpiTest, DroppedWorkFinishesIncludingAverage) {
@@ -408,13 +416,11 @@ TEST_F(CommunicatorMpiTest, DroppedWorkFinishesIncludingAverage) {
   // Work also keeps the tensor alive after the caller lets go of it.
   at::Tensor tensor = at::full({5}, rank_ * 2.0, at::kFloat);
   comm_.all_reduce_async(tensor, ReduceOp::kAvg).reset();
-  EXPECT_TRUE(at::equal(tensor, at::full({5}, size_ - 1.0, at::kFloat))) << tensor;
+  EXPECT_TRUE(at::equal(tensor, at::full({5}, size_ - 1.0, at::kFloat))) << values_of(tensor);
 
   at::Tensor gathered = at::zeros({size_}, at::kInt);
-  {
-    auto work = comm_.all_gather_async(gathered, at::full({1}, rank_, at::kInt));
-  }
-  EXPECT_TRUE(at::equal(gathered, at::arange(size_, at::kInt))) << gathered;
+  { auto work = comm_.all_gather_async(gathered, at::full({1}, rank_, at::kInt)); }
+  EXPECT_TRUE(at::equal(gathered, at::arange(size_, at::kInt))) << values_of(gathered);
 }
 
 TEST_F(CommunicatorMpiTest, SubCommunicatorsAreIndependent) {
@@ -434,7 +440,7 @@ TEST_F(CommunicatorMpiTest, SubCommunicatorsAreIndependent) {
   EXPECT_EQ(parity->name(), "parity");
   at::Tensor tensor = at::full({2}, rank_, at::kLong);
   parity->all_reduce(tensor);
-  EXPECT_TRUE(at::equal(tensor, at::full({2}, expected_sum, at::kLong))) << tensor;
+  EXPECT_TRUE(at::equal(tensor, at::full({2}, expected_sum, at::kLong))) << values_of(tensor);
 }
 
 // --- argument validation ---------------------------------------------------------------------
@@ -443,8 +449,11 @@ TEST_F(CommunicatorMpiTest, RejectsBadArgumentsWithClearErrors) {
   // Every check fires before anything is sent, on every rank alike: no collective is issued.
   const at::Tensor good = at::zeros({3});
   const std::string on_world = fmt::format("on 'world' {}", where_);
-  expect_error([&] { comm_.all_reduce(at::zeros({4, 3}).t()); },
-               {"all_reduce(sum) " + on_world, "`tensor` is not contiguous", "sizes [3, 4], strides [1, 3]"});
+  expect_error(
+      [&] {
+        comm_.all_reduce(at::zeros({4, 3}).t());
+      },
+      {"all_reduce(sum) " + on_world, "`tensor` is not contiguous", "sizes [3, 4], strides [1, 3]"});
   expect_error([&] { comm_.all_reduce(at::Tensor()); }, {"all_reduce(sum)", "undefined tensor"});
   expect_error([&] { comm_.broadcast(at::empty({3}, at::TensorOptions().device(at::kMeta)), 0); },
                {"broadcast from rank 0 " + on_world, "`tensor` is a Strided tensor on meta",
@@ -454,13 +463,12 @@ TEST_F(CommunicatorMpiTest, RejectsBadArgumentsWithClearErrors) {
   expect_error([&] { comm_.all_reduce(at::zeros({3}, at::kByte), ReduceOp::kAvg); }, {"avg is not defined"});
   expect_error([&] { comm_.all_reduce(at::zeros({3}, at::kBool), ReduceOp::kSum); },
                {"bool tensors reduce with max (logical or) or min (logical and) only"});
-  expect_error([&] { comm_.all_reduce(at::zeros({3}, at::kComplexFloat)); },
-               {"dtype ComplexFloat cannot be reduced"});
+  expect_error([&] { comm_.all_reduce(at::zeros({3}, at::kComplexFloat)); }, {"dtype ComplexFloat cannot be reduced"});
 
-  expect_error([&] { comm_.all_gather(at::zeros({3 * size_ + 1}), good); },
-               {"all_gather " + on_world,
-                fmt::format("`output` has {} elements, expected size() * input.numel() = {} * 3 = {}", 3 * size_ + 1,
-                            size_, 3 * size_)});
+  expect_error(
+      [&] { comm_.all_gather(at::zeros({3 * size_ + 1}), good); },
+      {"all_gather " + on_world, fmt::format("`output` has {} elements, expected size() * input.numel() = {} * 3 = {}",
+                                             3 * size_ + 1, size_, 3 * size_)});
   expect_error([&] { comm_.all_gather(at::zeros({3 * size_}, at::kDouble), good); },
                {"`output` is Double but `input` is Float"});
   at::Tensor overlapping = at::zeros({3 * size_ + 1});
@@ -477,8 +485,9 @@ TEST_F(CommunicatorMpiTest, RejectsBadArgumentsWithClearErrors) {
 
   const std::vector<int64_t> one_row_each(size_, 1);
   const at::Tensor rows = at::zeros({size_, 2});
-  expect_error([&] { comm_.all_to_all(rows.clone(), rows, {1}, one_row_each); },
-               {"all_to_all " + on_world, fmt::format("output_splits has 1 entries, expected one per rank ({})", size_)});
+  expect_error(
+      [&] { comm_.all_to_all(rows.clone(), rows, {1}, one_row_each); },
+      {"all_to_all " + on_world, fmt::format("output_splits has 1 entries, expected one per rank ({})", size_)});
   std::vector<int64_t> too_many = one_row_each;
   too_many[0] = 2;
   expect_error([&] { comm_.all_to_all(rows.clone(), rows, one_row_each, too_many); },
@@ -487,8 +496,11 @@ TEST_F(CommunicatorMpiTest, RejectsBadArgumentsWithClearErrors) {
   negative[0] = -1;
   expect_error([&] { comm_.all_to_all(rows.clone(), rows, negative, one_row_each); },
                {"output_splits[0] is -1; splits must be >= 0"});
-  expect_error([&] { comm_.all_to_all(at::zeros({size_, 3}), rows, one_row_each, one_row_each); },
-               {"rows differ in shape"});
+  expect_error(
+      [&] {
+        comm_.all_to_all(at::zeros({size_, 3}), rows, one_row_each, one_row_each);
+      },
+      {"rows differ in shape"});
   expect_error([&] { comm_.all_to_all(at::zeros({}), at::zeros({}), one_row_each, one_row_each); },
                {"splits count rows of dim 0"});
 
@@ -526,7 +538,7 @@ TEST_F(CommunicatorMpiTest, AbortWakesAPendingWait) {
     watchdog.join();
     EXPECT_LT(std::chrono::steady_clock::now() - begin, std::chrono::seconds(5));
     expect_error([&] { work->wait(); }, {"watchdog gave up"});  // a failed Work stays failed
-    work.reset();  // dropping it after the abort must not wait
+    work.reset();                                               // dropping it after the abort must not wait
   }
   comm_.barrier();
   if (rank_ == 1) pending->send(at::ones({2}), 0, 7);
@@ -539,8 +551,7 @@ TEST_F(CommunicatorMpiTest, TimeoutBecomesAnErrorNotAHang) {
   // failed. The others then join, and the operation rank 0 gave up on completes in the background
   // while rank 0 waits at the world barrier.
   // Only rank 0 gets the short timeout: the others must not give up while rank 0 catches up.
-  const std::chrono::milliseconds timeout =
-      rank_ == 0 ? std::chrono::milliseconds(300) : MpiTestEnv::kCommTimeout;
+  const std::chrono::milliseconds timeout = rank_ == 0 ? std::chrono::milliseconds(300) : MpiTestEnv::kCommTimeout;
   CommunicatorPtr slow = env_.make_communicator("slow", MPI_COMM_WORLD, timeout);
   at::Tensor tensor = at::ones({3});
   if (rank_ == 0) {
@@ -554,7 +565,7 @@ TEST_F(CommunicatorMpiTest, TimeoutBecomesAnErrorNotAHang) {
   } else {
     comm_.barrier();
     slow->all_reduce(tensor);
-    EXPECT_TRUE(at::equal(tensor, at::full({3}, static_cast<float>(size_)))) << tensor;
+    EXPECT_TRUE(at::equal(tensor, at::full({3}, static_cast<float>(size_)))) << values_of(tensor);
   }
   comm_.barrier();
 }

@@ -45,4 +45,6 @@ using CommandRunner = std::function<int(const CommandEnv&)>;
 CommandRunner add_schedule_command(CLI::App& app);     // tandem schedule ...
 CommandRunner add_check_config_command(CLI::App& app); // tandem check-config JOB.yaml
 CommandRunner add_config_reference_command(CLI::App& app);  // tandem config-reference
+CommandRunner add_simulate_command(CLI::App& app);  // tandem simulate JOB.yaml
+CommandRunner add_plan_command(CLI::App& app);      // tandem plan JOB.yaml
 }  // namespace tandem::launch

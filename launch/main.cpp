@@ -79,6 +79,8 @@ int run(int argc, char** argv) {
   add("check-config", add_check_config_command(app));
   add("schedule", add_schedule_command(app));
   add("config-reference", add_config_reference_command(app));
+  add("simulate", add_simulate_command(app));
+  add("plan", add_plan_command(app));
 
   MpiSetupGate gate(session);
   try {

@@ -3,7 +3,8 @@
 //  grads     = params * 4 (fp32 gradient buffer), / dp under ZeRO-2 and -3
 //  optimizer = params * (8 Adam m,v + 4 fp32 master when mixed precision), / dp under ZeRO >= 1
 //  weights are / dp under ZeRO-3 (gathered one layer at a time, which adds one layer back)
-//  activations = live micro-batch chunks * layers per chunk * tokens * bytes per token-layer,
+//  activations = peak live micro-batch chunks (from simulating the schedule) * layers per chunk
+//                * tokens * bytes per token-layer,
 //  bytes per token-layer ~ w * (17 h / tp + 3 * width of the MLP or of the K+shared experts):
 //  the inputs saved for backward by norms, projections, attention and SwiGLU, no recompute.
 // Non-expert parameters are split over tp and replicated over dp; routed experts are split over
@@ -13,35 +14,12 @@
 #include <algorithm>
 
 #include "model/model_size.h"
+#include "model/stage.h"
 #include "schedule/generators.h"
+#include "schedule/simulator.h"
 
 namespace tandem::launch {
 namespace {
-
-// Decoder layers [begin, end) of each of `num_stages` stages: as even as possible, the earlier
-// stages taking the remainder (the last stage also carries head and MTP).
-std::vector<std::pair<int64_t, int64_t>> layer_ranges(int64_t num_layers, int64_t num_stages) {
-  std::vector<std::pair<int64_t, int64_t>> ranges;
-  int64_t begin = 0;
-  for (int64_t stage = 0; stage < num_stages; ++stage) {
-    const int64_t count = num_layers / num_stages + (stage < num_layers % num_stages ? 1 : 0);
-    ranges.emplace_back(begin, begin + count);
-    begin += count;
-  }
-  return ranges;
-}
-
-// Peak live activation chunks on pipeline rank `rank` (DUALPIPE.md's table; 1F1B-family warm-up).
-int64_t live_chunks(schedule::ScheduleKind kind, int64_t rank, int64_t pp, int64_t micro_batches, int64_t chunks) {
-  switch (kind) {
-    case schedule::ScheduleKind::kGpipe: return micro_batches;
-    case schedule::ScheduleKind::kDualPipe: return std::min<int64_t>(pp + 1, micro_batches);
-    case schedule::ScheduleKind::kDualPipeV: return std::min<int64_t>(2 * pp, 2 * micro_batches);
-    case schedule::ScheduleKind::kInterleaved:
-      return std::min<int64_t>((pp - rank) * chunks + (chunks - 1) * pp, micro_batches * chunks);
-    default: return std::min<int64_t>(pp - rank, micro_batches);
-  }
-}
 
 }  // namespace
 
@@ -54,7 +32,11 @@ std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16) {
   const schedule::Placement placement =
       schedule::placement_for(kind, static_cast<int>(p.pp), chunks, static_cast<int>(p.pipeline.micro_batches));
   const int64_t num_stages = placement.num_stages();
-  const auto ranges = layer_ranges(m.num_hidden_layers, num_stages);
+  // Peak live activation chunks per rank, from playing the schedule itself (unit costs: the
+  // order, not the timing, decides what is alive at once).
+  const schedule::SimResult played = schedule::simulate(
+      schedule::generate(kind, static_cast<int>(p.pp), static_cast<int>(p.pipeline.micro_batches), chunks));
+  const std::vector<model::StageSpec> specs = model::partition_layers(m, num_stages);
   const double weight_width = bf16 ? 2.0 : 4.0;
   const double master_width = bf16 ? 4.0 : 0.0;
   const int64_t dp = std::max<int64_t>(p.dp, 1);
@@ -69,10 +51,15 @@ std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16) {
     double dense_params = 0, routed_params = 0, activation_per_chunk = 0;
     for (int chunk = 0; chunk < chunks; ++chunk) {
       const int64_t stage = placement.stage_of(static_cast<int>(rank), chunk);
-      const auto [begin, end] = ranges[stage];
-      const int64_t all = model::stage_params(m, begin, end, stage == 0, stage == num_stages - 1);
+      const model::StageSpec& spec = specs[static_cast<size_t>(stage)];
+      const int64_t all = model::stage_params(m, spec.layer_begin, spec.layer_end, spec.is_first(), spec.is_last());
       int64_t routed = 0;
-      for (int64_t layer = begin; layer < end; ++layer) {
+      // The MTP modules (on the last stage) are MoE layers too: their routed experts split over ep.
+      const int64_t mtp_layers = spec.is_last() ? m.num_nextn_predict_layers : 0;
+      for (int64_t layer = 0; layer < mtp_layers; ++layer) {
+        if (m.is_moe_layer(m.num_hidden_layers + layer)) routed += routed_per_layer;
+      }
+      for (int64_t layer = spec.layer_begin; layer < spec.layer_end; ++layer) {
         if (m.is_moe_layer(layer)) routed += routed_per_layer;
         const double mlp_width = m.is_moe_layer(layer)
                                      ? static_cast<double>(m.num_experts_per_tok + m.n_shared_experts) * m.moe_intermediate_size
@@ -91,7 +78,7 @@ std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16) {
     memory.weight_bytes = sharded(weight_width, p.zero >= 3);
     memory.grad_bytes = sharded(4.0, p.zero >= 2);
     memory.optimizer_bytes = sharded(8.0 + master_width, p.zero >= 1);
-    memory.live_microbatches = live_chunks(kind, rank, p.pp, p.pipeline.micro_batches, chunks);
+    memory.live_microbatches = played.ranks[static_cast<size_t>(rank)].peak_live_chunks;
     memory.activation_bytes = activation_per_chunk / chunks * static_cast<double>(memory.live_microbatches);
     ranks.push_back(memory);
   }

@@ -3,8 +3,9 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
-#include "mpi_test_env.h"
+#include "tests/common/mpi_test_env.h"
 #include "parallel/process_grid.h"
+#include "runtime/error.h"
 
 namespace tandem::parallel {
 namespace {

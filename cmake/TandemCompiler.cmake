@@ -2,9 +2,13 @@
 # tandem library target (one per folder).
 find_program(TANDEM_CCACHE ccache)
 if(TANDEM_CCACHE)
-  set(CMAKE_C_COMPILER_LAUNCHER ${TANDEM_CCACHE})
-  set(CMAKE_CXX_COMPILER_LAUNCHER ${TANDEM_CCACHE})
-  set(CMAKE_CUDA_COMPILER_LAUNCHER ${TANDEM_CCACHE})
+  # base_dir makes cached objects reusable across checkouts (a CI clone hits what a developer
+  # built); the sloppiness lets ccache cache translation units that use precompiled headers.
+  set(_tandem_launcher ${CMAKE_COMMAND} -E env CCACHE_BASEDIR=${CMAKE_SOURCE_DIR}
+      CCACHE_SLOPPINESS=pch_defines,time_macros,include_file_mtime,include_file_ctime ${TANDEM_CCACHE})
+  set(CMAKE_C_COMPILER_LAUNCHER ${_tandem_launcher})
+  set(CMAKE_CXX_COMPILER_LAUNCHER ${_tandem_launcher})
+  set(CMAKE_CUDA_COMPILER_LAUNCHER ${_tandem_launcher})
 endif()
 
 # __FILE__ relative to the source root: error messages read "runtime/error.cpp:12" wherever the

@@ -33,6 +33,7 @@ have_file /usr/include/benchmark/benchmark.h /usr/local/include/benchmark/benchm
 command -v ninja >/dev/null 2>&1 || missing+=(ninja-build)
 command -v ccache >/dev/null 2>&1 || missing+=(ccache)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+have_file /usr/share/games/fortunes/fortunes || missing+=(fortunes)  # the default job's corpus
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing system packages: ${missing[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -66,15 +67,21 @@ fi
 log "building ($jobs jobs)"
 cmake --build "$BUILD_DIR" -j "$jobs" || { log "build failed (see the compiler output above)"; exit 1; }
 
-# --- 4. run ---------------------------------------------------------------------------------
+# --- 4. data: the default job's corpus (Debian's `fortunes` as a Megatron indexed dataset) ----
+if ! scripts/prepare_data.sh; then
+  [ "$mode" = run ] && { log "could not prepare data/tiny_corpus (see above)"; exit 1; }
+  log "warning: data/tiny_corpus could not be prepared; tests that train on it will be skipped"
+fi
+
+# --- 5. run ---------------------------------------------------------------------------------
 # Open MPI refuses to run as root and to start more ranks than cores unless told; both are
 # normal on a developer box or in a container.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export NCCL_NVLS_ENABLE=0
 case "$mode" in
   run)
-    log "default job: mpirun -np 4 $BUILD_DIR/bin/tandem check-config configs/tiny_moe.yaml"
-    mpirun -np 4 "$BUILD_DIR/bin/tandem" check-config configs/tiny_moe.yaml --set parallel.pp=2 --set parallel.dp=2
+    log "default job: mpirun -np 2 $BUILD_DIR/bin/tandem train configs/tiny_moe.yaml"
+    mpirun -np 2 --bind-to none "$BUILD_DIR/bin/tandem" train configs/tiny_moe.yaml "$@"
     ;;
   test)
     ctest --test-dir "$BUILD_DIR" -LE bench --output-on-failure -j "$jobs" "$@"

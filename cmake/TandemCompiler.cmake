@@ -13,7 +13,11 @@ endif()
 
 # __FILE__ relative to the source root: error messages read "runtime/error.cpp:12" wherever the
 # checkout lives, and ccache hits across checkouts.
-add_compile_options($<$<COMPILE_LANGUAGE:CXX>:-fmacro-prefix-map=${CMAKE_SOURCE_DIR}/=>)
+# With CCACHE_BASEDIR (below) ccache hands the compiler paths relative to the build directory,
+# so the relative spelling of the source root is mapped away too.
+file(RELATIVE_PATH _tandem_source_from_build ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
+add_compile_options($<$<COMPILE_LANGUAGE:CXX>:-fmacro-prefix-map=${CMAKE_SOURCE_DIR}/=>
+                    $<$<COMPILE_LANGUAGE:CXX>:-fmacro-prefix-map=${_tandem_source_from_build}/=>)
 
 add_library(tandem_warnings INTERFACE)
 target_compile_options(tandem_warnings INTERFACE

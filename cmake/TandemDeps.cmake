@@ -66,6 +66,8 @@ if(TANDEM_WITH_CUDA)
       set(CMAKE_CUDA_ARCHITECTURES OFF)
     endif()
     enable_language(CUDA)
+    # tandem's own kernels: Hopper (sm_90a: wgmma, TMA) unless told otherwise.
+    set(TANDEM_CUDA_GENCODE "-gencode=arch=compute_90a,code=sm_90a" CACHE STRING "nvcc -gencode flags for tandem kernels")
     find_package(CUDAToolkit REQUIRED)
     set(TANDEM_HAVE_CUDA ON)
   else()

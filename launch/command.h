@@ -47,5 +47,6 @@ CommandRunner add_check_config_command(CLI::App& app); // tandem check-config JO
 CommandRunner add_config_reference_command(CLI::App& app);  // tandem config-reference
 CommandRunner add_simulate_command(CLI::App& app);  // tandem simulate JOB.yaml
 CommandRunner add_plan_command(CLI::App& app);      // tandem plan JOB.yaml
+CommandRunner add_train_command(CLI::App& app);     // tandem train JOB.yaml
 CommandRunner add_preprocess_command(CLI::App& app);  // tandem preprocess --input FILE... --output PREFIX
 }  // namespace tandem::launch

@@ -78,6 +78,7 @@ struct HardwareConfig {
   int64_t gpus_per_node = 8;
   double p2p_latency_us = 20.0;
   double gpu_memory_gib = 80.0;
+  double cpu_gflops_per_core = 100.0;  // fp32 peak of one core (MFU on CPU runs)
 
   template <class V>
   void visit(V& v) {
@@ -88,6 +89,7 @@ struct HardwareConfig {
     v("gpus_per_node", gpus_per_node, {.doc = "GPUs per node", .min = 1});
     v("p2p_latency_us", p2p_latency_us, {.doc = "Pipeline send/receive latency, microseconds", .min = 0});
     v("gpu_memory_gib", gpu_memory_gib, {.doc = "Memory per GPU, GiB (memory estimates and plan's budget)", .min = 0.001});
+    v("cpu_gflops_per_core", cpu_gflops_per_core, {.doc = "Peak fp32 GFLOP/s of one CPU core (MFU of CPU runs)", .min = 0.001});
   }
 };
 

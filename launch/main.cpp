@@ -76,11 +76,13 @@ int run(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "Help for every command");
   std::map<const CLI::App*, CommandRunner> runners;
   auto add = [&](const char* name, CommandRunner runner) { runners[app.get_subcommand(name)] = std::move(runner); };
+  add("train", add_train_command(app));
   add("check-config", add_check_config_command(app));
   add("schedule", add_schedule_command(app));
   add("config-reference", add_config_reference_command(app));
   add("simulate", add_simulate_command(app));
   add("plan", add_plan_command(app));
+  add("preprocess", add_preprocess_command(app));
 
   MpiSetupGate gate(session);
   try {

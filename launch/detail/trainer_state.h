@@ -1,0 +1,60 @@
+// Internal to the trainer (trainer.cpp, trainer_checkpoint.cpp): the state of one training run.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "launch/job_config.h"
+#include "launch/trainer.h"
+#include "model/model.h"
+#include "parallel/adamw.h"
+#include "parallel/flat_params.h"
+#include "parallel/process_grid.h"
+#include "runtime/gpt_sampler.h"
+#include "runtime/indexed_dataset.h"
+#include "runtime/metrics_writer.h"
+#include "runtime/process_context.h"
+#include "runtime/signal_watcher.h"
+#include "runtime/tensorboard_writer.h"
+
+namespace tandem::launch {
+
+struct Trainer::State {
+  JobConfig config;
+  const runtime::ProcessContext& process;
+  const runtime::SignalWatcher& signals;
+  const parallel::ProcessGrid* grid = nullptr;
+
+  std::shared_ptr<const runtime::IndexedDataset> train_data;
+  std::shared_ptr<const runtime::IndexedDataset> valid_data;
+  std::unique_ptr<runtime::GptSampler> train_sampler;
+  std::unique_ptr<runtime::GptSampler> valid_sampler;
+
+  std::unique_ptr<model::Model> model;
+  std::unique_ptr<parallel::FlatParamGroup> params;
+  std::unique_ptr<parallel::AdamW> optimizer;
+
+  std::unique_ptr<runtime::MetricsWriter> metrics;        // rank 0
+  std::unique_ptr<runtime::TensorBoardWriter> tensorboard;  // rank 0, when enabled
+
+  int64_t step = 0;            // optimizer steps completed
+  int64_t micro_batches = 1;   // per optimizer step and dp rank
+  std::string checkpoint_root;
+
+  State(JobConfig job, const runtime::ProcessContext& context, const runtime::SignalWatcher& watcher)
+      : config(std::move(job)), process(context), signals(watcher) {}
+};
+
+// Checkpointing (trainer_checkpoint.cpp). Collective over the world.
+// Saves params, optimizer moments, routing biases, step, optimizer step count and sampler state.
+void save_checkpoint(Trainer::State& state);
+// Restores from checkpoint.resume (auto: latest valid, if any; none; or a directory). Returns the
+// step resumed from, or nullopt when starting fresh.
+std::optional<int64_t> maybe_resume(Trainer::State& state);
+
+}  // namespace tandem::launch

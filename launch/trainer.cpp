@@ -1,0 +1,286 @@
+// The training loop (see trainer.h). Per optimizer step:
+//   zero grads -> for each micro-batch: forward (loss pieces) and backward with gradient
+//   1/micro_batches -> average gradients over dp -> global norm, clip scale -> AdamW ->
+//   routing-bias update from dp-reduced expert loads -> metrics -> eval / checkpoint / stop.
+#include "launch/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/grad_mode.h>
+#include <torch/version.h>
+
+#include <cmath>
+#include <thread>
+
+#include "launch/config_loader.h"
+#include "launch/detail/trainer_state.h"
+#include "launch/lr_schedule.h"
+#include "model/init.h"
+#include "model/model_size.h"
+#include "parallel/grid_layout.h"
+#include "runtime/file_util.h"
+#include "runtime/log.h"
+
+namespace tandem::launch {
+namespace {
+
+using parallel::GroupKind;
+using parallel::ReduceOp;
+
+// What this build's trainer can run; everything else is a valid layout for check-config.
+void check_supported(const JobConfig& config) {
+  const auto& p = config.parallel;
+  TANDEM_CHECK_CONFIG(p.pp == 1 && p.tp == 1 && p.ep == 1 && p.zero == 0,
+                      "this build of `tandem train` runs data parallelism only (pp = tp = ep = 1, zero = 0); got "
+                      "pp {} tp {} ep {} zero {}. Set them with --set parallel.pp=1 ... (check-config and "
+                      "simulate accept every layout)",
+                      p.pp, p.tp, p.ep, p.zero);
+  const bool gpu_requested = config.run.device == "cuda";
+  TANDEM_CHECK_CONFIG(!gpu_requested, "run.device: cuda training is not available in this build; use cpu or auto");
+  TANDEM_CHECK_CONFIG(config.train.precision != "bf16",
+                      "train.precision: bf16 needs a GPU; CPU runs train in fp32 (use fp32 or auto)");
+}
+
+runtime::GptSamplerOptions sampler_options(const JobConfig& config, int64_t dp_rank, int64_t dp_size, bool train) {
+  runtime::GptSamplerOptions options;
+  options.seq_length = config.data.seq_length;
+  options.seed = static_cast<uint64_t>(config.run.seed);
+  options.dp_rank = dp_rank;
+  options.dp_size = dp_size;
+  options.vocab_size = config.model.vocab_size;
+  options.shuffle = train;
+  options.name = train ? "training split" : "validation split";
+  options.config_key = train || config.data.valid_path.empty() ? "data.path" : "data.valid_path";
+  return options;
+}
+
+at::Tensor to_tensor(const runtime::SampleBatch& batch) {
+  return at::from_blob(const_cast<int64_t*>(batch.tokens.data()), {batch.batch_size, batch.sample_length}, at::kLong)
+      .clone();  // [B, T+1]
+}
+
+bool decays(const std::string& name) {
+  return !model::is_norm_weight(name) && name.find(".bias") == std::string::npos;
+}
+
+double scalar(const at::Tensor& t) { return t.defined() ? t.item<double>() : 0.0; }
+
+// Mean over MoE layers of (max / mean) tokens per expert: 1.0 is perfectly balanced.
+double load_imbalance(const at::Tensor& counts) {
+  double sum = 0;
+  int64_t layers = 0;
+  const at::Tensor as_double = counts.to(at::kDouble);
+  for (int64_t layer = 0; layer < as_double.size(0); ++layer) {
+    const at::Tensor row = as_double[layer];
+    const double mean = row.mean().item<double>();
+    if (mean <= 0) continue;
+    sum += row.max().item<double>() / mean;
+    ++layers;
+  }
+  return layers > 0 ? sum / static_cast<double>(layers) : 1.0;
+}
+
+std::string format_duration(double seconds) {
+  const auto total = static_cast<int64_t>(std::max(0.0, seconds) + 0.5);
+  if (total >= 3600) return fmt::format("{}:{:02}:{:02}", total / 3600, (total / 60) % 60, total % 60);
+  return fmt::format("{}:{:02}", total / 60, total % 60);
+}
+
+std::string progress_bar(int64_t done, int64_t total) {
+  constexpr int kWidth = 20;
+  const auto filled = static_cast<int>(kWidth * done / std::max<int64_t>(total, 1));
+  return "[" + std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(kWidth - filled), '.') + "]";
+}
+
+struct StepStats {
+  double loss = 0, lm_loss = 0, mtp_loss = 0, aux_loss = 0;
+};
+
+}  // namespace
+
+Trainer::Trainer(JobConfig config, const runtime::ProcessContext& process, const runtime::SignalWatcher& signals)
+    : state_(std::make_unique<State>(std::move(config), process, signals)) {
+  State& s = *state_;
+  check_supported(s.config);
+  const auto layout = parallel::GridLayout::create(process.world_size, s.config.parallel.pp, s.config.parallel.dp,
+                                                   s.config.parallel.tp, s.config.parallel.ep, s.config.parallel.order);
+  const int64_t dp_rank = layout.coord(process.rank).dp;
+  const int64_t dp_size = layout.dp_size();
+  s.micro_batches = s.config.parallel.pipeline.micro_batches;
+
+  // Data: opened and validated here so a missing or bad dataset fails set-up on every rank.
+  s.train_data = std::make_shared<const runtime::IndexedDataset>(
+      runtime::IndexedDataset::open(s.config.data.path, "data.path"));
+  runtime::DocumentSplit split;
+  if (s.config.data.valid_path.empty()) {
+    split = runtime::split_documents(s.train_data->num_documents(), s.config.data.valid_fraction);
+    s.valid_data = s.train_data;
+  } else {
+    split.train = runtime::all_documents(*s.train_data);
+    s.valid_data = std::make_shared<const runtime::IndexedDataset>(
+        runtime::IndexedDataset::open(s.config.data.valid_path, "data.valid_path"));
+    split.valid = runtime::all_documents(*s.valid_data);
+  }
+  s.train_sampler = std::make_unique<runtime::GptSampler>(s.train_data, std::move(split.train),
+                                                          sampler_options(s.config, dp_rank, dp_size, true));
+  s.valid_sampler = std::make_unique<runtime::GptSampler>(s.valid_data, std::move(split.valid),
+                                                          sampler_options(s.config, dp_rank, dp_size, false));
+  s.checkpoint_root = s.config.checkpoint.dir.empty() ? s.config.run.output_dir + "/checkpoints" : s.config.checkpoint.dir;
+}
+
+Trainer::~Trainer() = default;
+
+int Trainer::run(const parallel::ProcessGrid& grid) {
+  State& s = *state_;
+  s.grid = &grid;
+  const JobConfig& config = s.config;
+  const bool root = s.process.is_root();
+
+  // One core's worth of intra-op threads per rank on this node: more only oversubscribes.
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = std::max(1, cores / std::max(1, s.process.local_size));
+  at::set_num_threads(threads);
+
+  if (root) {
+    TANDEM_LOG_INFO("train", "tandem {} | LibTorch {} | {}", TANDEM_VERSION_STRING, TORCH_VERSION, TANDEM_GIT_SHA);
+    TANDEM_LOG_INFO("train", "resolved config:\n{}", job_config_to_yaml(config));
+    TANDEM_LOG_INFO("train", "layout:\n{}", grid.layout().describe());
+    TANDEM_LOG_INFO("data", "{}", s.train_sampler->describe());
+    TANDEM_LOG_INFO("data", "{}", s.valid_sampler->describe());
+  }
+
+  s.model = std::make_unique<model::Model>(config.model, static_cast<uint64_t>(config.run.seed));
+  s.model->train(true);
+  std::vector<parallel::NamedParam> named;
+  for (auto& [name, tensor] : s.model->named_parameters()) named.push_back({name, tensor, decays(name)});
+  s.params = std::make_unique<parallel::FlatParamGroup>("params", std::move(named), 1, 0);
+  s.optimizer = std::make_unique<parallel::AdamW>(
+      std::vector<parallel::FlatParamGroup*>{s.params.get()},
+      parallel::AdamWConfig{config.optim.beta1, config.optim.beta2, config.optim.eps, config.optim.weight_decay});
+  const model::ModelSize size = model::compute_model_size(config.model);
+  if (root) {
+    TANDEM_LOG_INFO("train", "model: {} parameters ({} main, {} MTP), {} activated per token, {} threads per rank",
+                    s.params->used_numel(), size.total_params, size.mtp_params, size.activated_params, threads);
+  }
+
+  const std::optional<int64_t> resumed = maybe_resume(s);
+  if (root) {
+    runtime::make_directories(config.run.output_dir);
+    s.metrics = std::make_unique<runtime::MetricsWriter>(config.run.output_dir + "/metrics.jsonl", resumed);
+    if (config.logging.tensorboard) {
+      s.tensorboard = std::make_unique<runtime::TensorBoardWriter>(config.run.output_dir + "/tensorboard", s.process.host);
+    }
+  }
+
+  parallel::Communicator& dp = grid.dp();
+  parallel::Communicator& world = grid.world();
+  const int64_t tokens_per_step = config.data.global_batch_size * config.data.seq_length;
+  const double flops_per_token = size.train_flops_per_token(config.data.seq_length);
+  const double peak_flops = config.hardware.cpu_gflops_per_core * 1e9 * threads * s.process.world_size;
+  const double loss_scale = 1.0 / static_cast<double>(s.micro_batches);
+  const auto run_start = std::chrono::steady_clock::now();
+  const int64_t first_step = s.step;
+
+  while (s.step < config.train.steps) {
+    const auto step_start = std::chrono::steady_clock::now();
+    const int64_t step = s.step + 1;
+    const double lr = learning_rate(config.optim, step, config.train.steps);
+    s.params->zero_grad();
+
+    StepStats stats;
+    for (int64_t micro = 0; micro < s.micro_batches; ++micro) {
+      const at::Tensor tokens = to_tensor(s.train_sampler->next_batch(config.data.micro_batch_size));
+      const model::LossPieces pieces = s.model->forward_loss(tokens, loss_scale);
+      torch::autograd::backward({pieces.loss}, {at::full({}, loss_scale, pieces.loss.options())});
+      stats.loss += scalar(pieces.loss) * loss_scale;
+      stats.lm_loss += scalar(pieces.lm_loss) * loss_scale;
+      stats.mtp_loss += scalar(pieces.mtp_loss) * loss_scale;
+      stats.aux_loss += scalar(pieces.aux_loss) * loss_scale;
+    }
+
+    // Data-parallel average of gradients and of the logged losses; global expert loads.
+    if (dp.size() > 1) dp.all_reduce(s.params->grads(), ReduceOp::kAvg);
+    at::Tensor losses = at::tensor({stats.loss, stats.lm_loss, stats.mtp_loss, stats.aux_loss}, at::kDouble);
+    if (dp.size() > 1) dp.all_reduce(losses, ReduceOp::kAvg);
+    at::Tensor load = s.model->expert_load().contiguous();
+    if (dp.size() > 1) dp.all_reduce(load, ReduceOp::kSum);
+
+    const double grad_norm = s.params->grads().norm().item<double>();
+    TANDEM_CHECK_KIND(kRuntime, std::isfinite(grad_norm) && std::isfinite(losses[0].item<double>()),
+                      "step {}: loss {} / gradient norm {} is not finite; lower optim.lr or check the data", step,
+                      losses[0].item<double>(), grad_norm);
+    const double clip = config.optim.grad_clip;
+    const double grad_scale = clip > 0 && grad_norm > clip ? clip / (grad_norm + 1e-6) : 1.0;
+    s.optimizer->step(lr, grad_scale);
+    if (config.model.n_routed_experts > 0) s.model->update_routing_bias(load);
+    s.model->reset_expert_load();
+    s.step = step;
+
+    // Evaluation on the held-out split (lm loss only, no MTP/balance terms).
+    std::optional<double> eval_loss;
+    if (config.train.eval_interval > 0 && (step % config.train.eval_interval == 0 || step == config.train.steps)) {
+      s.model->train(false);
+      torch::autograd::AutoGradMode no_grad(false);
+      s.valid_sampler->reset();
+      double sum = 0;
+      for (int64_t k = 0; k < config.train.eval_steps; ++k) {
+        sum += scalar(s.model->forward_loss(to_tensor(s.valid_sampler->next_batch(config.data.micro_batch_size))).lm_loss);
+      }
+      at::Tensor mean = at::tensor({sum / static_cast<double>(config.train.eval_steps)}, at::kDouble);
+      if (dp.size() > 1) dp.all_reduce(mean, ReduceOp::kAvg);
+      eval_loss = mean.item<double>();
+      s.model->train(true);
+    }
+
+    const double step_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
+    const double tokens_per_s = static_cast<double>(tokens_per_step) / step_seconds;
+    const double mfu = flops_per_token * tokens_per_s / peak_flops;
+    const double imbalance = config.model.n_routed_experts > 0 ? load_imbalance(load) : 1.0;
+    if (root) {
+      const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+      const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(config.train.steps - step);
+      const double loss = losses[0].item<double>(), lm = losses[1].item<double>(), mtp = losses[2].item<double>();
+      if (step % config.logging.log_interval == 0 || step == config.train.steps || step == first_step + 1) {
+        TANDEM_LOG_INFO("train",
+                        "step {:>5}/{} {} loss {:.4f} (lm {:.4f} mtp {:.4f}) | lr {:.2e} | gnorm {:.3f} | {:.0f} tok/s | "
+                        "mfu {:.1f}% | imbalance {:.2f} | {:.2f} s/step | eta {}{}",
+                        step, config.train.steps, progress_bar(step, config.train.steps), loss, lm, mtp, lr, grad_norm,
+                        tokens_per_s, 100.0 * mfu, imbalance, step_seconds, format_duration(eta),
+                        eval_loss ? fmt::format(" | eval {:.4f}", *eval_loss) : std::string());
+      }
+      std::vector<runtime::MetricField> fields = {
+          {"step", step},          {"loss", loss},           {"lm_loss", lm},
+          {"mtp_loss", mtp},       {"aux_loss", losses[3].item<double>()},
+          {"lr", lr},              {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s},
+          {"mfu", mfu},            {"expert_imbalance", imbalance},
+          {"step_time_s", step_seconds},
+          {"consumed_tokens", step * tokens_per_step}};
+      if (eval_loss) fields.emplace_back("eval_loss", *eval_loss);
+      s.metrics->write(fields);
+      if (s.tensorboard) {
+        std::vector<std::pair<std::string, double>> scalars = {
+            {"train/loss", loss}, {"train/lm_loss", lm}, {"train/mtp_loss", mtp}, {"train/lr", lr},
+            {"train/grad_norm", grad_norm}, {"train/tokens_per_s", tokens_per_s}, {"train/expert_imbalance", imbalance}};
+        if (eval_loss) scalars.emplace_back("eval/lm_loss", *eval_loss);
+        s.tensorboard->add_scalars(step, scalars);
+      }
+    }
+
+    // A stop request on any rank stops every rank after this step.
+    at::Tensor stop = at::tensor({s.signals.stop_requested() ? 1 : 0}, at::kInt);
+    world.all_reduce(stop, ReduceOp::kMax);
+    const bool stopping = stop.item<int>() != 0;
+    const bool interval_due = config.checkpoint.interval > 0 && step % config.checkpoint.interval == 0;
+    const bool last = step == config.train.steps;
+    if (interval_due || ((last || stopping) && config.checkpoint.save_on_exit)) save_checkpoint(s);
+    if (stopping) {
+      if (root) TANDEM_LOG_WARN("train", "stopped by signal after step {}; checkpoint written", step);
+      break;
+    }
+  }
+  if (s.tensorboard) s.tensorboard->flush();
+  return 0;
+}
+
+}  // namespace tandem::launch

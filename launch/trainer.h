@@ -1,0 +1,48 @@
+// Trainer: wires a job together and runs the training loop: data (GptSampler over a Megatron
+// indexed dataset), model, flat-buffer AdamW with warm-up + cosine/constant LR and global-norm
+// clipping, gradient accumulation over micro-batches, data-parallel gradient averaging, the
+// auxiliary-loss-free routing-bias update from globally reduced expert loads, evaluation on the
+// held-out split, checkpoints (atomic, verified, exact resume), and metrics (step line with
+// progress and ETA, metrics.jsonl, TensorBoard). A SIGINT/SIGTERM on any rank stops every rank
+// after the current step with a checkpoint and exit code 0.
+// Layout support today: data parallelism over any dp with pp = tp = ep = 1 and zero = 0; the
+// set-up rejects other layouts with a clear message until their runtimes are wired in.
+// Not thread-safe; one per process. Collective: every rank of the job constructs one and calls
+// run() (they issue the same collectives in the same order).
+#pragma once
+
+#include <memory>
+
+#include "launch/job_config.h"
+
+namespace tandem::parallel {
+class ProcessGrid;
+}
+namespace tandem::runtime {
+struct ProcessContext;
+class SignalWatcher;
+}  // namespace tandem::runtime
+
+namespace tandem::launch {
+
+class Trainer {
+ public:
+  // Rank-local set-up that can fail on bad input (data files, layout support): call on every
+  // rank BEFORE the set-up agreement (SetupGate::pass), so a bad dataset exits 2 everywhere.
+  // Throws tandem::Error (kConfig / kInput).
+  Trainer(JobConfig config, const runtime::ProcessContext& process, const runtime::SignalWatcher& signals);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+
+  // Collective: builds the model and optimizer over `grid`, resumes if asked, trains to
+  // train.steps or until a stop signal, and returns the exit code (0).
+  int run(const parallel::ProcessGrid& grid);
+
+  struct State;  // defined in launch/detail/trainer_state.h, for the trainer's own .cpp files
+
+ private:
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace tandem::launch

@@ -66,6 +66,10 @@ if(TANDEM_WITH_CUDA)
       set(CMAKE_CUDA_ARCHITECTURES OFF)
     endif()
     enable_language(CUDA)
+    # Kernels are C++17: CMake 3.25 does not know nvcc 13's C++20 flag, and LibTorch's CMake would
+    # otherwise copy CMAKE_CXX_STANDARD (20) into CMAKE_CUDA_STANDARD.
+    set(CMAKE_CUDA_STANDARD 17)
+    set(CMAKE_CUDA_STANDARD_REQUIRED ON)
     # tandem's own kernels: Hopper (sm_90a: wgmma, TMA) unless told otherwise.
     set(TANDEM_CUDA_GENCODE "-gencode=arch=compute_90a,code=sm_90a" CACHE STRING "nvcc -gencode flags for tandem kernels")
     find_package(CUDAToolkit REQUIRED)

@@ -210,9 +210,7 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     TANDEM_CHECK_KIND(kRuntime, std::isfinite(grad_norm) && std::isfinite(losses[0].item<double>()),
                       "step {}: loss {} / gradient norm {} is not finite; lower optim.lr or check the data", step,
                       losses[0].item<double>(), grad_norm);
-    const double clip = config.optim.grad_clip;
-    const double grad_scale = clip > 0 && grad_norm > clip ? clip / (grad_norm + 1e-6) : 1.0;
-    s.optimizer->step(lr, grad_scale);
+    s.optimizer->step(lr, parallel::clip_scale(grad_norm, config.optim.grad_clip));
     if (config.model.n_routed_experts > 0) s.model->update_routing_bias(load);
     s.model->reset_expert_load();
     s.step = step;

@@ -8,6 +8,11 @@
 
 namespace tandem::parallel {
 
+double clip_scale(double grad_norm, double max_norm) {
+  if (max_norm <= 0 || grad_norm <= max_norm) return 1.0;
+  return max_norm / (grad_norm + 1e-6);
+}
+
 AdamW::AdamW(std::vector<FlatParamGroup*> groups, AdamWConfig config) : groups_(std::move(groups)), config_(config) {
   for (FlatParamGroup* group : groups_) {
     exp_avg_.push_back(at::zeros({group->shard_numel()}, group->params().options()));

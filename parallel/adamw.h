@@ -25,6 +25,10 @@ struct AdamWConfig {
   double weight_decay = 0.1;
 };
 
+// Global-norm clipping factor: min(1, max_norm / norm), 1 when clipping is off (max_norm <= 0).
+// The small epsilon keeps the clipped norm just under max_norm, as in torch's clip_grad_norm_.
+double clip_scale(double grad_norm, double max_norm);
+
 class AdamW {
  public:
   // Groups are borrowed and must outlive the optimizer. State starts at zero.

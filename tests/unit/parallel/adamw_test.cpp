@@ -96,5 +96,17 @@ TEST(AdamW, ShardedOptimizerTouchesOnlyItsSlice) {
   EXPECT_EQ(optimizer.exp_avg(0).numel(), 4);
 }
 
+TEST(AdamW, ClippingScalesTheGlobalNormDownToTheLimit) {
+  EXPECT_EQ(clip_scale(0.5, 1.0), 1.0);   // under the limit: untouched
+  EXPECT_EQ(clip_scale(1.0, 1.0), 1.0);
+  EXPECT_EQ(clip_scale(10.0, 0.0), 1.0);  // clipping off
+  EXPECT_NEAR(clip_scale(4.0, 1.0), 0.25, 1e-6);
+  // Clipping a real gradient: the scaled norm lands on the limit.
+  const at::Tensor grads = at::tensor({3.0f, 4.0f, 12.0f});  // norm 13
+  const double scale = clip_scale(grads.norm().item<double>(), 2.5);
+  EXPECT_NEAR((grads * scale).norm().item<double>(), 2.5, 1e-5);
+  EXPECT_LT((grads * scale).norm().item<double>(), 2.5);
+}
+
 }  // namespace
 }  // namespace tandem::parallel

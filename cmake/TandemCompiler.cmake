@@ -16,6 +16,7 @@ endif()
 # With CCACHE_BASEDIR (below) ccache hands the compiler paths relative to the build directory,
 # so the relative spelling of the source root is mapped away too.
 file(RELATIVE_PATH _tandem_source_from_build ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
+string(REGEX REPLACE "/+$" "" _tandem_source_from_build "${_tandem_source_from_build}")
 add_compile_options($<$<COMPILE_LANGUAGE:CXX>:-fmacro-prefix-map=${CMAKE_SOURCE_DIR}/=>
                     $<$<COMPILE_LANGUAGE:CXX>:-fmacro-prefix-map=${_tandem_source_from_build}/=>)
 

@@ -31,11 +31,10 @@ CommandRunner add_train_command(CLI::App& app) {
                       "Seconds a collective may wait for peers before the job is aborted")
       ->check(CLI::PositiveNumber);
   return [options](const CommandEnv& env) {
-    // Before any other thread starts: the watcher's signal mask is inherited by them.
-    runtime::SignalWatcher signals;
+    env.signals.set_graceful(true);  // a stop signal ends the run after the step, with a checkpoint
     JobConfig config = load_job_config(options->job_path, options->overrides, env.process.world_size);
     runtime::init_logging(env.process, {config.logging.level, config.logging.all_ranks, ""});
-    Trainer trainer(config, env.process, signals);
+    Trainer trainer(config, env.process, env.signals);
     env.setup.pass();
     const parallel::ProcessGrid grid(
         parallel::GridLayout::create(env.process.world_size, config.parallel.pp, config.parallel.dp,

@@ -11,7 +11,8 @@ class App;
 
 namespace tandem::runtime {
 struct ProcessContext;
-}
+class SignalWatcher;
+}  // namespace tandem::runtime
 
 namespace tandem::launch {
 
@@ -35,6 +36,7 @@ struct PeerSetupFailed {
 struct CommandEnv {
   const runtime::ProcessContext& process;  // rank, world size, host of this process
   SetupGate& setup;
+  runtime::SignalWatcher& signals;  // SIGINT/SIGTERM; a command that polls it calls set_graceful(true)
 };
 
 // Runs the command; returns the process exit code (0 ok, 2 bad input, 1 failure) or throws

@@ -13,6 +13,7 @@
 #include "runtime/error.h"
 #include "runtime/log.h"
 #include "runtime/mpi_session.h"
+#include "runtime/signal_watcher.h"
 
 namespace tandem::launch {
 namespace {
@@ -67,6 +68,8 @@ int handle_failure(int code, const std::string& message, const std::string& dige
 }
 
 int run(int argc, char** argv) {
+  // First, before MPI starts its threads: they must inherit the blocked SIGINT/SIGTERM mask.
+  runtime::SignalWatcher signals;
   runtime::MpiSession session(&argc, &argv);
   const runtime::ProcessContext& process = session.context();
   runtime::init_logging(process, {});
@@ -96,7 +99,7 @@ int run(int argc, char** argv) {
       return gate.agree(code == 0 ? 0 : 2, "", "");
     }
     const CLI::App* chosen = app.get_subcommands().front();
-    CommandEnv env{process, gate};
+    CommandEnv env{process, gate, signals};
     const int code = runners.at(chosen)(env);
     if (!gate.passed()) return gate.agree(code, "", "");
     return code;

@@ -32,9 +32,11 @@ void SignalWatcher::watch() {
     if (sigwait(&signals_, &received) != 0) continue;
     if (shutting_down_.load(std::memory_order_acquire)) return;
     if (received == SIGUSR2) continue;
-    if (stop_requested_.load(std::memory_order_acquire)) {
-      // Second request: the user means it. Default action, delivered to the whole process.
-      TANDEM_LOG_WARN("train", "second signal {}: stopping immediately", received);
+    if (!graceful_.load(std::memory_order_acquire) || stop_requested_.load(std::memory_order_acquire)) {
+      // Nobody polls the flag, or this is the second request: the usual effect of the signal.
+      if (graceful_.load(std::memory_order_acquire)) {
+        TANDEM_LOG_WARN("train", "second signal {}: stopping immediately", received);
+      }
       flush_logs();
       signal(received, SIG_DFL);
       pthread_sigmask(SIG_UNBLOCK, &signals_, nullptr);

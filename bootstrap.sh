@@ -21,7 +21,8 @@ log() { printf '[bootstrap] %s\n' "$*"; }
 # Probe by the file each package provides, so machines where these came from elsewhere (no apt
 # network on the GPU machines) are recognised as complete.
 have_file() { for p in "$@"; do [ -e "$p" ] && return 0; done; return 1; }
-missing=()
+missing=()   # needed to build and test
+optional=()  # used when present: ccache (fast rebuilds), Google Benchmark (bench label), fortunes (corpus)
 command -v mpicxx >/dev/null 2>&1 || missing+=(libopenmpi-dev openmpi-bin)
 have_file /usr/include/yaml-cpp/yaml.h /usr/local/include/yaml-cpp/yaml.h || missing+=(libyaml-cpp-dev)
 have_file /usr/include/spdlog/spdlog.h /usr/local/include/spdlog/spdlog.h || missing+=(libspdlog-dev)
@@ -29,16 +30,24 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler libprotobuf-dev
 have_file /usr/include/google/protobuf/message.h /usr/local/include/google/protobuf/message.h || missing+=(libprotobuf-dev)
 have_file /usr/include/CLI/CLI.hpp /usr/local/include/CLI/CLI.hpp || missing+=(libcli11-dev)
 have_file /usr/include/gtest/gtest.h /usr/local/include/gtest/gtest.h || missing+=(libgtest-dev libgmock-dev)
-have_file /usr/include/benchmark/benchmark.h /usr/local/include/benchmark/benchmark.h || missing+=(libbenchmark-dev)
 command -v ninja >/dev/null 2>&1 || missing+=(ninja-build)
-command -v ccache >/dev/null 2>&1 || missing+=(ccache)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-have_file /usr/share/games/fortunes/fortunes || missing+=(fortunes)  # the default job's corpus
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing system packages: ${missing[*]}"
+have_file /usr/include/benchmark/benchmark.h /usr/local/include/benchmark/benchmark.h || optional+=(libbenchmark-dev)
+command -v ccache >/dev/null 2>&1 || optional+=(ccache)
+have_file /usr/share/games/fortunes/fortunes || optional+=(fortunes)
+if [ $((${#missing[@]} + ${#optional[@]})) -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_install() { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+  log "installing system packages: ${missing[*]} ${optional[*]}"
+  if ! { $sudo apt-get update -qq && apt_install "${missing[@]}" "${optional[@]}"; } 2>/dev/null; then
+    # No package index (offline machine) or an optional package unavailable: the required ones
+    # decide; without the optional ones the build still works (no ccache, no benchmarks, no corpus).
+    if [ ${#missing[@]} -gt 0 ] && ! apt_install "${missing[@]}"; then
+      log "cannot install ${missing[*]}: install them (Debian/Ubuntu package names) and run again"
+      exit 1
+    fi
+    log "warning: optional packages unavailable (${optional[*]}); continuing without them"
+  fi
 fi
 
 # --- 2. LibTorch from the torch wheel --------------------------------------------------------

@@ -13,7 +13,7 @@ mpiexec=("$@")
 data=$source_dir/data/tiny_corpus
 if [ ! -f "$data.bin" ]; then
   echo "SKIPPED: $data.bin is missing (scripts/prepare_data.sh builds it; ./bootstrap.sh runs it)"
-  exit 0
+  exit 77
 fi
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 small=(--set data.path="$data" --set model.hidden_size=64 --set model.intermediate_size=128

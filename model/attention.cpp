@@ -7,8 +7,13 @@
 
 namespace tandem::model::detail {
 
-GqaAttentionImpl::GqaAttentionImpl(const ModelConfig& c)
-    : heads_(c.num_attention_heads), kv_heads_(c.num_key_value_heads), head_dim_(c.gqa_head_dim()) {
+GqaAttentionImpl::GqaAttentionImpl(const ModelConfig& c, const ParallelGroups& groups)
+    : heads_(c.num_attention_heads / groups.tp_size()),
+      kv_heads_(c.num_key_value_heads / groups.tp_size()),
+      head_dim_(c.gqa_head_dim()) {
+  TANDEM_CHECK_CONFIG(c.num_attention_heads % groups.tp_size() == 0 && c.num_key_value_heads % groups.tp_size() == 0,
+                      "num_attention_heads = {} and num_key_value_heads = {} must be divisible by tp = {}",
+                      c.num_attention_heads, c.num_key_value_heads, groups.tp_size());
   scale_ = attention_softmax_scale(c, head_dim_);
   q_proj = register_module("q_proj", SplitLinear(c.hidden_size, heads_ * head_dim_));
   k_proj = register_module("k_proj", SplitLinear(c.hidden_size, kv_heads_ * head_dim_));
@@ -16,7 +21,8 @@ GqaAttentionImpl::GqaAttentionImpl(const ModelConfig& c)
   o_proj = register_module("o_proj", SplitLinear(heads_ * head_dim_, c.hidden_size));
 }
 
-at::Tensor GqaAttentionImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
+at::Tensor GqaAttentionImpl::forward(const at::Tensor& x_local, ForwardContext& ctx) {
+  const at::Tensor x = enter_tp_region(x_local, ctx);  // [B, T, C] full sequence
   const int64_t b = x.size(0), t = x.size(1);
   auto heads_first = [&](const at::Tensor& y, int64_t h) {  // [B, T, h*hd] -> [B, h, T, hd]
     return y.view({b, t, h, head_dim_}).transpose(1, 2);
@@ -30,7 +36,8 @@ at::Tensor GqaAttentionImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
     v = v.repeat_interleave(groups, 1);
   }
   const at::Tensor o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale_);  // [B, H, T, hd]
-  return o_proj->forward(o.transpose(1, 2).reshape({b, t, heads_ * head_dim_}), ctx);               // [B, T, C]
+  const at::Tensor merged = o.transpose(1, 2).reshape({b, t, heads_ * head_dim_});  // [B, T, H*hd]
+  return row_parallel_linear(merged, o_proj->weight, ctx);                           // [B, T(/tp), C]
 }
 
 }  // namespace tandem::model::detail

@@ -7,18 +7,20 @@
 
 namespace tandem::model::detail {
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) : layer_(layer) {
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer, const ParallelGroups& groups) : layer_(layer) {
   input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps);
   post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps);
   if (c.attention_type == "gqa") {
-    gqa = GqaAttention(c);
+    gqa = GqaAttention(c, groups);
   } else {
-    mla = MlaAttention(c);
+    mla = MlaAttention(c, groups);
   }
   if (c.is_moe_layer(layer)) {
-    moe = MoE(c, layer);
+    moe = MoE(c, layer, groups);
   } else {
-    mlp = SwiGLU(c.hidden_size, c.intermediate_size);
+    TANDEM_CHECK_CONFIG(c.intermediate_size % groups.tp_size() == 0,
+                        "intermediate_size = {} is not divisible by tp = {}", c.intermediate_size, groups.tp_size());
+    mlp = SwiGLU(c.hidden_size, c.intermediate_size / groups.tp_size());
   }
   register_children_on(*this);
 }
@@ -36,10 +38,10 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
   const at::Tensor normed = input_layernorm->forward(x);                                // [B, T, C]
   const at::Tensor h = x + (mla ? mla->forward(normed, ctx) : gqa->forward(normed, ctx));  // [B, T, C]
   const at::Tensor normed2 = post_attention_layernorm->forward(h);
-  return h + (moe ? moe->forward(normed2, ctx) : mlp->forward(normed2, ctx));  // [B, T, C]
+  return h + (moe ? moe->forward(normed2, ctx) : mlp->forward_parallel(normed2, ctx));  // [B, T, C]
 }
 
-MtpModuleImpl::MtpModuleImpl(const ModelConfig& c, int64_t depth) : depth_(depth) {
+MtpModuleImpl::MtpModuleImpl(const ModelConfig& c, int64_t depth, const ParallelGroups& groups) : depth_(depth) {
   TANDEM_CHECK(depth >= 1 && depth <= c.num_nextn_predict_layers, "MTP depth {} outside [1, {}]", depth,
                c.num_nextn_predict_layers);
   enorm = register_module("enorm", RMSNorm(c.hidden_size, c.rms_norm_eps));
@@ -49,7 +51,7 @@ MtpModuleImpl::MtpModuleImpl(const ModelConfig& c, int64_t depth) : depth_(depth
   head_norm = shared_head->register_module("norm", RMSNorm(c.hidden_size, c.rms_norm_eps));
   // The block's parameters live flat under model.layers.{N+k-1}. (HF layout), so the block is
   // not registered as a child; its children are.
-  block = DecoderLayer(c, c.num_hidden_layers + depth - 1);
+  block = DecoderLayer(c, c.num_hidden_layers + depth - 1, groups);
   block->register_children_on(*this);
 }
 

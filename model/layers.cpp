@@ -20,8 +20,10 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
   weight = register_parameter("weight", torch::empty({dim}));
 }
 
-TokenEmbeddingImpl::TokenEmbeddingImpl(int64_t vocab_size, int64_t dim) {
-  weight = register_parameter("weight", torch::empty({vocab_size, dim}));
+TokenEmbeddingImpl::TokenEmbeddingImpl(int64_t vocab_size, int64_t dim, int64_t tp_size, int64_t tp_rank) {
+  TANDEM_CHECK_CONFIG(vocab_size % tp_size == 0, "vocab_size = {} is not divisible by tp = {}", vocab_size, tp_size);
+  vocab_start_ = tp_rank * (vocab_size / tp_size);
+  weight = register_parameter("weight", torch::empty({vocab_size / tp_size, dim}));
 }
 
 SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t width) {

@@ -8,12 +8,14 @@
 
 namespace tandem::model::detail {
 
-MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& c)
-    : heads_(c.num_attention_heads),
+MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& c, const ParallelGroups& groups)
+    : heads_(c.num_attention_heads / groups.tp_size()),
       nope_dim_(c.qk_nope_head_dim),
       rope_dim_(c.qk_rope_head_dim),
       v_dim_(c.v_head_dim),
       kv_rank_(c.kv_lora_rank) {
+  TANDEM_CHECK_CONFIG(c.num_attention_heads % groups.tp_size() == 0,
+                      "num_attention_heads = {} is not divisible by tp = {}", c.num_attention_heads, groups.tp_size());
   scale_ = attention_softmax_scale(c, nope_dim_ + rope_dim_);
   const int64_t q_width = heads_ * (nope_dim_ + rope_dim_);
   if (c.q_lora_rank) {
@@ -30,18 +32,27 @@ MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& c)
 }
 
 at::Tensor MlaAttentionImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
-  const int64_t b = x.size(0), t = x.size(1);
-  const at::Tensor q_flat = q_proj ? q_proj->forward(x, ctx)
-                                   : q_b_proj->forward(q_a_layernorm->forward(q_a_proj->forward(x, ctx)), ctx);
+  // x is [B, T, C], or this rank's slice [B, T/tp, C] under sequence parallelism: the replicated
+  // down-projections run on it, and their (much narrower) outputs enter the tensor-parallel region.
+  const at::Tensor q_flat =
+      q_proj ? column_parallel_linear(x, q_proj->weight, ctx)
+             : q_b_proj->forward(enter_tp_region(q_a_layernorm->forward(q_a_proj->forward(x, ctx)), ctx), ctx);
+  const int64_t b = q_flat.size(0), t = q_flat.size(1);  // full sequence
   const at::Tensor q = q_flat.view({b, t, heads_, nope_dim_ + rope_dim_}).transpose(1, 2);  // [B, H, T, dn+dr]
   const at::Tensor q_nope = q.narrow(-1, 0, nope_dim_);                                    // [B, H, T, dn]
   const at::Tensor q_rope = apply_rope(q.narrow(-1, nope_dim_, rope_dim_), ctx.rope);      // [B, H, T, dr]
 
-  const at::Tensor compressed = kv_a_proj_with_mqa->forward(x, ctx);  // [B, T, kv_rank + dr]
-  const at::Tensor c_kv = compressed.narrow(-1, 0, kv_rank_);         // [B, T, kv_rank]
-  const at::Tensor k_rope =
-      apply_rope(compressed.narrow(-1, kv_rank_, rope_dim_).unsqueeze(1), ctx.rope);  // [B, 1, T, dr]
-  const at::Tensor kv = kv_b_proj->forward(kv_a_layernorm->forward(c_kv), ctx)
+  const at::Tensor compressed = kv_a_proj_with_mqa->forward(x, ctx);              // [B, T(/tp), kv_rank + dr]
+  at::Tensor c_kv = kv_a_layernorm->forward(compressed.narrow(-1, 0, kv_rank_));  // [B, T(/tp), kv_rank]
+  at::Tensor k_pe = compressed.narrow(-1, kv_rank_, rope_dim_);                  // [B, T(/tp), dr]
+  if (ctx.tp_size() > 1) {
+    // One collective for both: the latent and the shared rotary key feed every local head.
+    const at::Tensor latent = enter_tp_region(at::cat({c_kv, k_pe}, -1), ctx);  // [B, T, kv_rank + dr]
+    c_kv = latent.narrow(-1, 0, kv_rank_);
+    k_pe = latent.narrow(-1, kv_rank_, rope_dim_);
+  }
+  const at::Tensor k_rope = apply_rope(k_pe.unsqueeze(1), ctx.rope);  // [B, 1, T, dr]
+  const at::Tensor kv = kv_b_proj->forward(c_kv, ctx)
                             .view({b, t, heads_, nope_dim_ + v_dim_})
                             .transpose(1, 2);              // [B, H, T, dn+dv]
   const at::Tensor k_nope = kv.narrow(-1, 0, nope_dim_);   // [B, H, T, dn]
@@ -51,7 +62,8 @@ at::Tensor MlaAttentionImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
   const at::Tensor k_full = at::cat({k_nope, k_rope.expand({b, heads_, t, rope_dim_})}, -1);  // [B, H, T, dn+dr]
   const at::Tensor o =
       at::scaled_dot_product_attention(q_full, k_full, v, {}, 0.0, /*is_causal=*/true, scale_);  // [B, H, T, dv]
-  return o_proj->forward(o.transpose(1, 2).reshape({b, t, heads_ * v_dim_}), ctx);         // [B, T, C]
+  const at::Tensor merged = o.transpose(1, 2).reshape({b, t, heads_ * v_dim_});  // [B, T, H*dv]
+  return row_parallel_linear(merged, o_proj->weight, ctx);                       // [B, T(/tp), C]
 }
 
 }  // namespace tandem::model::detail

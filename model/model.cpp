@@ -20,6 +20,7 @@ Model::~Model() = default;
 const ModelConfig& Model::config() const { return config_; }
 
 std::vector<std::pair<std::string, at::Tensor>> Model::named_parameters() const { return whole_->named_parameters(); }
+std::vector<parallel::ShardedParam> Model::sharded_parameters() const { return whole_->sharded_parameters(); }
 std::vector<std::pair<std::string, at::Tensor>> Model::named_buffers() const { return whole_->named_buffers(); }
 
 std::vector<at::Tensor> Model::parameters() const {

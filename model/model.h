@@ -23,7 +23,8 @@ namespace tandem::model {
 class Model {
  public:
   // Validates `config` (throws config::KeyError) and builds every module, parameters drawn from
-  // (seed, HF name, full shape). fp32 parameters on CPU; use to() for other dtypes.
+  // (seed, HF name, full shape) and sliced to this rank's shard of `groups`. fp32 parameters on
+  // CPU; use to() for other dtypes.
   Model(const ModelConfig& config, uint64_t seed, ParallelGroups groups = {});
   ~Model();
   Model(const Model&) = delete;
@@ -31,14 +32,17 @@ class Model {
 
   const ModelConfig& config() const;
 
+  // Local tensors under global names; see Stage::named_parameters / sharded_parameters.
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
+  std::vector<parallel::ShardedParam> sharded_parameters() const;
   std::vector<std::pair<std::string, at::Tensor>> named_buffers() const;
   std::vector<at::Tensor> parameters() const;
 
   // tokens [B, T+1] int64. Main model on tokens[:, :T] predicting tokens[:, 1:], MTP depth k on
   // the first T-k positions predicting k+1 ahead. `loss_scale`: see StageInput.
   LossPieces forward_loss(const at::Tensor& tokens, double loss_scale = 1.0);
-  // Inference path (MTP inactive): tokens [B, T] -> logits [B, T, vocab].
+  // Inference path (MTP inactive): tokens [B, T] -> logits [B, T, vocab]; under tensor
+  // parallelism this rank's vocabulary columns [B, T, vocab / tp] (no rank holds them all).
   at::Tensor forward_logits(const at::Tensor& tokens);
 
   // Pipeline stages over this model's parameters (partition_layers rule or explicit sizes).

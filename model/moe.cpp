@@ -1,9 +1,15 @@
 // The MoE layer: shared experts plus routed experts, token work grouped per expert. Forward
 // phases (moe.h): route in >= fp32 -> count load -> permute token rows into expert order ->
-// one SwiGLU call per expert on its contiguous block -> weight by gate and scatter-add back.
+// (ep > 1: all-to-all to the experts' ranks) -> one SwiGLU call per local expert on its contiguous
+// block -> (ep > 1: all-to-all back) -> weight by gate and scatter-add back to the tokens.
+// Tensor parallelism: each tp rank routes its own rows (sequence slice under sequence
+// parallelism, else an even share of the replicated rows), so no token is routed or dispatched
+// twice; the routed partial outputs join the shared experts' row-parallel partial sums.
 #include <cmath>
 
 #include "model/detail/moe.h"
+#include "parallel/expert_dispatch.h"
+#include "parallel/tp_mappings.h"
 #include "runtime/error.h"
 
 namespace tandem::model::detail {
@@ -13,63 +19,120 @@ RouterImpl::RouterImpl(int64_t dim, int64_t num_experts) {
   e_score_correction_bias = register_buffer("e_score_correction_bias", torch::zeros({num_experts}));
 }
 
-MoEImpl::MoEImpl(const ModelConfig& c, int64_t layer)
+MoEImpl::MoEImpl(const ModelConfig& c, int64_t layer, const ParallelGroups& groups)
     : options_(routing_options(c)), aux_alpha_(c.aux_loss_alpha), capacity_factor_(c.capacity_factor) {
+  const int64_t ep = groups.ep_size();
+  const int64_t tp = groups.tp_size();
+  TANDEM_CHECK_CONFIG(c.n_routed_experts % ep == 0, "n_routed_experts = {} is not divisible by ep = {}",
+                      c.n_routed_experts, ep);
+  const int64_t shared_width = c.n_shared_experts * c.moe_intermediate_size;
+  TANDEM_CHECK_CONFIG(shared_width % tp == 0,
+                      "the shared experts' width n_shared_experts * moe_intermediate_size = {} is not divisible by "
+                      "tp = {}",
+                      shared_width, tp);
   gate = register_module("gate", Router(c.hidden_size, c.n_routed_experts));
-  experts = register_module("experts", torch::nn::ModuleList());
-  for (int64_t e = 0; e < c.n_routed_experts; ++e) experts->push_back(SwiGLU(c.hidden_size, c.moe_intermediate_size));
+  // Routed experts under their global index; `experts` lists the same modules by local index.
+  auto holder = register_module("experts", std::make_shared<torch::nn::Module>("Experts"));
+  experts = torch::nn::ModuleList();
+  const int64_t local = c.n_routed_experts / ep;
+  first_local_expert_ = groups.ep_rank() * local;
+  for (int64_t i = 0; i < local; ++i) {
+    SwiGLU expert(c.hidden_size, c.moe_intermediate_size);
+    holder->register_module(std::to_string(first_local_expert_ + i), expert);
+    experts->push_back(expert);
+  }
   if (c.n_shared_experts > 0) {
-    shared_experts =
-        register_module("shared_experts", SwiGLU(c.hidden_size, c.n_shared_experts * c.moe_intermediate_size));
+    shared_experts = register_module("shared_experts", SwiGLU(c.hidden_size, shared_width / tp));
   }
   load_ = torch::zeros({c.n_routed_experts}, torch::kLong);
 }
 
-at::Tensor MoEImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
-  const int64_t b = x.size(0), t = x.size(1), d = x.size(2);
-  const int64_t n = b * t;
+at::Tensor MoEImpl::run_experts(const at::Tensor& rows, const std::vector<int64_t>& counts, ForwardContext& ctx) {
+  std::vector<at::Tensor> outputs;
+  int64_t offset = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    if (counts[i] == 0) continue;
+    outputs.push_back(experts[i]->as<SwiGLUImpl>()->forward(rows.narrow(0, offset, counts[i]), ctx));  // [count, C]
+    offset += counts[i];
+  }
+  // No rows at all: hand the (empty) input on, so the graph still reaches the dispatch.
+  return outputs.empty() ? rows : at::cat(outputs, 0);  // [R, C]
+}
+
+at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing& routing) {
+  const int64_t n = rows.size(0);
   const int64_t num_experts = options_.num_experts;
-  const at::Tensor x2 = x.reshape({n, d});  // [N, C]
 
   // 1. Route, in at least fp32 (MODEL.md).
-  const at::ScalarType compute = at::promote_types(x.scalar_type(), at::kFloat);
-  const at::Tensor logits = split_linear(x2.to(compute), gate->weight.to(compute), ctx.queue);  // [N, E]
-  Routing routing = route(logits, gate->e_score_correction_bias, options_);
+  const at::ScalarType compute = at::promote_types(rows.scalar_type(), at::kFloat);
+  const at::Tensor logits = split_linear(rows.to(compute), gate->weight.to(compute), ctx.queue);  // [n, E]
+  routing = route(logits, gate->e_score_correction_bias, options_);
   if (is_training()) {
     torch::NoGradGuard no_grad;
     load_ += expert_counts(routing.topk_idx, num_experts).to(load_.device());
   }
 
-  // 2. Permute token rows into expert order (EP dispatch goes here).
+  // 2. Permute token rows into expert order. Capacity counts this rank's rows only.
   const int64_t capacity =
       capacity_factor_ > 0 ? static_cast<int64_t>(std::ceil(capacity_factor_ * n * options_.top_k / num_experts)) : 0;
   const DispatchPlan plan = plan_dispatch(routing, num_experts, capacity);
   dropped_ += plan.dropped;
-  const at::Tensor rows = x2.index_select(0, plan.token_index);  // [R, C]
+  const at::Tensor permuted = rows.index_select(0, plan.token_index);  // [R, C]
 
-  // 3. One call per expert on its contiguous block of rows.
-  std::vector<at::Tensor> outputs;
-  int64_t offset = 0;
-  for (int64_t e = 0; e < num_experts; ++e) {
-    const int64_t count = plan.rows_per_expert[e];
-    if (count == 0) continue;
-    outputs.push_back(experts[e]->as<SwiGLUImpl>()->forward(rows.narrow(0, offset, count), ctx));  // [count, C]
-    offset += count;
+  // 3. Experts, through the all-to-alls when they live on other ranks.
+  at::Tensor expert_out;  // [R, C] in `permuted` order
+  if (ctx.ep && ctx.ep->size() > 1) {
+    const auto layout = parallel::exchange_counts(plan.rows_per_expert, ctx.ep, rows.device());
+    const at::Tensor grouped = parallel::dispatch(permuted, layout, ctx.ep);  // [R_recv, C] by local expert
+    expert_out = parallel::combine(run_experts(grouped, layout->rows_per_local_expert, ctx), layout, ctx.ep);
+  } else {
+    expert_out = run_experts(permuted, plan.rows_per_expert, ctx);
   }
 
-  // 4. Weight by gate and scatter-add back to tokens (EP combine goes before this).
-  at::Tensor y = at::zeros({n, d}, x.options());  // [N, C]
-  if (!outputs.empty()) {
-    const at::Tensor expert_out = at::cat(outputs, 0);                                      // [R, C]
-    const at::Tensor weighted = expert_out * plan.gate.to(x.scalar_type()).unsqueeze(1);  // [R, C]
-    y = y.index_add(0, plan.token_index, weighted);
+  // 4. Weight by gate and scatter-add back to this rank's rows.
+  const at::Tensor weighted = expert_out * plan.gate.to(rows.scalar_type()).unsqueeze(1);  // [R, C]
+  return at::zeros({n, rows.size(1)}, rows.options()).index_add(0, plan.token_index, weighted);  // [n, C]
+}
+
+at::Tensor MoEImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
+  const int64_t b = x.size(0), t = x.size(1), d = x.size(2);
+  const int64_t num_experts = options_.num_experts;
+  const int64_t tp = ctx.tp_size();
+  Routing routing;
+  at::Tensor out;              // [B, T(/tp), C]
+  at::Tensor seq_id;           // [n] sequence of each routed row (tp > 1)
+  int64_t seq_len = t;         // full sequence length
+  if (tp == 1) {
+    const at::Tensor x2 = x.reshape({b * t, d});  // [N, C]
+    at::Tensor y = routed(x2, ctx, routing);
+    if (shared_experts) y = y + shared_experts->forward(x2, ctx);
+    out = y.view({b, t, d});
+  } else if (ctx.sequence_parallel) {
+    // Each rank routes its sequence slice; the shared experts gather the sequence.
+    const at::Tensor rows = x.reshape({b * t, d});  // [B*T/tp, C]
+    out = routed(rows, ctx, routing).view({b, t, d});
+    if (shared_experts) out = out + shared_experts->forward_parallel(x, ctx);
+    seq_len = t * tp;
+    seq_id = at::floor_divide(at::arange(b * t, x.options().dtype(at::kLong)), t);
+  } else {
+    // Replicated tokens: rank r routes rows [begin, begin + count) of the N rows; its routed
+    // output, zero elsewhere, joins the shared experts' partial sum before the one all-reduce.
+    const int64_t n = b * t;
+    const at::Tensor x_in = parallel::copy_to_tp(x, ctx.tp).reshape({n, d});  // [N, C]
+    const parallel::RowRange range = parallel::even_row_range(n, tp, ctx.tp->rank());
+    const at::Tensor y = routed(x_in.narrow(0, range.begin, range.count), ctx, routing);  // [count, C]
+    at::Tensor partial = at::constant_pad_nd(y, {0, 0, range.begin, n - range.begin - range.count});  // [N, C]
+    if (shared_experts) partial = partial + shared_experts->forward(x_in, ctx);
+    out = parallel::reduce_from_tp(partial, ctx.tp).view({b, t, d});
+    seq_id = at::floor_divide(at::arange(range.begin, range.begin + range.count, x.options().dtype(at::kLong)), t);
   }
-  if (shared_experts) y = y + shared_experts->forward(x2, ctx);
-  at::Tensor out = y.view({b, t, d});  // [B, T, C]
 
   if (aux_alpha_ > 0 && is_training()) {
-    const at::Tensor aux = sequence_balance_loss(routing.scores.view({b, t, num_experts}),
-                                                 routing.topk_idx.view({b, t, options_.top_k}), options_, aux_alpha_);
+    const at::Tensor aux =
+        tp == 1 ? sequence_balance_loss(routing.scores.view({b, t, num_experts}),
+                                        routing.topk_idx.view({b, t, options_.top_k}), options_, aux_alpha_)
+                : sequence_balance_loss_sharded(routing.scores, routing.topk_idx, seq_id, b, seq_len, options_,
+                                                aux_alpha_, ctx.tp);
     out = attach_aux_loss(out, aux, ctx.loss_scale);
     ctx.aux_loss = ctx.aux_loss.defined() ? ctx.aux_loss + aux.detach() : aux.detach();
   }

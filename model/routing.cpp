@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "model/detail/moe.h"
+#include "parallel/tp_mappings.h"
 #include "runtime/error.h"
 
 namespace tandem::model::detail {
@@ -66,6 +67,22 @@ at::Tensor sequence_balance_loss(const at::Tensor& scores, const at::Tensor& top
                                 .scatter_add_(1, topk_idx.reshape({b, -1}),
                                               at::ones({b, t * o.top_k}, scores.options()));  // [B, E] counts
   const at::Tensor f = chosen * (static_cast<double>(e) / static_cast<double>(o.top_k * t));  // [B, E] f_i
+  return (f * p).sum(-1).mean() * alpha;
+}
+
+at::Tensor sequence_balance_loss_sharded(const at::Tensor& scores, const at::Tensor& topk_idx,
+                                         const at::Tensor& seq_id, int64_t num_seqs, int64_t seq_len,
+                                         const RoutingOptions& o, double alpha, const parallel::CommunicatorPtr& tp) {
+  const int64_t e = scores.size(1);
+  const at::Tensor normalized = scores / scores.sum(-1, true);  // [n, E]
+  const at::Tensor p_part =
+      at::zeros({num_seqs, e}, scores.options()).index_add(0, seq_id, normalized) / static_cast<double>(seq_len);
+  const at::Tensor p = parallel::reduce_from_tp(p_part, tp);  // [B, E] P_i
+  const at::Tensor slots = (seq_id.unsqueeze(1) * e + topk_idx).reshape({-1});  // [n*K] flat (sequence, expert)
+  at::Tensor chosen = at::zeros({num_seqs * e}, scores.options().requires_grad(false))
+                          .index_add_(0, slots, at::ones({slots.numel()}, scores.options().requires_grad(false)));
+  if (tp && tp->size() > 1) tp->all_reduce(chosen, parallel::ReduceOp::kSum);
+  const at::Tensor f = chosen.view({num_seqs, e}) * (static_cast<double>(e) / static_cast<double>(o.top_k * seq_len));
   return (f * p).sum(-1).mean() * alpha;
 }
 

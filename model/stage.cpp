@@ -4,10 +4,16 @@
 // weight is used once per backward (its gradient accumulation order never depends on the
 // B/W split) and the head matmul is one large GEMM. The MTP modules look the embedding up
 // themselves (the last stage may hold only a copy of it).
+// Tensor parallelism: the head is vocab-parallel (logits [rows, V/tp], vocab-parallel
+// cross-entropy); under sequence parallelism the main rows are all-gathered before the head and
+// the MTP modules run on the gathered (replicated) hidden states without sequence parallelism.
 #include <fmt/format.h>
 
 #include "model/detail/stage_impl.h"
 #include "model/init.h"
+#include "model/sharding.h"
+#include "parallel/tp_mappings.h"
+#include "parallel/vocab_parallel.h"
 #include "runtime/error.h"
 
 namespace tandem::model {
@@ -23,12 +29,13 @@ bool Stage::Impl::needs_embedding() const {
 
 void Stage::Impl::create_modules() {
   const ModelConfig& c = config;
-  if (needs_embedding()) embed = detail::TokenEmbedding(c.vocab_size, c.hidden_size);
-  for (int64_t layer = spec.layer_begin; layer < spec.layer_end; ++layer) layers.emplace_back(c, layer);
+  const int64_t tp = groups.tp_size();
+  if (needs_embedding()) embed = detail::TokenEmbedding(c.vocab_size, c.hidden_size, tp, groups.tp_rank());
+  for (int64_t layer = spec.layer_begin; layer < spec.layer_end; ++layer) layers.emplace_back(c, layer, groups);
   if (spec.is_last()) {
     norm = detail::RMSNorm(c.hidden_size, c.rms_norm_eps);
-    if (!c.tie_word_embeddings) head = detail::SplitLinear(c.hidden_size, c.vocab_size);
-    for (int64_t depth = 1; depth <= c.num_nextn_predict_layers; ++depth) mtp.emplace_back(c, depth);
+    if (!c.tie_word_embeddings) head = detail::SplitLinear(c.hidden_size, c.vocab_size / tp);
+    for (int64_t depth = 1; depth <= c.num_nextn_predict_layers; ++depth) mtp.emplace_back(c, depth, groups);
   }
   register_on_root();
 }
@@ -43,13 +50,22 @@ void Stage::Impl::register_on_root() {
 
 void Stage::Impl::initialize(uint64_t seed) {
   torch::NoGradGuard no_grad;
-  for (auto& [name, param] : named_parameters()) {
-    if (is_norm_weight(name)) {
+  for (auto& [param, sharding] : sharded_parameters()) {
+    if (is_norm_weight(sharding.name)) {
       param.fill_(1.0);
     } else {
-      param.copy_(init_normal(seed, name, param.sizes(), config.initializer_range));
+      // The full tensor, whatever the layout, then this rank's slice of it.
+      param.copy_(sharding.slice_of(init_normal(seed, sharding.name, sharding.global_shape, config.initializer_range)));
     }
   }
+}
+
+std::vector<parallel::ShardedParam> Stage::Impl::sharded_parameters() const {
+  std::vector<parallel::ShardedParam> out;
+  for (auto& [name, param] : named_parameters()) {
+    out.push_back({param, param_sharding_from_local(name, param.sizes().vec(), config, groups)});
+  }
+  return out;
 }
 
 std::vector<std::pair<std::string, at::Tensor>> Stage::Impl::named_parameters() const {
@@ -84,6 +100,15 @@ std::vector<std::pair<int64_t, detail::MoE>> Stage::Impl::moe_layers() const {
   return out;
 }
 
+detail::ForwardContext Stage::Impl::make_context() const {
+  detail::ForwardContext ctx;
+  ctx.queue = queue;
+  if (groups.tp_size() > 1) ctx.tp = groups.tp;
+  if (groups.ep_size() > 1) ctx.ep = groups.ep;
+  ctx.sequence_parallel = sequence_parallel();
+  return ctx;
+}
+
 detail::RopeTables Stage::Impl::rope_tables(int64_t length, at::ScalarType dtype, at::Device device) const {
   const int64_t rope_dim = config.attention_type == "gqa" ? config.gqa_head_dim() : config.qk_rope_head_dim;
   return detail::make_rope_tables(config, rope_dim, length, dtype, device);
@@ -97,20 +122,24 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
   const int64_t t = tokens.size(1) - 1;
   const int64_t depth = config.num_nextn_predict_layers;
   TANDEM_CHECK_INPUT(t > depth, "sequence of {} tokens is too short for {} MTP depths (needs T > D)", t, depth);
+  const int64_t tp = groups.tp_size();
+  const bool sp = sequence_parallel();
+  TANDEM_CHECK_INPUT(!sp || t % tp == 0,
+                     "with sequence parallelism the sequence length {} must be divisible by tp = {}", t, tp);
+  const int64_t t_local = sp ? t / tp : t;
 
-  at::Tensor h;  // [B, T, C]
+  detail::ForwardContext ctx = make_context();
+  ctx.loss_scale = input.loss_scale;
+  at::Tensor h;  // [B, T(/tp), C]
   if (spec.is_first()) {
-    h = embed->forward(tokens.narrow(1, 0, t));
+    h = embed->forward(tokens.narrow(1, 0, t), ctx, sp);
   } else {
     h = input.hidden;
-    TANDEM_CHECK_INPUT(h.defined() && h.dim() == 3 && h.size(0) == b && h.size(1) == t &&
+    TANDEM_CHECK_INPUT(h.defined() && h.dim() == 3 && h.size(0) == b && h.size(1) == t_local &&
                            h.size(2) == config.hidden_size,
-                       "stage {} expects hidden [{}, {}, {}] from the previous stage", spec.index, b, t,
+                       "stage {} expects hidden [{}, {}, {}] from the previous stage", spec.index, b, t_local,
                        config.hidden_size);
   }
-  detail::ForwardContext ctx;
-  ctx.queue = queue;
-  ctx.loss_scale = input.loss_scale;
   ctx.rope = rope_tables(t, h.scalar_type(), h.device());
   for (DecoderLayer& layer : layers) h = layer->forward(h, ctx);
 
@@ -121,29 +150,35 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
     return out;
   }
 
-  // Main head input, then MTP depth k on positions [0, T-k) predicting tokens[:, k+1 ..].
-  std::vector<at::Tensor> head_rows{norm->forward(h).reshape({b * t, -1})};  // [B*T, C]
-  std::vector<at::Tensor> targets{tokens.narrow(1, 1, t).reshape({-1})};     // [B*T]
-  at::Tensor prev = h;
+  // Main head input, then MTP depth k on positions [0, T-k) predicting tokens[:, k+1 ..]. Head
+  // inputs enter the tensor-parallel region (the head is column-parallel over the vocabulary).
+  std::vector<at::Tensor> head_rows{detail::enter_tp_region(norm->forward(h), ctx).reshape({b * t, -1})};  // [B*T, C]
+  std::vector<at::Tensor> targets{tokens.narrow(1, 1, t).reshape({-1})};                                   // [B*T]
+  // MTP modules run on the full, replicated sequence (T-k is rarely divisible by tp).
+  at::Tensor prev = sp ? parallel::gather_to_replicated(h, ctx.tp, 1) : h;  // [B, T, C]
+  ctx.sequence_parallel = false;
   for (MtpModule& m : mtp) {
     const int64_t k = m->depth();
     const int64_t len = t - k;
-    const at::Tensor emb = embed->forward(tokens.narrow(1, k, len));       // [B, T-k, C] Emb(t_{i+k})
-    const at::Tensor hk = m->forward(prev.narrow(1, 0, len), emb, ctx);   // [B, T-k, C]
-    head_rows.push_back(m->head_input(hk).reshape({b * len, -1}));
+    const at::Tensor ids = tokens.narrow(1, k, len);
+    const at::Tensor emb = embed->forward(ids, ctx, false);              // [B, T-k, C] Emb(t_{i+k})
+    const at::Tensor hk = m->forward(prev.narrow(1, 0, len), emb, ctx);  // [B, T-k, C]
+    head_rows.push_back(detail::enter_tp_region(m->head_input(hk), ctx).reshape({b * len, -1}));
     targets.push_back(tokens.narrow(1, k + 1, len).reshape({-1}));
     prev = hk;
   }
   // A tied head's weight is also the embedding, whose gradient sums several lookups in B;
   // deferring the head's share would change that summation order, so it is computed in B too.
   const std::shared_ptr<WeightGradQueue> head_queue = head ? queue : nullptr;
-  const at::Tensor logits = detail::split_linear(at::cat(head_rows, 0), head_weight(), head_queue);  // [rows, V]
+  const at::Tensor logits = detail::split_linear(at::cat(head_rows, 0), head_weight(), head_queue);  // [rows, V/tp]
   const at::ScalarType loss_dtype = at::promote_types(logits.scalar_type(), at::kFloat);
   std::vector<at::Tensor> losses;
   int64_t row = 0;
   for (const at::Tensor& target : targets) {
     const int64_t n = target.numel();
-    losses.push_back(at::cross_entropy_loss(logits.narrow(0, row, n).to(loss_dtype), target));
+    const at::Tensor rows = logits.narrow(0, row, n);  // [n, V/tp]
+    losses.push_back(tp > 1 ? parallel::vocab_parallel_cross_entropy(rows, target, vocab_start(), ctx.tp).mean()
+                            : at::cross_entropy_loss(rows.to(loss_dtype), target));
     row += n;
   }
   LossPieces& p = out.losses;
@@ -160,23 +195,43 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
 at::Tensor Stage::Impl::main_logits(const at::Tensor& tokens) {
   TANDEM_CHECK(spec.is_first() && spec.is_last(), "main_logits needs the stage spanning the whole model");
   TANDEM_CHECK_INPUT(tokens.dim() == 2 && tokens.scalar_type() == at::kLong, "tokens must be [B, T] int64");
-  at::Tensor h = embed->forward(tokens);  // [B, T, C]
-  detail::ForwardContext ctx;
-  ctx.queue = queue;
-  ctx.rope = rope_tables(tokens.size(1), h.scalar_type(), h.device());
-  for (DecoderLayer& layer : layers) h = layer->forward(h, ctx);
-  return detail::split_linear(norm->forward(h), head_weight(), queue);  // [B, T, V]
+  const int64_t t = tokens.size(1);
+  TANDEM_CHECK_INPUT(!sequence_parallel() || t % groups.tp_size() == 0,
+                     "with sequence parallelism the sequence length {} must be divisible by tp = {}", t,
+                     groups.tp_size());
+  detail::ForwardContext ctx = make_context();
+  at::Tensor h = embed->forward(tokens, ctx, ctx.sequence_parallel);
+  ctx.rope = rope_tables(t, h.scalar_type(), h.device());
+  for (DecoderLayer& layer : layers) h = layer->forward(h, ctx);  // [B, T(/tp), C]
+  return detail::split_linear(detail::enter_tp_region(norm->forward(h), ctx), head_weight(), queue);  // [B, T, V/tp]
 }
 
 // --- Stage ----------------------------------------------------------------------------------
 
 namespace {
 
-void check_supported_groups(const ParallelGroups& groups) {
-  TANDEM_CHECK_CONFIG(groups.tp_size() == 1, "tensor parallelism (tp = {}) is not implemented in model/ yet",
-                      groups.tp_size());
-  TANDEM_CHECK_CONFIG(groups.ep_size() == 1, "expert parallelism (ep = {}) is not implemented in model/ yet",
-                      groups.ep_size());
+// Every split must be even: heads, kv heads (gqa), MLP and shared-expert widths and the
+// vocabulary over tp, routed experts over ep (launch/job_config.cpp checks the same up front).
+void check_supported_groups(const ModelConfig& c, const ParallelGroups& groups) {
+  const int64_t tp = groups.tp_size();
+  const int64_t ep = groups.ep_size();
+  TANDEM_CONFIG_REQUIRE(c.num_attention_heads % tp == 0, "parallel.tp",
+                        "model.num_attention_heads = {} is not divisible by tp = {}", c.num_attention_heads, tp);
+  TANDEM_CONFIG_REQUIRE(c.attention_type != "gqa" || c.num_key_value_heads % tp == 0, "parallel.tp",
+                        "model.num_key_value_heads = {} is not divisible by tp = {}", c.num_key_value_heads, tp);
+  TANDEM_CONFIG_REQUIRE(c.intermediate_size % tp == 0, "parallel.tp",
+                        "model.intermediate_size = {} is not divisible by tp = {}", c.intermediate_size, tp);
+  TANDEM_CONFIG_REQUIRE(c.vocab_size % tp == 0, "parallel.tp", "model.vocab_size = {} is not divisible by tp = {}",
+                        c.vocab_size, tp);
+  TANDEM_CONFIG_REQUIRE(c.n_routed_experts == 0 || (c.n_shared_experts * c.moe_intermediate_size) % tp == 0,
+                        "parallel.tp",
+                        "the shared experts' width n_shared_experts * moe_intermediate_size = {} * {} is not "
+                        "divisible by tp = {}",
+                        c.n_shared_experts, c.moe_intermediate_size, tp);
+  TANDEM_CONFIG_REQUIRE(ep == 1 || c.n_routed_experts > 0, "parallel.ep",
+                        "ep = {} needs an MoE model (model.n_routed_experts is 0)", ep);
+  TANDEM_CONFIG_REQUIRE(c.n_routed_experts % ep == 0, "parallel.ep",
+                        "model.n_routed_experts = {} is not divisible by ep = {}", c.n_routed_experts, ep);
 }
 
 }  // namespace
@@ -184,7 +239,7 @@ void check_supported_groups(const ParallelGroups& groups) {
 std::shared_ptr<Stage> Stage::build(const ModelConfig& config, uint64_t seed, const ParallelGroups& groups,
                                     const StageSpec& spec) {
   config.validate();
-  check_supported_groups(groups);
+  check_supported_groups(config, groups);
   TANDEM_CHECK(spec.num_stages >= 1 && spec.index >= 0 && spec.index < spec.num_stages && spec.layer_begin >= 0 &&
                    spec.layer_begin <= spec.layer_end && spec.layer_end <= config.num_hidden_layers,
                "bad stage spec: stage {} of {}, layers [{}, {})", spec.index, spec.num_stages, spec.layer_begin,
@@ -230,6 +285,7 @@ void Stage::set_weight_grad_queue(std::shared_ptr<WeightGradQueue> queue) {
 }
 
 std::vector<std::pair<std::string, at::Tensor>> Stage::named_parameters() const { return impl_->named_parameters(); }
+std::vector<parallel::ShardedParam> Stage::sharded_parameters() const { return impl_->sharded_parameters(); }
 std::vector<std::pair<std::string, at::Tensor>> Stage::named_buffers() const { return impl_->named_buffers(); }
 
 at::Tensor Stage::expert_load() const {

@@ -4,6 +4,11 @@
 // under the same name "model.embed_tokens.weight" that the executor keeps in sync with stage
 // 0's). Every stage gets the micro-batch's token ids: stage 0 embeds them, the last stage takes
 // labels and MTP inputs from them.
+// Tensor/expert parallelism (ParallelGroups): a stage built over groups of size > 1 holds only
+// this rank's shards (sharding.h), initialised by slicing the full tensors, so every layout starts
+// from the same weights. The token ids are replicated over tp; under sequence parallelism the
+// hidden states passed between stages are this rank's sequence slice [B, T/tp, C] (T % tp == 0);
+// losses are replicated over tp. Every tp and ep rank must run the same calls (collectives).
 // Backward is driven from outside (an executor): run torch::autograd::backward on the outputs,
 // or use Stage::backward, which also decides whether weight gradients are deferred (B/W split).
 // The sequence-wise balance loss of a stage's MoE layers is injected into the backward of the
@@ -22,6 +27,7 @@
 #include "model/model_config.h"
 #include "model/parallel_groups.h"
 #include "model/weight_grad_queue.h"
+#include "parallel/param_sharding.h"
 
 namespace tandem::model {
 
@@ -65,15 +71,16 @@ struct LossPieces {
 
 struct StageInput {
   at::Tensor tokens;  // [B, T+1] int64: inputs are tokens[:, :T], next-token labels tokens[:, 1:]
-  at::Tensor hidden;  // [B, T, C] from the previous stage; undefined on stage 0. Make it a leaf
-                      // that requires grad to receive its gradient.
+  at::Tensor hidden;  // [B, T, C] ([B, T/tp, C] under sequence parallelism) from the previous
+                      // stage; undefined on stage 0. Make it a leaf that requires grad to
+                      // receive its gradient.
   // Factor the caller will apply to this micro-batch's loss gradient (e.g. 1 / micro-batches);
   // the balance loss injected inside the stage is scaled by it too.
   double loss_scale = 1.0;
 };
 
 struct StageOutput {
-  at::Tensor hidden;    // [B, T, C] for the next stage; undefined on the last stage
+  at::Tensor hidden;    // [B, T(/tp), C] for the next stage; undefined on the last stage
   LossPieces losses;    // last stage only
   at::Tensor aux_loss;  // [] this stage's balance loss (detached, for logging), every stage
 };
@@ -105,12 +112,18 @@ class Stage {
   const std::shared_ptr<WeightGradQueue>& weight_grad_queue() const;
   void set_weight_grad_queue(std::shared_ptr<WeightGradQueue> queue);
 
-  // HF names ("model.layers.3.mlp.experts.5.up_proj.weight"), this stage's parameters only.
+  // HF names ("model.layers.3.mlp.experts.5.up_proj.weight"), this stage's parameters only:
+  // the LOCAL tensors (shards under tp, this rank's experts under ep) under their global names.
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
+  // The same parameters, same order, with how each relates to the global tensor and which group
+  // its gradient must be reduced over (parallel/param_sharding.h).
+  std::vector<parallel::ShardedParam> sharded_parameters() const;
   std::vector<std::pair<std::string, at::Tensor>> named_buffers() const;  // routing biases
 
-  // Tokens routed to each expert since the last reset, rows indexed by global layer (N main
-  // layers then D MTP blocks), zero rows for dense layers and layers of other stages.
+  // Tokens this rank routed to each expert since the last reset, rows indexed by global layer (N
+  // main layers then D MTP blocks), zero rows for dense layers and layers of other stages. Under
+  // tp/dp each rank counts its own tokens: sum over the stage's dp*tp ranks for the global counts
+  // (parallel::all_reduce_expert_counts).
   at::Tensor expert_load() const;  // [N + D, n_routed_experts] int64
   void reset_expert_load();
   // b_i += gamma * sign(mean_i(c) - c_i) for each MoE layer of this stage, from globally

@@ -9,9 +9,11 @@ namespace tandem::model::detail {
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  // `layer` is the global index (N..N+D-1 for MTP blocks), deciding dense vs MoE.
-  DecoderLayerImpl(const ModelConfig& config, int64_t layer);
-  at::Tensor forward(const at::Tensor& x, ForwardContext& ctx);  // [B, T, C] -> [B, T, C]
+  // `layer` is the global index (N..N+D-1 for MTP blocks), deciding dense vs MoE. Modules hold
+  // this rank's shards of `groups` (tp: heads and MLP widths; ep: routed experts).
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer, const ParallelGroups& groups = {});
+  // [B, T, C] -> [B, T, C], or [B, T/tp, C] under sequence parallelism (ForwardContext).
+  at::Tensor forward(const at::Tensor& x, ForwardContext& ctx);
 
   // Registers this layer's children on `owner` under their HF names (MTP modules store the
   // block flat, next to enorm/hnorm/eh_proj).
@@ -21,7 +23,7 @@ class DecoderLayerImpl : public torch::nn::Module {
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   GqaAttention gqa{nullptr};
   MlaAttention mla{nullptr};
-  SwiGLU mlp{nullptr};  // dense layers
+  SwiGLU mlp{nullptr};  // dense layers (tensor-parallel width intermediate_size / tp)
   MoE moe{nullptr};     // MoE layers
 
  private:
@@ -32,9 +34,12 @@ TORCH_MODULE(DecoderLayer);
 // MTP depth k: h' = eh_proj([enorm(Emb(t_{i+k})); hnorm(h^{k-1}_i)]) -> decoder block ->
 // h^k; the logits come from the shared head after shared_head.norm. The [embedding; hidden]
 // column order of eh_proj is the one of DeepSeek's released MTP weights (enorm, hnorm).
+// Under tensor parallelism the block is split like any decoder layer and always runs without
+// sequence parallelism (its length T-k is generally not divisible by tp); enorm, hnorm, eh_proj
+// and shared_head.norm are replicated.
 class MtpModuleImpl : public torch::nn::Module {
  public:
-  MtpModuleImpl(const ModelConfig& config, int64_t depth);
+  MtpModuleImpl(const ModelConfig& config, int64_t depth, const ParallelGroups& groups = {});
   // prev [B, T', C] (h^{k-1} truncated to the T' = T-k valid positions), emb [B, T', C] -> h^k.
   at::Tensor forward(const at::Tensor& prev, const at::Tensor& emb, ForwardContext& ctx);
   at::Tensor head_input(const at::Tensor& h) { return head_norm->forward(h); }  // shared_head.norm

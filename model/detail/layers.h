@@ -1,7 +1,8 @@
 // Internal building blocks (model .cpp files and tests only; public headers never include
-// this): the per-forward context, the split-capable linear layer, RMSNorm, SwiGLU and rotary
-// embedding with YaRN. Parameters are created uninitialized; Stage::Impl fills every one by
-// its HF name (init.h), so construction order does not matter.
+// this): the per-forward context, the split-capable linear layer, its tensor-parallel forms,
+// RMSNorm, SwiGLU, the (vocab-parallel) embedding and rotary embedding with YaRN. Parameters are
+// created uninitialized with their LOCAL shapes; Stage::Impl fills every one by its HF name from
+// the full tensor (init.h, sharding.h), so construction order does not matter.
 #pragma once
 
 #include <torch/torch.h>
@@ -9,6 +10,7 @@
 #include <memory>
 
 #include "model/model_config.h"
+#include "model/parallel_groups.h"
 #include "model/weight_grad_queue.h"
 
 namespace tandem::model::detail {
@@ -28,12 +30,33 @@ struct ForwardContext {
   std::shared_ptr<WeightGradQueue> queue;  // where split layers defer W (may be null)
   double loss_scale = 1.0;                 // scale of the injected balance-loss gradient
   at::Tensor aux_loss;                     // [] running sum of balance losses (detached), out
+  // Tensor/expert parallelism of this forward (null = size 1). With sequence_parallel, the
+  // activations between tensor-parallel regions are [B, T/tp, C] (this rank's sequence slice);
+  // otherwise [B, T, C] replicated over tp. MTP modules run with sequence_parallel off.
+  parallel::CommunicatorPtr tp;
+  parallel::CommunicatorPtr ep;
+  bool sequence_parallel = false;
+  int64_t tp_size() const { return tp ? tp->size() : 1; }
 };
 
 // y = x W^T whose backward can leave dW in `queue` (see weight_grad_queue.h). With the queue
 // null or not deferring, dW is returned to autograd like any linear. x [..., in], W [out, in].
 at::Tensor split_linear(const at::Tensor& input, const at::Tensor& weight,
                         const std::shared_ptr<WeightGradQueue>& queue);
+
+// Into a tensor-parallel region: the full-sequence, replicated input of column-parallel layers,
+// whose gradients are partial over tp. Sequence parallel: all-gather along T (backward
+// reduce-scatter); else copy_to_tp (backward all-reduce). Identity when tp = 1. x [B, T(/tp), C].
+at::Tensor enter_tp_region(const at::Tensor& x, const ForwardContext& ctx);
+// Out of a tensor-parallel region: sums the partial outputs of row-parallel layers. Sequence
+// parallel: reduce-scatter along T; else all-reduce. Identity when tp = 1. [B, T, C] partial.
+at::Tensor leave_tp_region(const at::Tensor& partial, const ForwardContext& ctx);
+// x W_shard^T with W's rows (output features) split over tp: enter_tp_region then split_linear.
+// x [B, T(/tp), in] -> [B, T, out/tp]. Keeps the B/W split (W_shard is the leaf).
+at::Tensor column_parallel_linear(const at::Tensor& x, const at::Tensor& weight_shard, ForwardContext& ctx);
+// h W_shard^T with W's columns (input features) split over tp, h already split the same way:
+// split_linear then leave_tp_region. h [B, T, in/tp] -> [B, T(/tp), out].
+at::Tensor row_parallel_linear(const at::Tensor& h, const at::Tensor& weight_shard, ForwardContext& ctx);
 
 class SplitLinearImpl : public torch::nn::Module {
  public:
@@ -57,20 +80,33 @@ class RMSNormImpl : public torch::nn::Module {
 TORCH_MODULE(RMSNorm);
 
 // down(silu(gate(x)) * up(x)), no biases: the dense MLP, every expert and the shared experts.
+// `width` is the local width (full width / tp for the tensor-parallel dense MLP and shared
+// experts; routed experts are never split).
 class SwiGLUImpl : public torch::nn::Module {
  public:
   SwiGLUImpl(int64_t dim, int64_t width);
   at::Tensor forward(const at::Tensor& x, ForwardContext& ctx);  // [..., d] -> [..., d]
+  // Tensor-parallel form (gate/up column-parallel, down row-parallel):
+  // leave_tp_region(forward(enter_tp_region(x))). x [B, T(/tp), d] -> [B, T(/tp), d].
+  at::Tensor forward_parallel(const at::Tensor& x, ForwardContext& ctx);
   SplitLinear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(SwiGLU);
 
-// Token embedding (HF embed_tokens): ids [...] int64 -> [..., C].
+// Token embedding (HF embed_tokens), vocab-parallel over tp: this rank holds rows
+// [vocab_start, vocab_start + V/tp). ids [...] int64 -> [..., C].
 class TokenEmbeddingImpl : public torch::nn::Module {
  public:
-  TokenEmbeddingImpl(int64_t vocab_size, int64_t dim);
-  at::Tensor forward(const at::Tensor& ids) { return at::embedding(weight, ids); }
-  at::Tensor weight;  // [V, C]
+  TokenEmbeddingImpl(int64_t vocab_size, int64_t dim, int64_t tp_size = 1, int64_t tp_rank = 0);
+  at::Tensor forward(const at::Tensor& ids) { return at::embedding(weight, ids); }  // single process
+  // ids [B, T] -> [B, T, C] replicated over ctx.tp, or [B, T/tp, C] under sequence parallelism
+  // when `sequence_parallel` (the caller decides: MTP lookups are never sequence-parallel).
+  at::Tensor forward(const at::Tensor& ids, const ForwardContext& ctx, bool sequence_parallel);
+  int64_t vocab_start() const { return vocab_start_; }
+  at::Tensor weight;  // [V/tp, C]
+
+ private:
+  int64_t vocab_start_ = 0;
 };
 TORCH_MODULE(TokenEmbedding);
 

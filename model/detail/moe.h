@@ -1,9 +1,12 @@
 // Internal MoE: router (affinities in at least fp32, bias for selection only, group-limited
 // top-k, gate normalisation and scaling), sequence-wise balance loss, and the MoE layer that
 // groups token->expert work per expert with whole-tensor gathers/scatters (MODEL.md).
-// The layer runs in explicit phases so expert parallelism can later insert its all-to-all
-// between them: route -> permute rows by expert (dispatch) -> experts -> weight and scatter
-// back (combine).
+// The layer runs in explicit phases: route -> permute rows by expert -> (expert parallel:
+// all-to-all dispatch) -> experts -> (all-to-all combine) -> weight and scatter back.
+// Under tensor parallelism each tp rank routes only its own tokens: its sequence slice under
+// sequence parallelism, else an even share of the replicated token rows (the partial outputs are
+// summed by the same all-reduce as the tensor-parallel shared experts). Routed experts are never
+// split over tp; they are split over ep (expert e on ep rank e / (E / ep)).
 #pragma once
 
 #include <vector>
@@ -40,6 +43,14 @@ at::Tensor expert_counts(const at::Tensor& topk_idx, int64_t num_experts);
 // alpha * mean over sequences of sum_i f_i P_i (MODEL.md). scores [B, T, E], topk_idx [B, T, K].
 at::Tensor sequence_balance_loss(const at::Tensor& scores, const at::Tensor& topk_idx, const RoutingOptions& options,
                                  double alpha);
+// The same loss when each tp rank holds only some token rows of the sequences: scores [n, E],
+// topk_idx [n, K], seq_id [n] (the sequence 0..num_seqs-1 of each row), seq_len the full length
+// T. Per-sequence statistics are summed over `tp` (collective: two all-reduces, in forward only;
+// the result is replicated over tp and its gradient reaches each rank's own rows).
+at::Tensor sequence_balance_loss_sharded(const at::Tensor& scores, const at::Tensor& topk_idx,
+                                         const at::Tensor& seq_id, int64_t num_seqs, int64_t seq_len,
+                                         const RoutingOptions& options, double alpha,
+                                         const parallel::CommunicatorPtr& tp);
 // b_i += gamma * sign(mean(c) - c_i), in place on bias [E]; counts [E].
 void update_routing_bias_(at::Tensor& bias, const at::Tensor& counts, double gamma);
 // Returns `hidden` unchanged; in backward also feeds d(aux)=loss_scale, so a balance loss that
@@ -67,21 +78,36 @@ TORCH_MODULE(Router);
 
 class MoEImpl : public torch::nn::Module {
  public:
-  MoEImpl(const ModelConfig& config, int64_t layer);
-  at::Tensor forward(const at::Tensor& x, ForwardContext& ctx);  // [B, T, C] -> [B, T, C]
+  // Holds the routed experts of ep rank groups.ep_rank() (all of them when ep = 1) and the
+  // shared experts split over tp.
+  MoEImpl(const ModelConfig& config, int64_t layer, const ParallelGroups& groups = {});
+  // [B, T, C] -> [B, T, C] replicated over ctx.tp, or [B, T/tp, C] -> [B, T/tp, C] under
+  // sequence parallelism. Collective over ctx.tp and ctx.ep when those are larger than 1.
+  at::Tensor forward(const at::Tensor& x, ForwardContext& ctx);
 
   Router gate{nullptr};
+  // This rank's routed experts, in global order (local index i is global expert
+  // first_local_expert() + i). They are registered under "experts.{global index}".
   torch::nn::ModuleList experts{nullptr};
   SwiGLU shared_experts{nullptr};  // null when n_shared_experts = 0
+  int64_t first_local_expert() const { return first_local_expert_; }
 
-  // Tokens routed per expert since reset (int64 [E]; counted before capacity dropping).
+  // Tokens this rank routed per expert since reset (int64 [E], every global expert; counted
+  // before capacity dropping). Global counts: parallel::all_reduce_expert_counts.
   at::Tensor load() const { return load_; }
   void reset_load() { load_.zero_(); }
   int64_t dropped_rows() const { return dropped_; }
   Routing last_routing;  // the routing of the latest forward (tests, diagnostics)
 
  private:
+  // Routes `rows` [n, C] (this rank's tokens), runs the experts (through the all-to-alls when
+  // ep > 1) and returns the gate-weighted routed output [n, C]. Records load and last_routing.
+  at::Tensor routed(const at::Tensor& rows, ForwardContext& ctx, Routing& routing);
+  // Runs local expert i on rows [offset, offset + counts[i]) of `rows`; [R, C] -> [R, C].
+  at::Tensor run_experts(const at::Tensor& rows, const std::vector<int64_t>& counts, ForwardContext& ctx);
+
   RoutingOptions options_;
+  int64_t first_local_expert_ = 0;
   double aux_alpha_, capacity_factor_;
   at::Tensor load_;
   int64_t dropped_ = 0;

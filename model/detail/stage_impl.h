@@ -33,16 +33,22 @@ struct Stage::Impl {
   void register_on_root();
 
   bool needs_embedding() const;
+  bool sequence_parallel() const { return groups.sequence_parallel && groups.tp_size() > 1; }
+  int64_t vocab_start() const { return groups.tp_rank() * (config.vocab_size / groups.tp_size()); }
   const at::Tensor& head_weight() const { return head ? head->weight : embed->weight; }
   detail::RopeTables rope_tables(int64_t length, at::ScalarType dtype, at::Device device) const;
   // MoE layers of this stage (main layers, then MTP blocks) with their global layer index.
   std::vector<std::pair<int64_t, detail::MoE>> moe_layers() const;
 
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const;
+  std::vector<parallel::ShardedParam> sharded_parameters() const;
   std::vector<std::pair<std::string, at::Tensor>> named_buffers() const;
 
   StageOutput forward(const StageInput& input);
-  at::Tensor main_logits(const at::Tensor& tokens);  // [B, T] -> [B, T, V]; stage spanning the model only
+  // [B, T] -> [B, T, V/tp] (this rank's vocabulary columns); stage spanning the model only.
+  at::Tensor main_logits(const at::Tensor& tokens);
+  // Queue and parallel groups of a forward; the caller adds the rotary tables and loss scale.
+  detail::ForwardContext make_context() const;
 };
 
 }  // namespace tandem::model

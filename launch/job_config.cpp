@@ -26,6 +26,15 @@ void JobConfig::resolve_and_validate(int64_t world_size) {
   }
   TANDEM_CONFIG_REQUIRE(model.intermediate_size % tp == 0, "parallel.tp",
                         "model.intermediate_size = {} is not divisible by tp = {}", model.intermediate_size, tp);
+  TANDEM_CONFIG_REQUIRE(model.vocab_size % tp == 0, "parallel.tp",
+                        "model.vocab_size = {} is not divisible by tp = {} (the embedding and output head are split "
+                        "over the vocabulary)",
+                        model.vocab_size, tp);
+  const int64_t shared_width = model.n_shared_experts * model.moe_intermediate_size;
+  TANDEM_CONFIG_REQUIRE(model.n_routed_experts == 0 || shared_width % tp == 0, "parallel.tp",
+                        "the shared experts' width n_shared_experts * moe_intermediate_size = {} * {} is not divisible "
+                        "by tp = {}",
+                        model.n_shared_experts, model.moe_intermediate_size, tp);
   TANDEM_CONFIG_REQUIRE(!parallel.sequence_parallel || tp > 1, "parallel.sequence_parallel",
                         "sequence parallelism needs tp > 1 (got tp = {})", tp);
   TANDEM_CONFIG_REQUIRE(!parallel.sequence_parallel || data.seq_length % tp == 0, "data.seq_length",

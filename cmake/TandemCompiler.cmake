@@ -17,8 +17,11 @@ endif()
 # so the relative spelling of the source root is mapped away too.
 file(RELATIVE_PATH _tandem_source_from_build ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
 string(REGEX REPLACE "/+$" "" _tandem_source_from_build "${_tandem_source_from_build}")
+# ccache leaves prefix maps out of its hash, so the relative spelling also goes into a define:
+# objects built with a different build-to-source path (hence a different __FILE__) never mix.
 add_compile_options($<$<COMPILE_LANGUAGE:CXX>:-fmacro-prefix-map=${CMAKE_SOURCE_DIR}/=>
                     $<$<COMPILE_LANGUAGE:CXX>:-fmacro-prefix-map=${_tandem_source_from_build}/=>)
+add_compile_definitions($<$<COMPILE_LANGUAGE:CXX>:TANDEM_SOURCE_FROM_BUILD="${_tandem_source_from_build}">)
 
 add_library(tandem_warnings INTERFACE)
 target_compile_options(tandem_warnings INTERFACE

@@ -13,6 +13,11 @@ TANDEM_BIN=${TANDEM_BIN:-build/bin/tandem}
 FORTUNES_DIR=${FORTUNES_DIR:-/usr/share/games/fortunes}
 OUTPUT=data/tiny_corpus
 
+if [[ ! -d "$FORTUNES_DIR" && -f $OUTPUT.bin && -f $OUTPUT.idx ]]; then
+  # A machine without the package (e.g. offline) that was given the prepared dataset.
+  echo "prepare_data: $FORTUNES_DIR is missing; using the existing $OUTPUT.{bin,idx}"
+  exit 0
+fi
 if [[ ! -d "$FORTUNES_DIR" ]]; then
   echo "prepare_data: $FORTUNES_DIR is missing; installing the Debian package 'fortunes'" >&2
   if [[ $(id -u) -eq 0 ]]; then

@@ -19,7 +19,8 @@ void BM_DualPipeGenerateValidateSimulate(benchmark::State& state) {
     const ValidationReport report = validate(s);
     if (!report.ok()) state.SkipWithError("invalid schedule");
     const SimResult result = simulate(s);
-    benchmark::DoNotOptimize(result.makespan);
+    double makespan = result.makespan;
+    benchmark::DoNotOptimize(makespan);
     state.counters["ops"] = static_cast<double>(s.num_ops());
   }
   state.SetLabel("dualpipe P=64 M=1024");

@@ -99,7 +99,9 @@ TEST(Model, InitIsAPureFunctionOfSeedNameAndShape) {
   EXPECT_NEAR(expert.std().item<double>(), c.initializer_range, 0.01);
   Model other(c, 6);
   for (const auto& [name, p] : other.named_parameters()) {
-    if (name.find("norm") == std::string::npos) EXPECT_FALSE(at::equal(p, by_name.at(name))) << name;
+    if (name.find("norm") == std::string::npos) {
+      EXPECT_FALSE(at::equal(p, by_name.at(name))) << name;
+    }
   }
 }
 

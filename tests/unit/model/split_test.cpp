@@ -77,7 +77,9 @@ std::map<std::string, at::Tensor> model_grads(Model& model, const at::Tensor& to
       if (name.find("experts.0.up_proj") != std::string::npos || name == "lm_head.weight") {
         EXPECT_FALSE(p.grad().defined()) << name;
       }
-      if (name == "model.norm.weight" || name == "model.embed_tokens.weight") EXPECT_TRUE(p.grad().defined()) << name;
+      if (name == "model.norm.weight" || name == "model.embed_tokens.weight") {
+        EXPECT_TRUE(p.grad().defined()) << name;
+      }
     }
   }
   model.run_queued_weight_grads();

@@ -8,6 +8,7 @@
 #include "launch/command.h"
 #include "launch/config_loader.h"
 #include "launch/trainer.h"
+#include "parallel/host_staged_communicator.h"
 #include "parallel/process_grid.h"
 #include "runtime/log.h"
 #include "runtime/process_context.h"
@@ -36,10 +37,12 @@ CommandRunner add_train_command(CLI::App& app) {
     runtime::init_logging(env.process, {config.logging.level, config.logging.all_ranks, ""});
     Trainer trainer(config, env.process, env.signals);
     env.setup.pass();
+    parallel::CommunicatorFactory factory = parallel::mpi_communicator_factory(std::chrono::seconds(options->comm_timeout_s));
+    if (trainer.uses_gpu()) factory = parallel::host_staged_factory(std::move(factory));
     const parallel::ProcessGrid grid(
         parallel::GridLayout::create(env.process.world_size, config.parallel.pp, config.parallel.dp,
                                      config.parallel.tp, config.parallel.ep, config.parallel.order),
-        env.process, parallel::mpi_communicator_factory(std::chrono::seconds(options->comm_timeout_s)));
+        env.process, factory);
     return trainer.run(grid);
   };
 }

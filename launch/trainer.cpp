@@ -5,6 +5,7 @@
 #include "launch/trainer.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/grad_mode.h>
@@ -16,9 +17,11 @@
 #include "launch/config_loader.h"
 #include "launch/detail/trainer_state.h"
 #include "launch/lr_schedule.h"
+#include "model/autocast.h"
 #include "model/init.h"
 #include "model/model_size.h"
 #include "parallel/grid_layout.h"
+#include "runtime/device.h"
 #include "runtime/file_util.h"
 #include "runtime/log.h"
 
@@ -36,10 +39,25 @@ void check_supported(const JobConfig& config) {
                       "pp {} tp {} ep {} zero {}. Set them with --set parallel.pp=1 ... (check-config and "
                       "simulate accept every layout)",
                       p.pp, p.tp, p.ep, p.zero);
-  const bool gpu_requested = config.run.device == "cuda";
-  TANDEM_CHECK_CONFIG(!gpu_requested, "run.device: cuda training is not available in this build; use cpu or auto");
-  TANDEM_CHECK_CONFIG(config.train.precision != "bf16",
-                      "train.precision: bf16 needs a GPU; CPU runs train in fp32 (use fp32 or auto)");
+}
+
+// run.device and train.precision resolved for this rank: auto means the GPU of this rank's
+// node-local index when one is usable, and bf16 autocast there (fp32 on the CPU).
+void resolve_placement(const JobConfig& config, const runtime::ProcessContext& process, at::Device& device,
+                       bool& bf16) {
+  const std::string& wanted = config.run.device;
+  const bool gpu_usable = runtime::gpu_unavailable_reason().empty() && at::hasCUDA();
+  if (wanted == "cuda") {
+    TANDEM_CHECK_CONFIG(gpu_usable, "run.device: cuda, but no GPU is usable on {} ({}); use run.device=cpu or auto",
+                        process.host,
+                        at::hasCUDA() ? runtime::gpu_unavailable_reason() : "this LibTorch was built without CUDA");
+  }
+  device = at::Device(at::kCPU);
+  if (wanted == "cuda" || (wanted == "auto" && gpu_usable)) {
+    device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(runtime::select_device_for_local_rank(process.local_rank)));
+  }
+  // bf16 on the CPU is allowed (CPU autocast): slow, but it lets CI exercise the mixed-precision path.
+  bf16 = config.train.precision == "bf16" || (config.train.precision == "auto" && device.is_cuda());
 }
 
 runtime::GptSamplerOptions sampler_options(const JobConfig& config, int64_t dp_rank, int64_t dp_size, bool train) {
@@ -64,7 +82,12 @@ bool decays(const std::string& name) {
   return !model::is_norm_weight(name) && name.find(".bias") == std::string::npos;
 }
 
-double scalar(const at::Tensor& t) { return t.defined() ? t.item<double>() : 0.0; }
+// [loss, lm, mtp, aux] of one micro-batch as one fp64 tensor on the loss's device (undefined = 0).
+at::Tensor stacked_losses(const model::LossPieces& pieces) {
+  const at::Tensor zero = at::zeros({}, pieces.loss.options().dtype(at::kDouble));
+  auto piece = [&](const at::Tensor& t) { return t.defined() ? t.detach().to(at::kDouble) : zero; };
+  return at::stack({piece(pieces.loss), piece(pieces.lm_loss), piece(pieces.mtp_loss), piece(pieces.aux_loss)});
+}
 
 // Mean over MoE layers of (max / mean) tokens per expert: 1.0 is perfectly balanced.
 double load_imbalance(const at::Tensor& counts) {
@@ -93,10 +116,6 @@ std::string progress_bar(int64_t done, int64_t total) {
   return "[" + std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(kWidth - filled), '.') + "]";
 }
 
-struct StepStats {
-  double loss = 0, lm_loss = 0, mtp_loss = 0, aux_loss = 0;
-};
-
 }  // namespace
 
 Trainer::Trainer(JobConfig config, const runtime::ProcessContext& process, const runtime::SignalWatcher& signals)
@@ -108,6 +127,7 @@ Trainer::Trainer(JobConfig config, const runtime::ProcessContext& process, const
   const int64_t dp_rank = layout.coord(process.rank).dp;
   const int64_t dp_size = layout.dp_size();
   s.micro_batches = s.config.parallel.pipeline.micro_batches;
+  resolve_placement(s.config, process, s.device, s.bf16);
 
   // Data: opened and validated here so a missing or bad dataset fails set-up on every rank.
   s.train_data = std::make_shared<const runtime::IndexedDataset>(
@@ -131,6 +151,8 @@ Trainer::Trainer(JobConfig config, const runtime::ProcessContext& process, const
 
 Trainer::~Trainer() = default;
 
+bool Trainer::uses_gpu() const { return state_->device.is_cuda(); }
+
 int Trainer::run(const parallel::ProcessGrid& grid) {
   State& s = *state_;
   s.grid = &grid;
@@ -150,7 +172,12 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     TANDEM_LOG_INFO("data", "{}", s.valid_sampler->describe());
   }
 
+  // Built on the CPU (initialisation is a pure function of seed and name), then moved, before the
+  // flat buffers are made: fp32 master weights on the run device; bf16 only inside autocast.
+  parallel::Communicator& dp = grid.dp();
+  parallel::Communicator& world = grid.world();
   s.model = std::make_unique<model::Model>(config.model, static_cast<uint64_t>(config.run.seed));
+  s.model->to(s.device);
   s.model->train(true);
   std::vector<parallel::NamedParam> named;
   for (auto& [name, tensor] : s.model->named_parameters()) named.push_back({name, tensor, decays(name)});
@@ -162,6 +189,8 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
   if (root) {
     TANDEM_LOG_INFO("train", "model: {} parameters ({} main, {} MTP), {} activated per token, {} threads per rank",
                     s.params->used_numel(), size.total_params, size.mtp_params, size.activated_params, threads);
+    TANDEM_LOG_INFO("train", "device {} | {} | communication over {}", s.device.str(),
+                    s.bf16 ? "bf16 autocast, fp32 master weights and gradients" : "fp32", dp.backend());
   }
 
   const std::optional<int64_t> resumed = maybe_resume(s);
@@ -173,11 +202,10 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     }
   }
 
-  parallel::Communicator& dp = grid.dp();
-  parallel::Communicator& world = grid.world();
   const int64_t tokens_per_step = config.data.global_batch_size * config.data.seq_length;
   const double flops_per_token = size.train_flops_per_token(config.data.seq_length);
-  const double peak_flops = config.hardware.cpu_gflops_per_core * 1e9 * threads * s.process.world_size;
+  const double peak_flops = s.device.is_cuda() ? config.hardware.gpu_tflops * 1e12 * s.process.world_size
+                                               : config.hardware.cpu_gflops_per_core * 1e9 * threads * s.process.world_size;
   const double loss_scale = 1.0 / static_cast<double>(s.micro_batches);
   const auto run_start = std::chrono::steady_clock::now();
   const int64_t first_step = s.step;
@@ -188,20 +216,22 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     const double lr = learning_rate(config.optim, step, config.train.steps);
     s.params->zero_grad();
 
-    StepStats stats;
+    // Loss pieces accumulate on the device; one copy to the host per step (no sync per micro-batch).
+    at::Tensor loss_sums = at::zeros({4}, at::TensorOptions().dtype(at::kDouble).device(s.device));
     for (int64_t micro = 0; micro < s.micro_batches; ++micro) {
-      const at::Tensor tokens = to_tensor(s.train_sampler->next_batch(config.data.micro_batch_size));
-      const model::LossPieces pieces = s.model->forward_loss(tokens, loss_scale);
+      const at::Tensor tokens = to_tensor(s.train_sampler->next_batch(config.data.micro_batch_size)).to(s.device);
+      model::LossPieces pieces;
+      {
+        const model::AutocastScope autocast(s.device.type(), at::kBFloat16, s.bf16);
+        pieces = s.model->forward_loss(tokens, loss_scale);
+      }
       torch::autograd::backward({pieces.loss}, {at::full({}, loss_scale, pieces.loss.options())});
-      stats.loss += scalar(pieces.loss) * loss_scale;
-      stats.lm_loss += scalar(pieces.lm_loss) * loss_scale;
-      stats.mtp_loss += scalar(pieces.mtp_loss) * loss_scale;
-      stats.aux_loss += scalar(pieces.aux_loss) * loss_scale;
+      loss_sums += stacked_losses(pieces) * loss_scale;
     }
 
     // Data-parallel average of gradients and of the logged losses; global expert loads.
     if (dp.size() > 1) dp.all_reduce(s.params->grads(), ReduceOp::kAvg);
-    at::Tensor losses = at::tensor({stats.loss, stats.lm_loss, stats.mtp_loss, stats.aux_loss}, at::kDouble);
+    at::Tensor losses = loss_sums.to(at::kCPU);
     if (dp.size() > 1) dp.all_reduce(losses, ReduceOp::kAvg);
     at::Tensor load = s.model->expert_load().contiguous();
     if (dp.size() > 1) dp.all_reduce(load, ReduceOp::kSum);
@@ -220,12 +250,14 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     if (config.train.eval_interval > 0 && (step % config.train.eval_interval == 0 || step == config.train.steps)) {
       s.model->train(false);
       torch::autograd::AutoGradMode no_grad(false);
+      const model::AutocastScope autocast(s.device.type(), at::kBFloat16, s.bf16);
       s.valid_sampler->reset();
-      double sum = 0;
+      at::Tensor sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(s.device));
       for (int64_t k = 0; k < config.train.eval_steps; ++k) {
-        sum += scalar(s.model->forward_loss(to_tensor(s.valid_sampler->next_batch(config.data.micro_batch_size))).lm_loss);
+        const at::Tensor tokens = to_tensor(s.valid_sampler->next_batch(config.data.micro_batch_size)).to(s.device);
+        sum += s.model->forward_loss(tokens).lm_loss.detach().to(at::kDouble);
       }
-      at::Tensor mean = at::tensor({sum / static_cast<double>(config.train.eval_steps)}, at::kDouble);
+      at::Tensor mean = (sum / static_cast<double>(config.train.eval_steps)).to(at::kCPU).reshape({1});
       if (dp.size() > 1) dp.all_reduce(mean, ReduceOp::kAvg);
       eval_loss = mean.item<double>();
       s.model->train(true);

@@ -5,6 +5,8 @@
 // held-out split, checkpoints (atomic, verified, exact resume), and metrics (step line with
 // progress and ETA, metrics.jsonl, TensorBoard). A SIGINT/SIGTERM on any rank stops every rank
 // after the current step with a checkpoint and exit code 0.
+// Device: the CPU in fp32, or this rank's GPU with bf16 autocast and fp32 master weights (run.device,
+// train.precision).
 // Layout support today: data parallelism over any dp with pp = tp = ep = 1 and zero = 0; the
 // set-up rejects other layouts with a clear message until their runtimes are wired in.
 // Not thread-safe; one per process. Collective: every rank of the job constructs one and calls
@@ -38,6 +40,10 @@ class Trainer {
   // Collective: builds the model and optimizer over `grid`, resumes if asked, trains to
   // train.steps or until a stop signal, and returns the exit code (0).
   int run(const parallel::ProcessGrid& grid);
+
+  // True when this rank trains on a GPU (run.device resolved): the grid's communicators must then
+  // move device tensors (NCCL, or the MPI backend through host staging).
+  bool uses_gpu() const;
 
   struct State;  // defined in launch/detail/trainer_state.h, for the trainer's own .cpp files
 

@@ -73,6 +73,7 @@ WeightGradQueue& Model::weight_grad_queue() { return *whole_->weight_grad_queue(
 
 void Model::train(bool on) { whole_->train(on); }
 void Model::to(at::ScalarType dtype) { whole_->to(dtype); }
+void Model::to(const at::Device& device) { whole_->to(device); }
 
 Stage& Model::whole() { return *whole_; }
 

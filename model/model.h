@@ -63,6 +63,7 @@ class Model {
 
   void train(bool on);
   void to(at::ScalarType dtype);
+  void to(const at::Device& device);  // see Stage::to(device)
 
   Stage& whole();  // the single stage spanning the model
 

@@ -4,6 +4,8 @@
 // the same saved tensors, so deferring changes when dW is computed, never its bits.
 #include <torch/torch.h>
 
+#include <ATen/autocast_mode.h>
+
 #include "model/detail/layers.h"
 #include "runtime/error.h"
 
@@ -84,7 +86,7 @@ at::Tensor weight_grad(const at::Tensor& grad_out2d, const at::Tensor& input2d) 
 void accumulate_grad(const at::Tensor& param, at::Tensor grad) {
   at::Tensor& slot = param.mutable_grad();
   if (!slot.defined()) {
-    slot = std::move(grad);
+    slot = grad.to(param.scalar_type());  // a bf16 product (autocast) lands in the fp32 master's dtype
   } else {
     torch::NoGradGuard no_grad;
     slot.add_(grad);
@@ -94,9 +96,20 @@ void accumulate_grad(const at::Tensor& param, at::Tensor grad) {
 struct SplitLinearFunction : torch::autograd::Function<SplitLinearFunction> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& weight,
                             std::shared_ptr<WeightGradQueue> queue) {
-    ctx->save_for_backward({input, weight});
+    // Under autocast, compute (and save for backward) in the autocast dtype, as aten's linear
+    // does: saving the fp32 originals would leave backward multiplying a bf16 gradient with fp32
+    // operands. The weight's cast comes from autocast's per-step cache; the leaf itself is kept
+    // too, as the target a deferred W accumulates into.
+    const c10::DeviceType device_type = input.device().type();
+    at::Tensor input_c = input, weight_c = weight;
+    if (at::autocast::is_autocast_enabled(device_type)) {
+      const at::ScalarType dtype = at::autocast::get_autocast_dtype(device_type);
+      input_c = at::autocast::cached_cast(dtype, input, device_type);
+      weight_c = at::autocast::cached_cast(dtype, weight, device_type);
+    }
+    ctx->save_for_backward({input_c, weight_c, weight});
     if (queue) ctx->saved_data["queue"] = c10::IValue::make_capsule(c10::make_intrusive<QueueCapsule>(std::move(queue)));
-    at::Tensor out2d = flatten_rows(input).mm(weight.t());  // [M, in] x [in, out] -> [M, out]
+    at::Tensor out2d = flatten_rows(input_c).mm(weight_c.t());  // [M, in] x [in, out] -> [M, out]
     std::vector<int64_t> shape = input.sizes().vec();
     shape.back() = weight.size(0);
     return out2d.view(shape);
@@ -106,8 +119,10 @@ struct SplitLinearFunction : torch::autograd::Function<SplitLinearFunction> {
                                                  torch::autograd::variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor& input = saved[0];
-    const at::Tensor& weight = saved[1];
-    const at::Tensor grad_out2d = flatten_rows(grad_outputs[0]);  // [M, out]
+    const at::Tensor& weight = saved[1];  // as used in forward (the autocast copy under autocast)
+    const at::Tensor& weight_leaf = saved[2];
+    // The incoming gradient has the output's dtype, which is the compute dtype.
+    const at::Tensor grad_out2d = flatten_rows(grad_outputs[0]).to(weight.scalar_type());  // [M, out]
     at::Tensor grad_input, grad_weight;
     if (ctx->needs_input_grad(0)) grad_input = grad_out2d.mm(weight).view(input.sizes());  // [M, in]
     if (ctx->needs_input_grad(1)) {
@@ -117,9 +132,9 @@ struct SplitLinearFunction : torch::autograd::Function<SplitLinearFunction> {
       }
       // Deferring needs a leaf to accumulate into; a computed weight (a cast, a gathered
       // shard) hands its gradient back to autograd now.
-      if (queue && queue->deferring() && weight.is_leaf()) {
-        queue->push([weight, grad_out2d, input2d = flatten_rows(input)] {
-          accumulate_grad(weight, weight_grad(grad_out2d, input2d));
+      if (queue && queue->deferring() && weight_leaf.is_leaf()) {
+        queue->push([weight_leaf, grad_out2d, input2d = flatten_rows(input)] {
+          accumulate_grad(weight_leaf, weight_grad(grad_out2d, input2d));
         });
       } else {
         grad_weight = weight_grad(grad_out2d, flatten_rows(input));

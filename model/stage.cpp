@@ -312,6 +312,11 @@ void Stage::update_routing_bias(const at::Tensor& counts, double gamma) {
 }
 
 void Stage::train(bool on) { impl_->root->train(on); }
+
+void Stage::to(const at::Device& device) {
+  impl_->root->to(device);
+  for (auto& [layer, moe] : impl_->moe_layers()) moe->move_load_to(device);
+}
 void Stage::to(at::ScalarType dtype) {
   impl_->root->to(dtype);
   // The routing bias moves by gamma = 1e-3 per step: it stays in at least fp32 (as in V3).

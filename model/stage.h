@@ -133,6 +133,9 @@ class Stage {
   void train(bool on);  // eval: no balance loss, no load counting (MTP still runs in forward)
   // Parameters to `dtype`; routing biases stay in at least fp32.
   void to(at::ScalarType dtype);
+  // Parameters, routing biases and load counters to `device` (before building optimizer buffers:
+  // the tensors are replaced, so flat parameter groups made earlier would be left behind).
+  void to(const at::Device& device);
 
   Impl& impl() { return *impl_; }
 

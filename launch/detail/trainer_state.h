@@ -42,6 +42,9 @@ struct Trainer::State {
   std::unique_ptr<runtime::MetricsWriter> metrics;        // rank 0
   std::unique_ptr<runtime::TensorBoardWriter> tensorboard;  // rank 0, when enabled
 
+  at::Device device{at::kCPU};  // run.device resolved (the GPU of this rank's local index)
+  bool bf16 = false;           // bf16 autocast around forward; parameters/gradients stay fp32
+
   int64_t step = 0;            // optimizer steps completed
   int64_t micro_batches = 1;   // per optimizer step and dp rank
   std::string checkpoint_root;

@@ -100,6 +100,8 @@ class MoEImpl : public torch::nn::Module {
   // before capacity dropping). Global counts: parallel::all_reduce_expert_counts.
   at::Tensor load() const { return load_; }
   void reset_load() { load_.zero_(); }
+  // Keeps the counters where routing runs, so counting never synchronises with the host.
+  void move_load_to(const at::Device& device) { load_ = load_.to(device); }
   int64_t dropped_rows() const { return dropped_; }
   Routing last_routing;  // the routing of the latest forward (tests, diagnostics)
 

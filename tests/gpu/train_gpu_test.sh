@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `tandem train` on a GPU, end to end, on the default job's corpus with a small model:
+#  1. run.device auto picks the GPU and bf16 autocast (fp32 master weights); the loss falls;
+#  2. fp32 on the GPU follows the CPU fp32 trajectory (same math on another device);
+#  3. two ranks (dp2) on the GPU(s) communicate device tensors (host-staged MPI without NCCL)
+#     and reproduce the one-rank bf16 losses closely.
+# Skips (exit 77) without a GPU or without the corpus.
+# Usage: train_gpu_test.sh TANDEM_BINARY SOURCE_DIR MPIEXEC...
+set -uo pipefail
+tandem=$1 source_dir=$2; shift 2
+mpiexec=("$@")
+data=$source_dir/data/tiny_corpus
+if ! nvidia-smi -L >/dev/null 2>&1; then echo "SKIPPED: no GPU (nvidia-smi -L fails)"; exit 77; fi
+if [ ! -f "$data.bin" ]; then echo "SKIPPED: $data.bin is missing (scripts/prepare_data.sh builds it)"; exit 77; fi
+work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+# The default job pins run.device=cpu and fp32; these runs choose per test (auto = GPU + bf16).
+small=(--set data.path="$data" --set run.device=auto --set train.precision=auto --set model.hidden_size=128 --set model.num_hidden_layers=2 --set data.seq_length=128
+       --set data.global_batch_size=16 --set data.micro_batch_size=8 --set train.eval_interval=0
+       --set logging.log_interval=10 --set logging.tensorboard=false --set checkpoint.save_on_exit=false)
+failures=0
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+ok() { echo "ok: $*"; }
+train() {  # train OUTPUT_DIR RANKS ARGS...
+  local out=$1 ranks=$2; shift 2
+  timeout 300 "${mpiexec[@]}" -np "$ranks" "$tandem" train "$source_dir/configs/tiny_moe.yaml" "${small[@]}" \
+    --set run.output_dir="$out" "$@" >"$out.log" 2>&1
+}
+field() { sed -nE "s/.*\"$2\":([-0-9.e+]+).*/\1/p" "$1/metrics.jsonl"; }  # field RUN NAME: one value per step
+
+# 1. auto: GPU + bf16, loss falls
+train "$work/bf16" 1 --set train.steps=40 || fail "bf16 run exited $? ($(tail -3 "$work/bf16.log"))"
+grep -q "device cuda:0 | bf16 autocast" "$work/bf16.log" || fail "auto did not pick cuda + bf16: $(grep -m1 'device ' "$work/bf16.log")"
+first=$(field "$work/bf16" lm_loss | head -1) last=$(field "$work/bf16" lm_loss | tail -1)
+if awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.5) }'; then
+  ok "bf16 on GPU: lm loss $first -> $last in 40 steps ($(field "$work/bf16" tokens_per_s | tail -1) tokens/s)"
+else fail "bf16 loss did not fall enough: $first -> $last"; fi
+
+# 2. fp32 on GPU vs fp32 on CPU, 8 steps
+train "$work/gpu32" 1 --set train.steps=8 --set train.precision=fp32 || fail "gpu fp32 exited $?"
+train "$work/cpu32" 1 --set train.steps=8 --set run.device=cpu || fail "cpu fp32 exited $?"
+grep -q "device cuda:0 | fp32" "$work/gpu32.log" || fail "fp32 run not on the GPU: $(grep -m1 'device ' "$work/gpu32.log")"
+grep -q "device cpu | fp32" "$work/cpu32.log" || fail "cpu run not on the CPU in fp32: $(grep -m1 'device ' "$work/cpu32.log")"
+worst=$(paste <(field "$work/gpu32" loss) <(field "$work/cpu32" loss) |
+        awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > w) w = d } END { printf "%.3g", w + 0 }')
+if [ "$(field "$work/gpu32" loss | wc -l)" -eq 8 ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-3) }'; then
+  ok "fp32 GPU vs CPU: worst relative loss difference over 8 steps $worst"
+else fail "fp32 GPU and CPU trajectories differ: worst $worst"; fi
+
+# 3. dp2 on the GPU(s): device tensors through the communicators
+train "$work/dp2" 2 --set train.steps=40 || fail "dp2 run exited $? ($(tail -3 "$work/dp2.log"))"
+worst=$(paste <(field "$work/dp2" loss) <(field "$work/bf16" loss) |
+        awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > w) w = d } END { printf "%.3g", w + 0 }')
+if [ "$(field "$work/dp2" loss | wc -l)" -eq 40 ] && awk -v w="$worst" 'BEGIN { exit !(w < 3e-2) }'; then
+  ok "dp2 bf16 on GPU ($(grep -m1 -o 'communication over [^ ]*' "$work/dp2.log")): worst relative loss difference vs one rank $worst"
+else fail "dp2 differs from one rank: worst $worst"; fi
+
+[ $failures -eq 0 ] || { echo "$failures check(s) failed; logs:"; for f in "$work"/*.log; do echo "== $f"; tail -n 5 "$f"; done; exit 1; }

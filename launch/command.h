@@ -51,4 +51,6 @@ CommandRunner add_simulate_command(CLI::App& app);  // tandem simulate JOB.yaml
 CommandRunner add_plan_command(CLI::App& app);      // tandem plan JOB.yaml
 CommandRunner add_train_command(CLI::App& app);     // tandem train JOB.yaml
 CommandRunner add_preprocess_command(CLI::App& app);  // tandem preprocess --input FILE... --output PREFIX
+CommandRunner add_export_command(CLI::App& app);      // tandem export CKPT_DIR OUT_DIR
+CommandRunner add_checkpoint_command(CLI::App& app);  // tandem checkpoint inspect DIR
 }  // namespace tandem::launch

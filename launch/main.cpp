@@ -86,6 +86,8 @@ int run(int argc, char** argv) {
   add("simulate", add_simulate_command(app));
   add("plan", add_plan_command(app));
   add("preprocess", add_preprocess_command(app));
+  add("export", add_export_command(app));
+  add("checkpoint", add_checkpoint_command(app));
 
   MpiSetupGate gate(session);
   try {

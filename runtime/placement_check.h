@@ -1,0 +1,40 @@
+// Start-of-job check that ranks and accelerators match on each node: one rank per GPU is the
+// launcher's contract (device.h selects GPU local_rank % count). Too many ranks per node makes
+// ranks share a GPU (NCCL refuses a communicator with two ranks on one device); too few leaves
+// GPUs idle; on CPU runs, more busy threads than cores slows every rank. The check is a pure
+// function of what it is given, so tests can feed it any node; log_rank_placement() gathers the
+// real values and logs the result.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace tandem::runtime {
+
+struct ProcessContext;
+
+struct PlacementInputs {
+  std::string host;
+  int ranks_on_node = 1;         // ProcessContext::local_size
+  int gpus_visible = 0;          // cuda_device_count()
+  std::string device = "auto";   // run.device: auto | cpu | cuda
+  int cpu_cores = 1;             // hardware threads of the node
+  int threads_per_rank = 1;      // intra-op threads each rank uses (OMP_NUM_THREADS or torch's)
+  std::string cuda_visible_devices;  // the variable's value; "(unset)" when it is not set
+};
+
+struct PlacementReport {
+  std::vector<std::string> info;      // one line describing the node
+  std::vector<std::string> warnings;  // each mismatch, what it causes and how to fix it
+  bool ok() const { return warnings.empty(); }
+};
+
+PlacementReport check_rank_placement(const PlacementInputs& inputs);
+
+// Fills PlacementInputs for this process (device count, cores, OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES)
+// and logs the report: rank 0 logs the info line, the first rank of every node logs its node's
+// warnings (so a mismatch on any node is seen). `threads_per_rank` <= 0 reads OMP_NUM_THREADS
+// (1 when unset). Returns this node's report. Never throws; no collectives.
+PlacementReport log_rank_placement(const ProcessContext& process, const std::string& device, int threads_per_rank = 0);
+
+}  // namespace tandem::runtime

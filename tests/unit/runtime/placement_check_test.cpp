@@ -1,0 +1,64 @@
+// Rank placement: one rank per GPU passes; more ranks than GPUs, idle GPUs, a cuda job without
+// a GPU and oversubscribed CPU cores each produce one warning naming the host, the numbers and a fix.
+#include <gtest/gtest.h>
+
+#include "runtime/placement_check.h"
+
+namespace tandem::runtime {
+namespace {
+
+PlacementInputs node(int ranks, int gpus, std::string device = "auto") {
+  PlacementInputs in;
+  in.host = "node7";
+  in.ranks_on_node = ranks;
+  in.gpus_visible = gpus;
+  in.device = std::move(device);
+  in.cpu_cores = 64;
+  in.cuda_visible_devices = "(unset)";
+  return in;
+}
+
+void expect_warning(const PlacementReport& report, const std::vector<std::string>& fragments) {
+  ASSERT_EQ(report.warnings.size(), 1u);
+  for (const std::string& fragment : fragments) {
+    EXPECT_NE(report.warnings[0].find(fragment), std::string::npos) << "missing '" << fragment << "' in: " << report.warnings[0];
+  }
+}
+
+TEST(PlacementCheck, OneRankPerGpuIsClean) {
+  const PlacementReport report = check_rank_placement(node(8, 8));
+  EXPECT_TRUE(report.ok());
+  ASSERT_EQ(report.info.size(), 1u);
+  EXPECT_NE(report.info[0].find("host node7: 8 rank(s), 8 GPU(s) visible"), std::string::npos) << report.info[0];
+  EXPECT_NE(report.info[0].find("one GPU per rank"), std::string::npos);
+}
+
+TEST(PlacementCheck, MoreRanksThanGpusWarns) {
+  expect_warning(check_rank_placement(node(16, 8)),
+                 {"node7", "16 ranks but only 8 GPU(s)", "share GPUs", "NCCL", "--ntasks-per-node=8", "ppr:8:node"});
+}
+
+TEST(PlacementCheck, IdleGpusWarn) {
+  expect_warning(check_rank_placement(node(4, 8)), {"4 rank(s) for 8 GPUs", "4 GPU(s) stay idle"});
+}
+
+TEST(PlacementCheck, CudaWithoutGpuWarns) {
+  expect_warning(check_rank_placement(node(2, 0, "cuda")), {"run.device is cuda but no GPU is visible"});
+  // auto without a GPU is a CPU run, not a mismatch.
+  EXPECT_TRUE(check_rank_placement(node(2, 0, "auto")).ok());
+}
+
+TEST(PlacementCheck, CpuOversubscriptionWarns) {
+  PlacementInputs in = node(8, 0, "cpu");
+  in.cpu_cores = 16;
+  in.threads_per_rank = 4;
+  expect_warning(check_rank_placement(in), {"8 rank(s) x 4 thread(s) = 32 busy threads on 16", "OMP_NUM_THREADS=2"});
+  in.threads_per_rank = 2;
+  EXPECT_TRUE(check_rank_placement(in).ok());
+  // A cpu job on a GPU node ignores the GPUs.
+  in.gpus_visible = 8;
+  EXPECT_TRUE(check_rank_placement(in).ok());
+}
+
+}  // namespace
+}  // namespace tandem::runtime

@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <type_traits>
 
 #include "launch/checkpoint_inspect.h"
 #include "launch/config_loader.h"
@@ -50,9 +51,15 @@ class JsonObject {
     schedule::json::append_string(encoded, value);
     return raw(std::move(key), std::move(encoded));
   }
+  // Floating-point values keep a decimal point ("1.0", not "1"): transformers' configs validate
+  // field types strictly, and 1 is an integer to JSON readers.
   template <class T>
   JsonObject& num(std::string key, T value) {
-    return raw(std::move(key), fmt::format("{}", value));
+    std::string text = fmt::format("{}", value);
+    if constexpr (std::is_floating_point_v<T>) {
+      if (text.find_first_of(".eEn") == std::string::npos) text += ".0";
+    }
+    return raw(std::move(key), std::move(text));
   }
   JsonObject& boolean(std::string key, bool value) { return raw(std::move(key), value ? "true" : "false"); }
   std::string render(int indent) const {
@@ -270,33 +277,24 @@ std::string hf_architecture(const model::ModelConfig& c) {
 
 std::string hf_config_json(const model::ModelConfig& c, const std::string& torch_dtype) {
   const std::string architecture = hf_architecture(c);
+  const bool llama = architecture == "LlamaForCausalLM";
   JsonObject o;
-  o.raw("architectures", fmt::format("[\"{}\"]", architecture));
-  if (architecture == "LlamaForCausalLM") {
-    o.str("model_type", "llama")
-        .num("vocab_size", c.vocab_size)
-        .num("hidden_size", c.hidden_size)
-        .num("intermediate_size", c.intermediate_size)
-        .num("num_hidden_layers", c.num_hidden_layers)
-        .num("num_attention_heads", c.num_attention_heads)
-        .num("num_key_value_heads", c.num_key_value_heads)
-        .num("head_dim", c.gqa_head_dim())
-        .num("num_nextn_predict_layers", c.num_nextn_predict_layers)
-        .str("hidden_act", "silu")
-        .boolean("attention_bias", false)
-        .boolean("mlp_bias", false);
+  o.raw("architectures", fmt::format("[\"{}\"]", architecture))
+      .str("model_type", llama ? "llama" : "deepseek_v3")
+      .num("vocab_size", c.vocab_size)
+      .num("hidden_size", c.hidden_size)
+      .num("intermediate_size", c.intermediate_size)
+      .num("num_hidden_layers", c.num_hidden_layers)
+      .num("num_nextn_predict_layers", c.num_nextn_predict_layers)
+      .num("num_attention_heads", c.num_attention_heads)
+      .num("num_key_value_heads", llama ? c.num_key_value_heads : c.num_attention_heads)
+      .str("hidden_act", "silu")
+      .boolean("attention_bias", false);
+  if (llama) {
+    o.num("head_dim", c.gqa_head_dim()).boolean("mlp_bias", false);
   } else {
     // A dense MLA model is a DeepseekV3 whose layers are all below first_k_dense_replace.
-    const int64_t first_dense = has_moe(c) ? c.first_k_dense_replace : c.num_hidden_layers;
-    o.str("model_type", "deepseek_v3")
-        .num("vocab_size", c.vocab_size)
-        .num("hidden_size", c.hidden_size)
-        .num("intermediate_size", c.intermediate_size)
-        .num("moe_intermediate_size", c.moe_intermediate_size)
-        .num("num_hidden_layers", c.num_hidden_layers)
-        .num("num_nextn_predict_layers", c.num_nextn_predict_layers)
-        .num("num_attention_heads", c.num_attention_heads)
-        .num("num_key_value_heads", c.num_attention_heads)
+    o.num("moe_intermediate_size", c.moe_intermediate_size)
         .raw("q_lora_rank", c.q_lora_rank ? fmt::format("{}", *c.q_lora_rank) : "null")
         .num("kv_lora_rank", c.kv_lora_rank)
         .num("qk_nope_head_dim", c.qk_nope_head_dim)
@@ -311,13 +309,11 @@ std::string hf_config_json(const model::ModelConfig& c, const std::string& torch
         .boolean("norm_topk_prob", c.norm_topk_prob)
         .str("scoring_func", c.scoring_func)
         .str("topk_method", "noaux_tc")
-        .num("first_k_dense_replace", first_dense)
+        .num("first_k_dense_replace", has_moe(c) ? c.first_k_dense_replace : c.num_hidden_layers)
         .num("moe_layer_freq", 1)
         .num("aux_loss_alpha", c.aux_loss_alpha)
         .boolean("seq_aux", true)
-        .boolean("rope_interleave", true)
-        .str("hidden_act", "silu")
-        .boolean("attention_bias", false);
+        .boolean("rope_interleave", true);
   }
   o.num("max_position_embeddings", c.max_position_embeddings)
       .num("rms_norm_eps", c.rms_norm_eps)

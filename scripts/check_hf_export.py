@@ -183,7 +183,9 @@ def compare_with_transformers(folder, reference, tolerance, device):
     ref, _ = read_safetensors(reference)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32, attn_implementation="eager")
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    dtype_arg = "dtype" if (major, minor) >= (4, 56) else "torch_dtype"  # renamed in 4.56
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager", **{dtype_arg: torch.float32})
     model.to(device).eval()
     with torch.no_grad():
         logits = model(ref["input_ids"].to(device)).logits.float().cpu()

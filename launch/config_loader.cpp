@@ -370,7 +370,12 @@ std::string job_config_reference_markdown() {
   JobConfig defaults;
   ReferencePrinter printer;
   defaults.visit(printer);
-  return printer.rows_;
+  return "# Job file reference\n\n"
+         "Every key of a job YAML file, with its type, default, allowed values and meaning. This page is generated "
+         "from the config structs by `build/bin/tandem config-reference > docs/config.md`; a unit test fails when it "
+         "is out of date. Keys are set in the job file or on the command line with `--set section.key=value`; "
+         "unknown keys are errors. How the parallel keys fit together: [parallelism guide](parallelism.md).\n" +
+         printer.rows_;
 }
 
 std::vector<std::string> job_config_keys() {

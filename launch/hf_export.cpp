@@ -17,6 +17,7 @@
 #include "launch/config_loader.h"
 #include "launch/safetensors.h"
 #include "model/model.h"
+#include "runtime/byte_tokenizer.h"
 #include "runtime/checkpoint_tensors.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
@@ -30,8 +31,6 @@ using runtime::TensorKind;
 constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
 constexpr const char* kConfigFile = "config.json";
-// The byte tokenizer's special tokens (runtime/byte_tokenizer.h): BOS 256, EOD 257, PAD 258.
-constexpr int64_t kBosId = 256, kEosId = 257, kPadId = 258;
 
 bool is_llama(const model::ModelConfig& c) { return c.attention_type == "gqa"; }
 
@@ -183,7 +182,8 @@ std::vector<PlannedTensor> plan_tensors(const runtime::CheckpointManifest& manif
       plan.push_back(std::move(t));
     }
   }
-  std::sort(plan.begin(), plan.end(), [](const PlannedTensor& a, const PlannedTensor& b) { return natural_less(a.name, b.name); });
+  std::sort(plan.begin(), plan.end(),
+            [](const PlannedTensor& a, const PlannedTensor& b) { return natural_less(a.name, b.name); });
   return plan;
 }
 
@@ -323,7 +323,13 @@ std::string hf_config_json(const model::ModelConfig& c, const std::string& torch
       .num("initializer_range", c.initializer_range)
       .boolean("tie_word_embeddings", c.tie_word_embeddings)
       .boolean("use_cache", true);
-  if (c.vocab_size > kPadId) o.num("bos_token_id", kBosId).num("eos_token_id", kEosId).num("pad_token_id", kPadId);
+  // The byte tokenizer's special tokens, when the vocabulary has room for them.
+  using runtime::ByteTokenizer;
+  if (c.vocab_size >= ByteTokenizer::kVocabSize) {
+    o.num("bos_token_id", ByteTokenizer::kBos)
+        .num("eos_token_id", ByteTokenizer::kEod)
+        .num("pad_token_id", ByteTokenizer::kPad);
+  }
   o.str("torch_dtype", torch_dtype);
   return o.render(0) + "\n";
 }

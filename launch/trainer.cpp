@@ -24,6 +24,7 @@
 #include "runtime/device.h"
 #include "runtime/file_util.h"
 #include "runtime/log.h"
+#include "runtime/placement_check.h"
 
 namespace tandem::launch {
 namespace {
@@ -163,6 +164,7 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int threads = std::max(1, cores / std::max(1, s.process.local_size));
   at::set_num_threads(threads);
+  runtime::log_rank_placement(s.process, config.run.device, threads);
 
   if (root) {
     TANDEM_LOG_INFO("train", "tandem {} | LibTorch {} | {}", TANDEM_VERSION_STRING, TORCH_VERSION, TANDEM_GIT_SHA);

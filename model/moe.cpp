@@ -81,12 +81,19 @@ at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing&
 
   // 3. Experts, through the all-to-alls when they live on other ranks.
   at::Tensor expert_out;  // [R, C] in `permuted` order
+  // Both exchanges yield to ctx.overlap while in flight (at the same places without ep).
   if (ctx.ep && ctx.ep->size() > 1) {
     const auto layout = parallel::exchange_counts(plan.rows_per_expert, ctx.ep, rows.device());
-    const at::Tensor grouped = parallel::dispatch(permuted, layout, ctx.ep);  // [R_recv, C] by local expert
-    expert_out = parallel::combine(run_experts(grouped, layout->rows_per_local_expert, ctx), layout, ctx.ep);
+    parallel::DispatchHandle dispatch = parallel::start_dispatch(permuted, layout, ctx.ep, ctx.overlap);
+    parallel::yield_to_overlap(ctx.overlap);
+    const at::Tensor grouped = dispatch.wait();  // [R_recv, C] by local expert
+    parallel::CombineHandle combine = parallel::start_combine(
+        run_experts(grouped, layout->rows_per_local_expert, ctx), layout, ctx.ep, ctx.overlap);
+    parallel::yield_to_overlap(ctx.overlap);
+    expert_out = combine.wait();
   } else {
-    expert_out = run_experts(permuted, plan.rows_per_expert, ctx);
+    const at::Tensor grouped = parallel::exchange_point(permuted, ctx.overlap);
+    expert_out = parallel::exchange_point(run_experts(grouped, plan.rows_per_expert, ctx), ctx.overlap);
   }
 
   // 4. Weight by gate and scatter-add back to this rank's rows.

@@ -66,6 +66,12 @@ void WeightGradQueue::run_all() {
   }
 }
 
+void WeightGradQueue::discard_all() {
+  std::lock_guard lock(mutex_);
+  sealed_.clear();
+  open_.clear();
+}
+
 namespace detail {
 namespace {
 

@@ -23,9 +23,11 @@ using detail::MtpModule;
 
 // --- Impl -----------------------------------------------------------------------------------
 
-bool Stage::Impl::needs_embedding() const {
+bool stage_holds_embedding(const ModelConfig& config, const StageSpec& spec) {
   return spec.is_first() || (spec.is_last() && (config.tie_word_embeddings || config.num_nextn_predict_layers > 0));
 }
+
+bool Stage::Impl::needs_embedding() const { return stage_holds_embedding(config, spec); }
 
 void Stage::Impl::create_modules() {
   const ModelConfig& c = config;
@@ -103,6 +105,7 @@ std::vector<std::pair<int64_t, detail::MoE>> Stage::Impl::moe_layers() const {
 detail::ForwardContext Stage::Impl::make_context() const {
   detail::ForwardContext ctx;
   ctx.queue = queue;
+  ctx.overlap = overlap;
   if (groups.tp_size() > 1) ctx.tp = groups.tp;
   if (groups.ep_size() > 1) ctx.ep = groups.ep;
   ctx.sequence_parallel = sequence_parallel();
@@ -261,6 +264,11 @@ const ModelConfig& Stage::config() const { return impl_->config; }
 
 StageOutput Stage::forward(const StageInput& input) { return impl_->forward(input); }
 
+std::vector<int64_t> Stage::hidden_shape(const at::Tensor& tokens) const {
+  const int64_t t = tokens.size(1) - 1;
+  return {tokens.size(0), impl_->sequence_parallel() ? t / impl_->groups.tp_size() : t, impl_->config.hidden_size};
+}
+
 void Stage::backward(const std::vector<at::Tensor>& outputs, const std::vector<at::Tensor>& grad_outputs,
                      bool defer_weight_grads) {
   WeightGradQueue& queue = *impl_->queue;
@@ -283,6 +291,8 @@ void Stage::set_weight_grad_queue(std::shared_ptr<WeightGradQueue> queue) {
   TANDEM_CHECK(queue != nullptr, "a stage needs a weight-gradient queue");
   impl_->queue = std::move(queue);
 }
+
+void Stage::set_overlap_hook(parallel::OverlapHookPtr hook) { impl_->overlap = std::move(hook); }
 
 std::vector<std::pair<std::string, at::Tensor>> Stage::named_parameters() const { return impl_->named_parameters(); }
 std::vector<parallel::ShardedParam> Stage::sharded_parameters() const { return impl_->sharded_parameters(); }

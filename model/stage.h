@@ -27,6 +27,7 @@
 #include "model/model_config.h"
 #include "model/parallel_groups.h"
 #include "model/weight_grad_queue.h"
+#include "parallel/overlap_hook.h"
 #include "parallel/param_sharding.h"
 
 namespace tandem::model {
@@ -42,6 +43,11 @@ struct StageSpec {
   bool is_first() const { return index == 0; }                // embedding
   bool is_last() const { return index == num_stages - 1; }    // final norm, head, MTP
 };
+
+// Whether a stage holds "model.embed_tokens.weight": stage 0 (the lookup) and the last stage when
+// it needs the matrix (a tied head, or the MTP modules' lookups). Every other parameter lives in
+// exactly one stage, so these are the only parameters two different stages share.
+bool stage_holds_embedding(const ModelConfig& config, const StageSpec& spec);
 
 // Splits the N decoder layers into `num_stages` contiguous ranges, as even as possible, the
 // earlier stages taking the remainder (launch/memory_estimate.cpp uses the same rule).
@@ -101,6 +107,9 @@ class Stage {
   const ModelConfig& config() const;
 
   StageOutput forward(const StageInput& input);
+  // Shape of the hidden state passed between stages for these tokens [B, T+1]:
+  // {B, T(/tp under sequence parallelism), hidden_size}. What a pipeline receive allocates.
+  std::vector<int64_t> hidden_shape(const at::Tensor& tokens) const;
 
   // torch::autograd::backward(outputs, grad_outputs) with weight gradients deferred into this
   // stage's queue when `defer_weight_grads` (B now, W later), or computed now (full backward).
@@ -111,6 +120,10 @@ class Stage {
   // can be given one queue; set it before the first forward.
   const std::shared_ptr<WeightGradQueue>& weight_grad_queue() const;
   void set_weight_grad_queue(std::shared_ptr<WeightGradQueue> queue);
+  // The hook the MoE layers call while their exchanges are in flight, forward and backward
+  // (parallel/overlap_hook.h); captured by each forward, so set it before the forwards it should
+  // apply to. Null (the default) runs every exchange as start + wait.
+  void set_overlap_hook(parallel::OverlapHookPtr hook);
 
   // HF names ("model.layers.3.mlp.experts.5.up_proj.weight"), this stage's parameters only:
   // the LOCAL tensors (shards under tp, this rank's experts under ep) under their global names.

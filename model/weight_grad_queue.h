@@ -46,6 +46,8 @@ class WeightGradQueue {
   bool run_next_group();
   // Runs every group, oldest first.
   void run_all();
+  // Drops every queued task without running it (a failed step: releases what the tasks hold).
+  void discard_all();
 
  private:
   std::vector<Task> take_oldest_group();

@@ -38,16 +38,17 @@ at::Tensor grouping_order(const std::vector<int64_t>& recv_counts, int64_t ep, i
 }
 
 struct LayoutCapsule : torch::CustomClassHolder {
-  LayoutCapsule(DispatchLayoutPtr l, CommunicatorPtr c, at::Tensor r)
-      : layout(std::move(l)), comm(std::move(c)), result(std::move(r)) {}
+  LayoutCapsule(DispatchLayoutPtr l, CommunicatorPtr c, at::Tensor r, OverlapHookPtr h)
+      : layout(std::move(l)), comm(std::move(c)), result(std::move(r)), hook(std::move(h)) {}
   DispatchLayoutPtr layout;
   CommunicatorPtr comm;
-  at::Tensor result;  // the forward's transported tensor (handed over, then released)
+  at::Tensor result;    // the forward's transported tensor (handed over, then released)
+  OverlapHookPtr hook;  // called between the backward transport's start and wait (may be null)
 };
 
-c10::IValue capsule(DispatchLayoutPtr layout, CommunicatorPtr comm, at::Tensor result) {
+c10::IValue capsule(DispatchLayoutPtr layout, CommunicatorPtr comm, at::Tensor result, OverlapHookPtr hook) {
   return c10::IValue::make_capsule(
-      c10::make_intrusive<LayoutCapsule>(std::move(layout), std::move(comm), std::move(result)));
+      c10::make_intrusive<LayoutCapsule>(std::move(layout), std::move(comm), std::move(result), std::move(hook)));
 }
 
 c10::intrusive_ptr<LayoutCapsule> unpack(const c10::IValue& value) {
@@ -58,12 +59,14 @@ c10::intrusive_ptr<LayoutCapsule> unpack(const c10::IValue& value) {
 struct DispatchFunction : torch::autograd::Function<DispatchFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& rows, c10::IValue state) {
     auto s = unpack(state);
-    ctx->saved_data["state"] = capsule(s->layout, s->comm, at::Tensor());
+    ctx->saved_data["state"] = capsule(s->layout, s->comm, at::Tensor(), s->hook);
     return std::exchange(s->result, at::Tensor());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto s = unpack(ctx->saved_data["state"]);
-    return {start_to_senders(grads[0], s->layout, s->comm).wait(), at::Tensor()};
+    TransportHandle transport = start_to_senders(grads[0], s->layout, s->comm);
+    yield_to_overlap(s->hook);
+    return {transport.wait(), at::Tensor()};
   }
 };
 
@@ -71,12 +74,26 @@ struct DispatchFunction : torch::autograd::Function<DispatchFunction> {
 struct CombineFunction : torch::autograd::Function<CombineFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grouped, c10::IValue state) {
     auto s = unpack(state);
-    ctx->saved_data["state"] = capsule(s->layout, s->comm, at::Tensor());
+    ctx->saved_data["state"] = capsule(s->layout, s->comm, at::Tensor(), s->hook);
     return std::exchange(s->result, at::Tensor());
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto s = unpack(ctx->saved_data["state"]);
-    return {start_to_experts(grads[0], s->layout, s->comm).wait(), at::Tensor()};
+    TransportHandle transport = start_to_experts(grads[0], s->layout, s->comm);
+    yield_to_overlap(s->hook);
+    return {transport.wait(), at::Tensor()};
+  }
+};
+
+// Identity whose backward calls the hook (exchange_point calls it for the forward).
+struct ExchangePointFunction : torch::autograd::Function<ExchangePointFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& rows, c10::IValue state) {
+    ctx->saved_data["state"] = state;
+    return rows.view_as(rows);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    yield_to_overlap(unpack(ctx->saved_data["state"])->hook);
+    return {grads[0], at::Tensor()};
   }
 };
 
@@ -188,35 +205,53 @@ DispatchLayoutPtr exchange_counts(const std::vector<int64_t>& rows_per_expert, c
 
 // --- dispatch / combine ---------------------------------------------------------------------
 
-DispatchHandle::DispatchHandle(at::Tensor rows, TransportHandle transport, DispatchLayoutPtr layout, CommunicatorPtr ep)
-    : rows_(std::move(rows)), transport_(std::move(transport)), layout_(std::move(layout)), ep_(std::move(ep)) {}
+DispatchHandle::DispatchHandle(at::Tensor rows, TransportHandle transport, DispatchLayoutPtr layout, CommunicatorPtr ep,
+                               OverlapHookPtr hook)
+    : rows_(std::move(rows)),
+      transport_(std::move(transport)),
+      layout_(std::move(layout)),
+      ep_(std::move(ep)),
+      hook_(std::move(hook)) {}
 
 at::Tensor DispatchHandle::wait() {
   at::Tensor result = transport_.wait();
   if (!rows_.requires_grad()) return result;
-  return DispatchFunction::apply(rows_, capsule(layout_, ep_, std::move(result)));
+  return DispatchFunction::apply(rows_, capsule(layout_, ep_, std::move(result), hook_));
 }
 
 at::Tensor DispatchHandle::wait_detached() { return new_leaf(transport_.wait()); }
 
-DispatchHandle start_dispatch(const at::Tensor& rows, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep) {
-  return DispatchHandle(rows, start_to_experts(rows, layout, ep), layout, ep);
+DispatchHandle start_dispatch(const at::Tensor& rows, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep,
+                              const OverlapHookPtr& hook) {
+  return DispatchHandle(rows, start_to_experts(rows, layout, ep), layout, ep, hook);
 }
 
 CombineHandle::CombineHandle(at::Tensor grouped, TransportHandle transport, DispatchLayoutPtr layout,
-                             CommunicatorPtr ep)
-    : grouped_(std::move(grouped)), transport_(std::move(transport)), layout_(std::move(layout)), ep_(std::move(ep)) {}
+                             CommunicatorPtr ep, OverlapHookPtr hook)
+    : grouped_(std::move(grouped)),
+      transport_(std::move(transport)),
+      layout_(std::move(layout)),
+      ep_(std::move(ep)),
+      hook_(std::move(hook)) {}
 
 at::Tensor CombineHandle::wait() {
   at::Tensor result = transport_.wait();
   if (!grouped_.requires_grad()) return result;
-  return CombineFunction::apply(grouped_, capsule(layout_, ep_, std::move(result)));
+  return CombineFunction::apply(grouped_, capsule(layout_, ep_, std::move(result), hook_));
 }
 
 at::Tensor CombineHandle::wait_detached() { return new_leaf(transport_.wait()); }
 
-CombineHandle start_combine(const at::Tensor& grouped, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep) {
-  return CombineHandle(grouped, start_to_senders(grouped, layout, ep), layout, ep);
+CombineHandle start_combine(const at::Tensor& grouped, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep,
+                            const OverlapHookPtr& hook) {
+  return CombineHandle(grouped, start_to_senders(grouped, layout, ep), layout, ep, hook);
+}
+
+at::Tensor exchange_point(const at::Tensor& rows, const OverlapHookPtr& hook) {
+  if (!hook) return rows;
+  hook->on_in_flight();
+  if (!rows.requires_grad()) return rows;
+  return ExchangePointFunction::apply(rows, capsule(nullptr, nullptr, at::Tensor(), hook));
 }
 
 at::Tensor dispatch(const at::Tensor& rows, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep) {

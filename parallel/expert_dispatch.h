@@ -29,6 +29,9 @@
 // of the part after it (which leaves .grad on that leaf), calls start_to_senders (for a dispatch)
 // or start_to_experts (for a combine) on that gradient, does other work, waits, and continues with
 // torch::autograd::backward({input_of_the_exchange}, {transported_gradient}).
+// An executor that overlaps inside plain autograd instead (schedule/pair_runner.h) passes an
+// OverlapHook to start_dispatch / start_combine: the backward transport then calls it between its
+// start and its wait, so the other micro-batch's work runs while the gradient is on the wire.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -38,6 +41,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
+#include "parallel/overlap_hook.h"
 
 namespace tandem::parallel {
 
@@ -106,7 +110,8 @@ TransportHandle start_to_senders(const at::Tensor& grouped, const DispatchLayout
 // Step 3 with autograd: rows [R_send, C] -> (wait) [R_recv, C] grouped by local expert.
 class DispatchHandle {
  public:
-  DispatchHandle(at::Tensor rows, TransportHandle transport, DispatchLayoutPtr layout, CommunicatorPtr ep);
+  DispatchHandle(at::Tensor rows, TransportHandle transport, DispatchLayoutPtr layout, CommunicatorPtr ep,
+                 OverlapHookPtr hook = nullptr);
   DispatchHandle(DispatchHandle&&) = default;
   // Blocks; the result's backward transports its gradient to the senders (blocking, in autograd).
   at::Tensor wait();
@@ -118,14 +123,18 @@ class DispatchHandle {
   TransportHandle transport_;
   DispatchLayoutPtr layout_;
   CommunicatorPtr ep_;
+  OverlapHookPtr hook_;
 };
-DispatchHandle start_dispatch(const at::Tensor& rows, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep);
+// `hook` (may be null): called by the backward transport between its start and its wait.
+DispatchHandle start_dispatch(const at::Tensor& rows, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep,
+                              const OverlapHookPtr& hook = nullptr);
 
 // Step 5 with autograd: expert outputs [R_recv, C] grouped by local expert -> (wait) [R_send, C]
 // in the order the rows were dispatched.
 class CombineHandle {
  public:
-  CombineHandle(at::Tensor grouped, TransportHandle transport, DispatchLayoutPtr layout, CommunicatorPtr ep);
+  CombineHandle(at::Tensor grouped, TransportHandle transport, DispatchLayoutPtr layout, CommunicatorPtr ep,
+                OverlapHookPtr hook = nullptr);
   CombineHandle(CombineHandle&&) = default;
   at::Tensor wait();
   at::Tensor wait_detached();
@@ -135,8 +144,15 @@ class CombineHandle {
   TransportHandle transport_;
   DispatchLayoutPtr layout_;
   CommunicatorPtr ep_;
+  OverlapHookPtr hook_;
 };
-CombineHandle start_combine(const at::Tensor& grouped, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep);
+CombineHandle start_combine(const at::Tensor& grouped, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep,
+                            const OverlapHookPtr& hook = nullptr);
+
+// The place of an exchange where there is none (ep = 1): the identity, whose forward and backward
+// both call `hook` (null: a plain identity), so an overlapped pair switches sides at the same
+// points with and without expert parallelism.
+at::Tensor exchange_point(const at::Tensor& rows, const OverlapHookPtr& hook);
 
 // Blocking conveniences: start + wait.
 at::Tensor dispatch(const at::Tensor& rows, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep);

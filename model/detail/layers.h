@@ -12,6 +12,7 @@
 #include "model/model_config.h"
 #include "model/parallel_groups.h"
 #include "model/weight_grad_queue.h"
+#include "parallel/overlap_hook.h"
 
 namespace tandem::model::detail {
 
@@ -36,6 +37,9 @@ struct ForwardContext {
   parallel::CommunicatorPtr tp;
   parallel::CommunicatorPtr ep;
   bool sequence_parallel = false;
+  // Called at the MoE layer's dispatch and combine, forward and backward, while the exchange is
+  // in flight (an overlapping executor runs another micro-batch there); null when not overlapped.
+  parallel::OverlapHookPtr overlap;
   int64_t tp_size() const { return tp ? tp->size() : 1; }
 };
 

@@ -7,10 +7,12 @@
 // sequence parallelism, else an even share of the replicated token rows (the partial outputs are
 // summed by the same all-reduce as the tensor-parallel shared experts). Routed experts are never
 // split over tp; they are split over ep (expert e on ep rank e / (E / ep)).
-// forward() runs the exchanges blocking (start + wait). An overlapping executor (DualPipe) will
-// cut routed() at its exchanges: [route, permute, start_count_exchange, start_dispatch] ->
-// other micro-batch's work -> [wait, experts, start_combine] -> other work -> [wait, weight,
-// scatter back], with the backward split the same way (parallel/expert_dispatch.h).
+// The exchanges are cut for an overlapping executor (DualPipe's F+BW pairs) through
+// ForwardContext::overlap: [route, permute, count exchange, start_dispatch] -> hook (the other
+// micro-batch's work) -> [wait, experts, start_combine] -> hook -> [wait, weight, scatter back];
+// the backward transports call the same hook between start and wait (parallel/expert_dispatch.h).
+// Without ep the hook is called at the same two places (exchange_point), forward and backward.
+// With no hook, every exchange is simply start + wait.
 #pragma once
 
 #include <vector>

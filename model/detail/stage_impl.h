@@ -16,6 +16,7 @@ struct Stage::Impl {
   StageSpec spec;
   ParallelGroups groups;
   std::shared_ptr<WeightGradQueue> queue = std::make_shared<WeightGradQueue>();
+  parallel::OverlapHookPtr overlap;  // see Stage::set_overlap_hook
 
   detail::TokenEmbedding embed{nullptr};  // stage 0; a copy on the last stage when it needs one
   std::vector<detail::DecoderLayer> layers;  // global indices spec.layer_begin ..

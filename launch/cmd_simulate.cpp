@@ -3,17 +3,24 @@
 // section. simulate compares every schedule that accepts the job's (pp, micro-batches) side by
 // side; plan also varies the micro-batch count (through micro_batch_size) and the interleaved
 // virtual stages, drops choices over the per-rank memory budget, and ranks the rest.
+// `simulate --measured DIR` instead takes the op timelines `tandem train` wrote for one step
+// (logging.trace_steps: DIR = run.output_dir/traces/stepN), re-simulates that schedule with the
+// measured per-op times as its cost model, prints both bubble fractions per rank and draws the
+// two timelines side by side (Chrome trace and SVG).
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <optional>
 
 #include "launch/command.h"
 #include "launch/config_loader.h"
 #include "launch/job_costs.h"
 #include "launch/memory_estimate.h"
+#include "runtime/file_util.h"
 #include "runtime/process_context.h"
+#include "schedule/measured.h"
 #include "schedule/planner.h"
 
 namespace tandem::launch {
@@ -24,7 +31,37 @@ struct SimulateOptions {
   std::vector<std::string> overrides;
   int64_t world = 0;
   int64_t top = 10;
+  std::string measured_dir;
+  std::string out_prefix;
 };
+
+// The timelines of the first data/tensor-parallel replica of the pipeline in `dir` (*.json).
+schedule::MeasuredStep load_measured_step(const std::string& dir) {
+  TANDEM_CHECK_INPUT(runtime::is_directory(dir), "--measured {}: not a directory (expected run.output_dir/traces/stepN)",
+                     dir);
+  std::vector<schedule::RankTimeline> ranks;
+  for (const std::string& name : runtime::list_directory(dir)) {
+    if (name.size() < 5 || name.substr(name.size() - 5) != ".json" || name.find("compare") != std::string::npos) continue;
+    try {
+      schedule::RankTimeline t = schedule::rank_timeline_from_json(runtime::read_file(dir + "/" + name));
+      if (t.dp_rank == 0 && t.tp_rank == 0) ranks.push_back(std::move(t));
+    } catch (const Error& e) {
+      TANDEM_THROW(kInput, "{}/{}: {}", dir, name, e.message());
+    }
+  }
+  TANDEM_CHECK_INPUT(!ranks.empty(), "--measured {}: no timeline files (rank*.json) of dp rank 0, tp rank 0", dir);
+  return schedule::assemble_measured_step(ranks);
+}
+
+int simulate_measured(const SimulateOptions& options, const schedule::MeasuredStep& step) {
+  const schedule::MeasuredComparison cmp = schedule::compare_measured(step);
+  const std::string prefix = options.out_prefix.empty() ? options.measured_dir + "/compare" : options.out_prefix;
+  runtime::write_file_atomic(prefix + ".chrome.json", cmp.chrome);
+  runtime::write_file_atomic(prefix + ".svg", cmp.svg);
+  std::fputs(cmp.table.c_str(), stdout);
+  std::printf("# drawn side by side: %s.chrome.json (Perfetto) and %s.svg\n", prefix.c_str(), prefix.c_str());
+  return 0;
+}
 
 void add_job_options(CLI::App* command, SimulateOptions& options) {
   command->add_option("job", options.job_path, "Job YAML file")->required();
@@ -91,11 +128,20 @@ CommandRunner add_simulate_command(CLI::App& app) {
   CLI::App* command =
       app.add_subcommand("simulate", "Predict step time, bubble and memory of every applicable schedule for a job");
   add_job_options(command, *options);
+  command->add_option("--measured", options->measured_dir,
+                      "Compare with a measured step: the directory of op timelines `tandem train` wrote for it "
+                      "(run.output_dir/traces/stepN, from logging.trace_steps)");
+  command->add_option("--out", options->out_prefix,
+                      "With --measured: write PREFIX.chrome.json and PREFIX.svg (default DIR/compare)");
   return [options](const CommandEnv& env) {
     const int64_t world = options->world > 0 ? options->world : env.process.world_size;
     const JobConfig config = load_job_config(options->job_path, options->overrides, world);
+    // Read before the set-up gate, so bad timeline files exit 2 on every rank.
+    std::optional<schedule::MeasuredStep> measured;
+    if (!options->measured_dir.empty()) measured = load_measured_step(options->measured_dir);
     env.setup.pass();
     if (!env.process.is_root()) return 0;
+    if (measured) return simulate_measured(*options, *measured);
     const int v = static_cast<int>(std::max<int64_t>(config.parallel.pipeline.virtual_stages, 2));
     const double budget = config.hardware.gpu_memory_gib * 1024.0 * 1024.0 * 1024.0;
     const std::string out = header(config, world) + render(evaluate(config, v), budget);

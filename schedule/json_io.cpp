@@ -280,6 +280,20 @@ void append_string(std::string& out, std::string_view text) {
   out += '"';
 }
 
+int as_int(const Value& v, std::string_view path, int min) {
+  TANDEM_CHECK_INPUT(v.is(Value::Type::kNumber), "{} must be an integer, not {}", path, type_name(v.type()));
+  const double d = v.as_number();
+  TANDEM_CHECK_INPUT(d == std::floor(d) && d >= min && d <= std::numeric_limits<int>::max(),
+                     "{} must be an integer >= {} (got {})", path, min, d);
+  return static_cast<int>(d);
+}
+
+double number_at(const Value& object, std::string_view key) {
+  const Value* v = object.find(key);
+  TANDEM_CHECK_INPUT(v != nullptr && v->is(Value::Type::kNumber), "\"{}\" must be a number", key);
+  return v->as_number();
+}
+
 }  // namespace json
 
 // --- Schedule JSON --------------------------------------------------------------------------
@@ -304,16 +318,6 @@ std::string schedule_to_json(const Schedule& s) {
   return out;
 }
 
-namespace {
-int as_int(const json::Value& v, std::string_view path, int min) {
-  TANDEM_CHECK_INPUT(v.is(json::Value::Type::kNumber), "{} must be an integer, not {}", path, json::type_name(v.type()));
-  const double d = v.as_number();
-  TANDEM_CHECK_INPUT(d == std::floor(d) && d >= min && d <= std::numeric_limits<int>::max(),
-                     "{} must be an integer >= {} (got {})", path, min, d);
-  return static_cast<int>(d);
-}
-}  // namespace
-
 Schedule schedule_from_json(std::string_view text) {
   const json::Value root = json::parse(text);
   TANDEM_CHECK_INPUT(root.is(json::Value::Type::kObject), "a schedule file is a JSON object, not {}",
@@ -335,15 +339,15 @@ Schedule schedule_from_json(std::string_view text) {
   const ScheduleKind schedule_kind = parse_schedule_kind(kind->as_string());
   const int num_ranks = static_cast<int>(ranks->items().size());
   if (const json::Value* p = root.find("num_ranks")) {
-    TANDEM_CHECK_INPUT(as_int(*p, "num_ranks", 1) == num_ranks, "num_ranks is {} but \"ranks\" lists {} ranks",
-                       as_int(*p, "num_ranks", 1), num_ranks);
+    TANDEM_CHECK_INPUT(json::as_int(*p, "num_ranks", 1) == num_ranks, "num_ranks is {} but \"ranks\" lists {} ranks",
+                       json::as_int(*p, "num_ranks", 1), num_ranks);
   }
-  const int num_chunks = root.find("num_chunks") ? as_int(*root.find("num_chunks"), "num_chunks", 1)
+  const int num_chunks = root.find("num_chunks") ? json::as_int(*root.find("num_chunks"), "num_chunks", 1)
                                                  : default_num_chunks(schedule_kind);
   TANDEM_CHECK_INPUT(schedule_kind == ScheduleKind::kInterleaved || num_chunks == default_num_chunks(schedule_kind),
                      "{} holds {} chunk(s) per rank, but num_chunks is {}", kind->as_string(),
                      default_num_chunks(schedule_kind), num_chunks);
-  Schedule s = make_empty_schedule(schedule_kind, num_ranks, as_int(*mbs, "num_microbatches", 1), num_chunks);
+  Schedule s = make_empty_schedule(schedule_kind, num_ranks, json::as_int(*mbs, "num_microbatches", 1), num_chunks);
   for (int r = 0; r < num_ranks; ++r) {
     const json::Value& list = ranks->items()[static_cast<std::size_t>(r)];
     TANDEM_CHECK_INPUT(list.is(json::Value::Type::kArray), "ranks[{}] must be an array of op tokens", r);

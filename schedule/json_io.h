@@ -51,6 +51,12 @@ Value parse(std::string_view text);
 // Appends `text` as a quoted JSON string (escaping quotes, backslashes and control characters).
 void append_string(std::string& out, std::string_view text);
 
+// `v` as an int >= min; throws tandem::Error(kInput) naming `path` otherwise.
+int as_int(const Value& v, std::string_view path, int min);
+// The number under `key` of `object`; throws tandem::Error(kInput) naming it when absent or not a
+// number.
+double number_at(const Value& object, std::string_view key);
+
 }  // namespace json
 
 // The JSON form above, tokens as render_ops() prints them.

@@ -6,6 +6,7 @@
 #include "schedule/executor.h"
 
 #include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
 
 #include <chrono>
 #include <deque>
@@ -392,6 +393,46 @@ StepReport PipelineExecutor::run_step(const std::vector<at::Tensor>& micro_batch
   }
   report.pair_switches = pairs_ ? pairs_->num_switches() - switches_before : 0;
   return report;
+}
+
+std::optional<std::vector<double>> PipelineExecutor::evaluate(const std::vector<at::Tensor>& micro_batches) {
+  torch::autograd::AutoGradMode no_grad(false);
+  const Placement& placement = schedule_.placement;
+  const int num_stages = placement.num_stages();
+  std::optional<std::vector<double>> losses;
+  std::vector<parallel::WorkHandle> sends;
+  try {
+    for (size_t e = 0; e < micro_batches.size(); ++e) {
+      at::Tensor hidden;  // the previous stage's output when it ran on this rank
+      auto tag_from = [&](int stage) {
+        return transfer_tag(placement, Transfer{TensorKind::kActivation, 0, static_cast<int>(e), stage, 0});
+      };
+      for (int stage = 0; stage < num_stages; ++stage) {
+        const Slot slot = placement.slot_of(0, stage);
+        if (slot.rank != rank_) continue;
+        model::Stage& module = *chunks_[static_cast<size_t>(slot.chunk)];
+        if (stage > 0 && placement.slot_of(0, stage - 1).rank != rank_) {
+          hidden = at::empty(module.hidden_shape(micro_batches[e]),
+                             at::TensorOptions().dtype(options_.activation_dtype).device(options_.device));
+          pp_->recv(hidden, placement.slot_of(0, stage - 1).rank, tag_from(stage - 1));
+        }
+        const model::StageOutput out = module.forward({.tokens = micro_batches[e], .hidden = hidden});
+        if (placement.is_last_stage(stage)) {
+          if (!losses) losses.emplace();
+          losses->push_back(out.losses.lm_loss.item<double>());
+          continue;
+        }
+        hidden = out.hidden;
+        const int next = placement.slot_of(0, stage + 1).rank;
+        if (next != rank_) sends.push_back(pp_->send_async(hidden.contiguous(), next, tag_from(stage)));
+      }
+    }
+    for (parallel::WorkHandle& send : sends) send->wait();
+  } catch (const std::exception& error) {
+    if (pp_) pp_->abort(fmt::format("pipeline evaluation failed on rank {}: {}", rank_, error.what()));
+    throw;
+  }
+  return losses;
 }
 
 }  // namespace tandem::schedule

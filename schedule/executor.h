@@ -104,6 +104,12 @@ class PipelineExecutor {
   // parameter. Throws tandem::Error on a communication failure (the step is lost).
   StepReport run_step(const std::vector<at::Tensor>& micro_batches);
 
+  // Forward only (evaluation): every micro-batch (any count) goes through stages 0 .. S-1 along the
+  // path micro-batch 0 takes in training (DualPipe: the downward copies), without autograd. Returns
+  // each micro-batch's LM loss on the rank holding the last stage of that path, nullopt on the
+  // others. Put the stages in eval mode (Stage::train(false)) first. Collective over pp.
+  std::optional<std::vector<double>> evaluate(const std::vector<at::Tensor>& micro_batches);
+
   // See ReplicaGradSync::is_primary.
   bool is_primary(int chunk, const std::string& name) const;
 

@@ -259,6 +259,35 @@ TEST(PipelineExecutor, OverlappedPairsAlternateAndGiveTheSameBits) {
   }
 }
 
+TEST(PipelineExecutor, EvaluationEqualsOneProcess) {
+  const MpiTestEnv& env = MpiTestEnv::get();
+  at::set_num_threads(1);
+  const model::ModelConfig config = model::testing::tiny_config();
+  const std::vector<at::Tensor> tokens = step_tokens(3);
+  model::Model ref(config, kSeed);
+  ref.train(false);
+  for (const Case& c : cases()) {
+    if (c.world() != env.world_size() || c.dp > 1) continue;
+    if (c.kind != ScheduleKind::kDualPipe && c.kind != ScheduleKind::kDualPipeV && c.kind != ScheduleKind::kInterleaved)
+      continue;
+    SCOPED_TRACE(c.name);
+    const RankSetup setup(c, env);
+    auto chunks = setup.build_stages(config);
+    for (auto& chunk : chunks) chunk->train(false);
+    PipelineExecutor executor(setup.schedule, setup.pp_rank, chunks, setup.grid.shared(GroupKind::kPipeline));
+    const std::optional<std::vector<double>> losses = executor.evaluate(tokens);
+    const Placement& placement = setup.schedule.placement;
+    const bool has_head = placement.slot_of(0, placement.num_stages() - 1).rank == setup.pp_rank;
+    ASSERT_EQ(losses.has_value(), has_head);
+    if (!losses) continue;
+    ASSERT_EQ(losses->size(), tokens.size());
+    for (size_t e = 0; e < tokens.size(); ++e) {
+      const double want = ref.forward_loss(tokens[e]).lm_loss.item<double>();
+      EXPECT_NEAR((*losses)[e], want, kTolerance * want) << "micro-batch " << e;
+    }
+  }
+}
+
 TEST(PipelineExecutor, RefusesWhatItCannotRun) {
   const MpiTestEnv& env = MpiTestEnv::get();
   const model::ModelConfig config = model::testing::tiny_config();

@@ -19,12 +19,16 @@
 #include <thread>
 #include <utility>
 
+#include "parallel/communicator_checks.h"
 #include "runtime/error.h"
 #include "runtime/log.h"
 #include "runtime/mpi_check.h"
 
 namespace tandem::parallel {
 namespace {
+
+using detail::byte_ranges_overlap;
+using detail::reduce_op_name;
 
 using Clock = std::chrono::steady_clock;
 
@@ -34,16 +38,6 @@ constexpr auto kSpinPhase = std::chrono::milliseconds(2);
 constexpr auto kPollSleep = std::chrono::microseconds(50);
 
 constexpr const char* kCollectiveHint = "a peer rank may have died or issued a different collective";
-
-const char* reduce_op_name(ReduceOp op) {
-  switch (op) {
-    case ReduceOp::kSum: return "sum";
-    case ReduceOp::kAvg: return "avg";
-    case ReduceOp::kMax: return "max";
-    case ReduceOp::kMin: return "min";
-  }
-  return "?";
-}
 
 // Element-wise combiners for the 2-byte float types, which MPI has no built-in operators for.
 // Each pairwise step is computed in float and rounded once, as LibTorch's own bf16/f16 add does.
@@ -78,19 +72,6 @@ struct WireType {
   MPI_Datatype type;
   int64_t units_per_element;
 };
-
-bool byte_ranges_overlap(const at::Tensor& a, const at::Tensor& b) {
-  if (a.nbytes() == 0 || b.nbytes() == 0) return false;
-  const auto* a_begin = static_cast<const char*>(a.data_ptr());
-  const auto* b_begin = static_cast<const char*>(b.data_ptr());
-  return a_begin < b_begin + b.nbytes() && b_begin < a_begin + a.nbytes();
-}
-
-std::string host_name() {
-  char name[256] = {0};
-  if (gethostname(name, sizeof(name) - 1) != 0) return "unknown-host";
-  return name;
-}
 
 class MpiCommunicator;
 
@@ -218,7 +199,7 @@ class MpiCommunicator final : public Communicator, public std::enable_shared_fro
 // MpiCommunicator: construction and teardown
 
 MpiCommunicator::MpiCommunicator(MPI_Comm parent, std::string name, std::chrono::milliseconds timeout)
-    : name_(std::move(name)), timeout_(timeout), host_(host_name()) {
+    : name_(std::move(name)), timeout_(timeout), host_(detail::host_name()) {
   TANDEM_CHECK(timeout.count() > 0, "communicator '{}': timeout must be positive, got {} ms", name_, timeout.count());
   try {
     TANDEM_MPI_CHECK(MPI_Comm_dup(parent, &comm_));
@@ -303,26 +284,20 @@ void MpiCommunicator::check_usable(std::string_view op) const {
 }
 
 void MpiCommunicator::check_tensor(std::string_view op, const at::Tensor& tensor, const char* role) const {
-  TANDEM_COMM_CHECK(*this, tensor.defined(), "{}: `{}` is an undefined tensor", describe(op), role);
-  TANDEM_COMM_CHECK(*this, tensor.device().is_cpu() && tensor.layout() == at::kStrided,
-                    "{}: `{}` is a {} tensor on {}; the MPI backend takes dense CPU tensors (CUDA tensors go "
-                    "through the NCCL backend)",
-                    describe(op), role, c10::str(tensor.layout()), tensor.device().str());
-  TANDEM_COMM_CHECK(*this, tensor.is_contiguous(),
-                    "{}: `{}` is not contiguous (sizes [{}], strides [{}]); pass a contiguous tensor (for an "
-                    "in-place operation on a view, run it on view.contiguous() and copy the result back)",
-                    describe(op), role, fmt::join(tensor.sizes(), ", "), fmt::join(tensor.strides(), ", "));
+  const std::string problem = detail::tensor_problem(
+      tensor, role, [](const at::Tensor& t) { return t.device().is_cpu() && t.layout() == at::kStrided; },
+      "the MPI backend takes dense CPU tensors (CUDA tensors go through the NCCL backend)");
+  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
 }
 
 void MpiCommunicator::check_same_dtype(std::string_view op, const at::Tensor& output, const at::Tensor& input) const {
-  TANDEM_COMM_CHECK(*this, output.scalar_type() == input.scalar_type(),
-                    "{}: `output` is {} but `input` is {}; both must have the same dtype", describe(op),
-                    c10::toString(output.scalar_type()), c10::toString(input.scalar_type()));
+  const std::string problem = detail::dtype_mismatch(output, input);
+  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
 }
 
 void MpiCommunicator::check_peer(std::string_view op, int peer, int tag) const {
-  TANDEM_COMM_CHECK(*this, peer >= 0 && peer < size_, "{}: peer {} is not a rank of this communicator (expected 0..{})",
-                    describe(op), peer, size_ - 1);
+  const std::string problem = detail::peer_problem(peer, size_);
+  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
   TANDEM_COMM_CHECK(*this, tag >= 0 && tag <= tag_ub_, "{}: tag {} is outside the range MPI allows here (0..{})",
                     describe(op), tag, tag_ub_);
 }
@@ -483,28 +458,8 @@ WorkHandle MpiCommunicator::all_to_all_async(at::Tensor output, at::Tensor input
   check_tensor(what, output, "output");
   check_tensor(what, input, "input");
   check_same_dtype(what, output, input);
-  TANDEM_COMM_CHECK(*this, input.dim() >= 1 && output.dim() >= 1,
-                    "{}: splits count rows of dim 0, but `input` has {} dims and `output` {}", describe(what),
-                    input.dim(), output.dim());
-  TANDEM_COMM_CHECK(
-      *this, input.sizes().slice(1) == output.sizes().slice(1),
-      "{}: rows differ in shape: `input` is [{}] and `output` is [{}] (all dims but the first must match)",
-      describe(what), fmt::join(input.sizes(), ", "), fmt::join(output.sizes(), ", "));
-  const auto check_splits = [&](const std::vector<int64_t>& splits, const char* role, int64_t rows) {
-    TANDEM_COMM_CHECK(*this, static_cast<int64_t>(splits.size()) == size_,
-                      "{}: {} has {} entries, expected one per rank ({})", describe(what), role, splits.size(), size_);
-    int64_t total = 0;
-    for (size_t j = 0; j < splits.size(); ++j) {
-      TANDEM_COMM_CHECK(*this, splits[j] >= 0, "{}: {}[{}] is {}; splits must be >= 0", describe(what), role, j,
-                        splits[j]);
-      total += splits[j];
-    }
-    TANDEM_COMM_CHECK(*this, total == rows, "{}: {} sum to {} rows, but the tensor has {} rows (dim 0)", describe(what),
-                      role, total, rows);
-  };
-  check_splits(input_splits, "input_splits", input.size(0));
-  check_splits(output_splits, "output_splits", output.size(0));
-  TANDEM_COMM_CHECK(*this, !byte_ranges_overlap(output, input), "{}: `output` and `input` overlap", describe(what));
+  const std::string problem = detail::all_to_all_problem(output, input, output_splits, input_splits, size_);
+  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(what), problem);
 
   const WireType wire = wire_type(input.scalar_type());
   int64_t row_units = wire.units_per_element;

@@ -18,17 +18,18 @@
 
 #include "parallel/mpi_communicator.h"
 #include "runtime/error.h"
+#include "tests/common/communicator_test_values.h"
 #include "tests/common/mpi_test_env.h"
 
 namespace tandem::parallel {
 namespace {
 
+using test::indices;
+using test::kDtypes;
+using test::kFloatingDtypes;
 using test::MpiTestEnv;
+using test::values_of;
 
-// Every dtype training code communicates.
-constexpr std::array<at::ScalarType, 7> kDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf,
-                                                   at::kLong,  at::kInt,    at::kByte};
-constexpr std::array<at::ScalarType, 4> kFloatingDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
 // Operations that only move data also take bool.
 constexpr std::array<at::ScalarType, 8> kMovableDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf,
                                                           at::kLong,  at::kInt,    at::kByte,     at::kBool};
@@ -39,15 +40,6 @@ constexpr std::array<at::ScalarType, 8> kMovableDtypes = {at::kFloat, at::kDoubl
 at::Tensor as_dtype(const at::Tensor& values, at::ScalarType dtype) {
   if (dtype == at::kBool) return values.remainder(2).ne(0);
   return values.to(dtype, /*non_blocking=*/false, /*copy=*/true);
-}
-
-at::Tensor indices(int64_t n) { return at::arange(n, at::TensorOptions().dtype(at::kDouble)); }
-
-// "[1, 2.5, 3]": a tensor's values on one line, for failure messages.
-std::string values_of(const at::Tensor& tensor) {
-  const at::Tensor flat = tensor.to(at::kDouble).flatten().contiguous();
-  const double* data = flat.data_ptr<double>();
-  return fmt::format("[{}]", fmt::join(data, data + flat.numel(), ", "));
 }
 
 void expect_tensor_eq(const at::Tensor& got, const at::Tensor& expected, const std::string& what) {

@@ -29,6 +29,24 @@ struct AdamWConfig {
 // The small epsilon keeps the clipped norm just under max_norm, as in torch's clip_grad_norm_.
 double clip_scale(double grad_norm, double max_norm);
 
+// The per-step scalars of the update above, for step count t (1-based).
+struct AdamWStepScalars {
+  double lr = 0;
+  double bias1 = 1;  // 1 - b1^t
+  double bias2 = 1;  // 1 - b2^t
+};
+AdamWStepScalars adamw_step_scalars(const AdamWConfig& config, int64_t step_count, double lr);
+
+// The pieces of one update on contiguous fp32 tensors of equal length, for callers that keep
+// parameters, gradients and moments in their own layout (the data-parallel optimizer works per
+// bucket). Call in this order: moments, decay (on the decayed elements only), then the Adam
+// step. No communication; `grad` is already scaled for clipping.
+void adamw_update_moments_(const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                           const AdamWConfig& config);
+void adamw_apply_decay_(at::Tensor& param, const AdamWConfig& config, const AdamWStepScalars& scalars);
+void adamw_apply_step_(at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
+                       const AdamWConfig& config, const AdamWStepScalars& scalars);
+
 class AdamW {
  public:
   // Groups are borrowed and must outlive the optimizer. State starts at zero.

@@ -68,6 +68,7 @@ void Model::reset_expert_load() { whole_->reset_expert_load(); }
 void Model::update_routing_bias(const at::Tensor& counts, double gamma) { whole_->update_routing_bias(counts, gamma); }
 
 void Model::set_weight_grad_split(bool on) { whole_->weight_grad_queue()->set_deferring(on); }
+void Model::set_layer_hooks(std::shared_ptr<parallel::LayerHooks> hooks) { whole_->set_layer_hooks(std::move(hooks)); }
 void Model::run_queued_weight_grads() { whole_->weight_grad_queue()->run_all(); }
 WeightGradQueue& Model::weight_grad_queue() { return *whole_->weight_grad_queue(); }
 

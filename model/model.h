@@ -58,6 +58,8 @@ class Model {
   // B/W split: while on, backward leaves the weight gradients of split layers (every linear
   // except the embedding) in the queue; run_queued_weight_grads() computes them into .grad.
   void set_weight_grad_split(bool on);
+  // Stage::set_layer_hooks on the stage spanning the model (stages made later need their own).
+  void set_layer_hooks(std::shared_ptr<parallel::LayerHooks> hooks);
   void run_queued_weight_grads();
   WeightGradQueue& weight_grad_queue();
 

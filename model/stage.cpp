@@ -144,7 +144,7 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
                        config.hidden_size);
   }
   ctx.rope = rope_tables(t, h.scalar_type(), h.device());
-  for (DecoderLayer& layer : layers) h = layer->forward(h, ctx);
+  for (DecoderLayer& layer : layers) h = run_layer(layer, h, ctx);
 
   StageOutput out;
   if (!spec.is_last()) {
@@ -165,8 +165,12 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
     const int64_t len = t - k;
     const at::Tensor ids = tokens.narrow(1, k, len);
     const at::Tensor emb = embed->forward(ids, ctx, false);              // [B, T-k, C] Emb(t_{i+k})
-    const at::Tensor hk = m->forward(prev.narrow(1, 0, len), emb, ctx);  // [B, T-k, C]
-    head_rows.push_back(detail::enter_tp_region(m->head_input(hk), ctx).reshape({b * len, -1}));
+    const int64_t layer = m->block->layer_index();
+    const std::vector<at::Tensor> fed = begin_layer(layer, {prev.narrow(1, 0, len), emb});
+    const at::Tensor hk = m->forward(fed[0], fed[1], ctx);  // [B, T-k, C]
+    const at::Tensor head_in = m->head_input(hk);                        // [B, T-k, C]
+    end_layer(layer, {hk, head_in});
+    head_rows.push_back(detail::enter_tp_region(head_in, ctx).reshape({b * len, -1}));
     targets.push_back(tokens.narrow(1, k + 1, len).reshape({-1}));
     prev = hk;
   }
@@ -205,8 +209,45 @@ at::Tensor Stage::Impl::main_logits(const at::Tensor& tokens) {
   detail::ForwardContext ctx = make_context();
   at::Tensor h = embed->forward(tokens, ctx, ctx.sequence_parallel);
   ctx.rope = rope_tables(t, h.scalar_type(), h.device());
-  for (DecoderLayer& layer : layers) h = layer->forward(h, ctx);  // [B, T(/tp), C]
+  for (DecoderLayer& layer : layers) h = run_layer(layer, h, ctx);  // [B, T(/tp), C]
   return detail::split_linear(detail::enter_tp_region(norm->forward(h), ctx), head_weight(), queue);  // [B, T, V/tp]
+}
+
+at::Tensor Stage::Impl::run_layer(DecoderLayer& layer, const at::Tensor& input, detail::ForwardContext& ctx) {
+  const int64_t index = layer->layer_index();
+  const at::Tensor output = layer->forward(begin_layer(index, {input})[0], ctx);
+  end_layer(index, {output});
+  return output;
+}
+
+std::vector<at::Tensor> Stage::Impl::begin_layer(int64_t layer, const std::vector<at::Tensor>& inputs) {
+  if (!layer_hooks) return inputs;
+  layer_hooks->before_forward(layer);
+  // Each input that carries a gradient is fed through a fresh alias holding the hook: its
+  // gradient is complete exactly when the layer's backward has produced it, the hook goes with
+  // this graph (never onto a caller's leaf), and it fires before the hooks other layers put on
+  // the input tensor itself (later nodes run first), so this layer is released before the
+  // previous one is prefetched.
+  std::vector<at::Tensor> fed = inputs;
+  auto remaining = std::make_shared<int64_t>(0);
+  for (at::Tensor& input : fed) {
+    if (!input.defined() || !input.requires_grad()) continue;
+    input = input.view_as(input);
+    ++*remaining;
+    input.register_hook([hooks = layer_hooks, layer, remaining](const at::TensorBase&) {
+      if (--*remaining == 0) hooks->after_backward(layer);
+    });
+  }
+  return fed;
+}
+
+void Stage::Impl::end_layer(int64_t layer, const std::vector<at::Tensor>& outputs) {
+  if (!layer_hooks) return;
+  layer_hooks->after_forward(layer);
+  for (const at::Tensor& output : outputs) {
+    if (!output.requires_grad()) continue;
+    output.register_hook([hooks = layer_hooks, layer](const at::TensorBase&) { hooks->before_backward(layer); });
+  }
 }
 
 // --- Stage ----------------------------------------------------------------------------------
@@ -286,6 +327,8 @@ void Stage::backward(const std::vector<at::Tensor>& outputs, const std::vector<a
 }
 
 const std::shared_ptr<WeightGradQueue>& Stage::weight_grad_queue() const { return impl_->queue; }
+
+void Stage::set_layer_hooks(std::shared_ptr<parallel::LayerHooks> hooks) { impl_->layer_hooks = std::move(hooks); }
 
 void Stage::set_weight_grad_queue(std::shared_ptr<WeightGradQueue> queue) {
   TANDEM_CHECK(queue != nullptr, "a stage needs a weight-gradient queue");

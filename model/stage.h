@@ -28,6 +28,7 @@
 #include "model/parallel_groups.h"
 #include "model/weight_grad_queue.h"
 #include "parallel/overlap_hook.h"
+#include "parallel/layer_hooks.h"
 #include "parallel/param_sharding.h"
 
 namespace tandem::model {
@@ -124,6 +125,12 @@ class Stage {
   // (parallel/overlap_hook.h); captured by each forward, so set it before the forwards it should
   // apply to. Null (the default) runs every exchange as start + wait.
   void set_overlap_hook(parallel::OverlapHookPtr hook);
+
+  // Callbacks around each decoder layer's (and MTP module's) use of its parameters in forward
+  // and backward (contract in parallel/layer_hooks.h); ZeRO-3 gathers and releases parameters
+  // from them (parallel::DataParallelOptimizer::layer_hooks). Null removes them. Set before the
+  // forward whose backward should see them; stages from make_stages need their own call.
+  void set_layer_hooks(std::shared_ptr<parallel::LayerHooks> hooks);
 
   // HF names ("model.layers.3.mlp.experts.5.up_proj.weight"), this stage's parameters only:
   // the LOCAL tensors (shards under tp, this rank's experts under ep) under their global names.

@@ -8,6 +8,7 @@
 
 #include "model/detail/decoder.h"
 #include "model/stage.h"
+#include "parallel/layer_hooks.h"
 
 namespace tandem::model {
 
@@ -17,6 +18,7 @@ struct Stage::Impl {
   ParallelGroups groups;
   std::shared_ptr<WeightGradQueue> queue = std::make_shared<WeightGradQueue>();
   parallel::OverlapHookPtr overlap;  // see Stage::set_overlap_hook
+  std::shared_ptr<parallel::LayerHooks> layer_hooks;  // null: none (see Stage::set_layer_hooks)
 
   detail::TokenEmbedding embed{nullptr};  // stage 0; a copy on the last stage when it needs one
   std::vector<detail::DecoderLayer> layers;  // global indices spec.layer_begin ..
@@ -50,6 +52,13 @@ struct Stage::Impl {
   at::Tensor main_logits(const at::Tensor& tokens);
   // Queue and parallel groups of a forward; the caller adds the rotary tables and loss scale.
   detail::ForwardContext make_context() const;
+  // One decoder layer's forward between its layer hooks.
+  at::Tensor run_layer(detail::DecoderLayer& layer, const at::Tensor& input, detail::ForwardContext& ctx);
+  // The hook calls around a layer's forward: begin_layer before it returns the tensors to feed
+  // the layer in place of `inputs` (aliases carrying the after_backward hook, which fires once the
+  // gradients of all of them are complete), end_layer after it with the layer's outputs.
+  std::vector<at::Tensor> begin_layer(int64_t layer, const std::vector<at::Tensor>& inputs);
+  void end_layer(int64_t layer, const std::vector<at::Tensor>& outputs);
 };
 
 }  // namespace tandem::model

@@ -1,0 +1,162 @@
+// DataParallelOptimizer: the one object a trainer or pipeline executor uses for data parallelism:
+// bucketed gradient reduction overlapped with backward, ZeRO stage 0-3, the global gradient norm
+// and AdamW, checkpoint state by global name, and a per-rank memory report.
+//
+// Parameters (a stage's sharded_parameters()) are split by how their gradient is synchronised
+// (parallel/param_sharding.h, the contract synchronize_gradients_reference implements):
+//  - "dense": replicated/tensor-parallel weights, summed over dp then divided by dp;
+//  - "dense-tp-partial": gradients partial over tp (router, norms under sequence parallelism):
+//    summed over the dp*tp group (these weights are replicated over it) then divided by dp;
+//  - "experts": routed experts, summed over expert-dp then divided by dp.
+// Each is a BucketedGroup over that group's communicator, which is also the group ZeRO shards
+// over. These communicators must carry nothing else during backward: the model issues its own
+// collectives on tp and ep there, in an order that need not interleave with ours the same way on
+// every rank (hence dp*tp, never tp, for partial-over-tp gradients, also when dp = 1). Gradients of a bucket are reduced as soon as every gradient in it is final: a
+// post-accumulate-grad hook on each parameter marks it ready (only while armed by
+// begin_backward), and buckets launch strictly in one fixed order (reverse parameter order,
+// across groups) so that every rank issues the same collectives in the same order even if some
+// gradient never arrives (an unused parameter waits for end_backward). With the B/W split the
+// hooks cannot tell: autograd reports a deferred weight as accumulated before its W has run. So a
+// backward whose weight gradients are deferred is begun with weight_grads_deferred = true: the
+// hooks then mark nothing, and the executor calls mark_ready(param) as gradients become final
+// (after their W) or simply end_backward() after the last W of the backward.
+//
+// One optimizer step (every rank of the job, same order):
+//   opt.zero_grad();
+//   for each micro-batch m of M:
+//     opt.begin_backward(/*final_backward=*/m == M - 1, /*weight_grads_deferred=*/false);
+//     forward; backward (hooks launch buckets as they fill)   [+ W queue, mark_ready()]
+//     opt.end_backward();        // launches what is left (ZeRO 2/3: and completes it)
+//   opt.finish_gradient_sync();  // waits; gradients now follow the contract
+//   double norm = opt.global_grad_norm();   // collective over world
+//   opt.step(lr, clip_scale(norm, max_norm));
+// ZeRO 0/1 accumulate micro-batches locally in full gradient buffers and reduce after the final
+// backward only; ZeRO 2/3 reduce-scatter after every backward (final_backward is ignored) so that
+// no full gradient outlives a backward. Calling none of begin/end_backward also works: then
+// finish_gradient_sync() reduces everything, without overlap.
+//
+// ZeRO-3 additionally needs the model to report layer use: give layer_hooks() to every stage
+// (model::Stage::set_layer_hooks) BEFORE the first forward. A decoder layer's parameters are
+// gathered just before its forward (with the next layer's gather prefetched), released after
+// it, gathered again when its backward starts (prefetching the previous layer) and released when
+// its backward is done. Parameters outside decoder layers (embedding, final norm, head) stay
+// gathered. A forward of a ZeRO-3 model without the hooks reads released memory. Since gathers
+// and reductions share communicators, ZeRO-3 reduces a layer's buckets when its backward is done
+// (after_backward) rather than from the gradient hooks, and the rest at end_backward: layer
+// callbacks come in the same order on every rank, gradient hooks do not when ranks leave
+// different parameters unused (an expert that received no token has no gradient: zero).
+//
+// Requirements: parameters are float32 leaves on one device, each passed once; every rank of a
+// group holds the same parameter list (same names, shapes, order) and runs the same graph (as
+// DDP/FSDP require), so hooks fire in the same order everywhere. Not thread-safe (hooks run on
+// the autograd engine's thread during backward, everything else on the caller's).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "parallel/adamw.h"
+#include "parallel/bucketed_group.h"
+#include "parallel/communicator.h"
+#include "parallel/layer_hooks.h"
+#include "parallel/param_sharding.h"
+
+namespace tandem::parallel {
+
+class ProcessGrid;
+
+// Communicators of this rank's groups (null = a group of size 1).
+struct DataParallelGroups {
+  CommunicatorPtr tp;
+  CommunicatorPtr dp;
+  CommunicatorPtr edp;    // expert data parallel: ranks holding the same experts
+  CommunicatorPtr dp_tp;  // needed when tp > 1 and dp > 1 and some gradient is partial over tp
+  CommunicatorPtr world;  // every rank holding part of the model: the gradient norm sums over it
+  static DataParallelGroups from_grid(const ProcessGrid& grid);
+};
+
+struct DataParallelOptions {
+  int64_t zero_stage = 0;                    // parallel.zero
+  double bucket_mb = 25.0;                   // parallel.grad_bucket_mb (of fp32 gradients)
+  AdamWConfig adamw;
+  at::ScalarType reduce_dtype = at::kFloat;  // dtype gradients travel in (memory stays fp32)
+  // Whether AdamW's weight decay applies to a parameter; null: tensors of two or more dimensions
+  // (norm weights and biases are 1-D).
+  std::function<bool(const std::string& name)> decays;
+  // ZeRO-3's unit of gathering; null: i for "model.layers.{i}.*", -1 (always gathered) otherwise.
+  std::function<int64_t(const std::string& name)> layer_of;
+  // Parameters this rank holds as a copy of another rank's (the last pipeline stage's copy of the
+  // embedding): left out of the gradient norm so that they count once.
+  std::vector<std::string> norm_excluded;
+};
+
+// Evidence of overlap for the last backward (tests, logs).
+struct GradSyncStats {
+  int64_t num_buckets = 0;
+  int64_t launched_in_backward = 0;  // buckets launched from gradient hooks, before end_backward
+  // Gradients of this optimizer still to come when the first bucket launched (> 0: the
+  // reduction started while backward was still producing gradients); -1 if none launched early.
+  int64_t grads_pending_at_first_launch = -1;
+};
+
+class DataParallelOptimizer {
+ public:
+  // Takes over the parameters' storage (values kept) and installs gradient hooks on them. No
+  // communication. Throws tandem::Error (kConfig for bad options or missing groups).
+  DataParallelOptimizer(const std::vector<ShardedParam>& params, DataParallelGroups groups,
+                        DataParallelOptions options);
+  ~DataParallelOptimizer();  // removes the hooks; layer_hooks() become no-ops
+  DataParallelOptimizer(const DataParallelOptimizer&) = delete;
+  DataParallelOptimizer& operator=(const DataParallelOptimizer&) = delete;
+
+  // --- one step (see the file comment for the order) ----------------------------------------
+  void zero_grad();
+  // `final_backward`: after this backward every gradient is final for the step (ZeRO 0/1 reduce
+  // then; ZeRO 2/3 reduce after every backward). `weight_grads_deferred`: see the file comment.
+  void begin_backward(bool final_backward, bool weight_grads_deferred = false);
+  void mark_ready(const at::Tensor& param);  // this parameter's gradient is final for this backward
+  void end_backward();
+  void finish_gradient_sync();
+  // sqrt of the sum of squares of every gradient element of the global model, each counted once:
+  // ZeRO shards summed over their group, tp slices summed, tp-replicated weights counted on tp
+  // rank 0, experts over ep, stages over pp. Collective over `world`. After finish_gradient_sync.
+  double global_grad_norm();
+  // AdamW with gradients scaled by `clip_scale` (clip_scale(norm, max_norm)), then the full
+  // parameters gathered back where the stage keeps them (collective over each group).
+  void step(double lr, double clip_scale = 1.0);
+  int64_t step_count() const;
+  void set_step_count(int64_t steps);  // checkpoint resume
+
+  // ZeRO-3's layer callbacks (no-ops under other stages). Valid after the optimizer is gone.
+  std::shared_ptr<LayerHooks> layer_hooks() const;
+
+  // --- checkpoint state ----------------------------------------------------------------------
+  // Calls `visit` for every parameter with its parameter value and AdamW moments: the rank-local
+  // tensor (this rank's tp/ep shard, local_shape) or, with `global_shape`, the whole tensor
+  // (tensor-parallel slices all-gathered over tp; experts stay this rank's). Tensors are valid
+  // during the call only. Collective over every group (and tp with global_shape); call it on
+  // every rank, with no backward in progress.
+  using StateVisitor = std::function<void(const ParamSharding& sharding, StateKind kind, const at::Tensor& tensor)>;
+  void visit_state(const StateVisitor& visit, bool global_shape);
+  // Loads this rank's parts from the global tensors `source` returns (global_shape; undefined =
+  // leave as is), slicing by tp sharding and ZeRO shard. No communication.
+  using StateSource = std::function<at::Tensor(const ParamSharding& sharding, StateKind kind)>;
+  void load_state(const StateSource& source);
+
+  // Bytes of parameter, gradient and optimizer buffers this rank holds now (measured).
+  ParamMemory memory() const;
+  // One line per group: its communicator, parameters, elements, buckets, ZeRO stage.
+  std::string describe() const;
+  GradSyncStats last_sync_stats() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tandem::parallel

@@ -65,6 +65,23 @@ void print_report(const JobConfig& config, int64_t world, bool quiet) {
                        format_bytes(rank.optimizer_bytes), format_bytes(rank.activation_bytes), rank.live_microbatches,
                        format_bytes(rank.total_bytes()));
   }
+  // The same job under each ZeRO stage (pipeline rank holding the most), without activations.
+  out += fmt::format("\n# weights + gradients + optimizer per rank by ZeRO stage (dp {}, expert-dp {})\n",
+                     layout.dp_size(), layout.edp_size());
+  out += "  zero     weights       grads   optimizer       total\n";
+  for (int64_t zero = 0; zero <= 3; ++zero) {
+    RankMemory most;
+    for (const RankMemory& rank : estimate_memory(config, bf16, zero)) {
+      if (rank.weight_bytes + rank.grad_bytes + rank.optimizer_bytes >
+          most.weight_bytes + most.grad_bytes + most.optimizer_bytes) {
+        most = rank;
+      }
+    }
+    out += fmt::format("  {:>4} {:>11} {:>11} {:>11} {:>11}{}\n", zero, format_bytes(most.weight_bytes),
+                       format_bytes(most.grad_bytes), format_bytes(most.optimizer_bytes),
+                       format_bytes(most.weight_bytes + most.grad_bytes + most.optimizer_bytes),
+                       zero == config.parallel.zero ? "  <- parallel.zero" : "");
+  }
   std::fputs(out.c_str(), stdout);
   std::fflush(stdout);
 }

@@ -1,8 +1,8 @@
 // Per-rank memory estimate (see memory_estimate.h). Formulas:
-//  weights   = params * w (w = 2 bytes bf16, 4 fp32)
-//  grads     = params * 4 (fp32 gradient buffer), / dp under ZeRO-2 and -3
-//  optimizer = params * (8 Adam m,v + 4 fp32 master when mixed precision), / dp under ZeRO >= 1
-//  weights are / dp under ZeRO-3 (gathered one layer at a time, which adds one layer back)
+//  weights, grads, optimizer: parallel::zero_memory_bytes (parallel/zero_memory.h), the formula
+//  the data-parallel optimizer's measured buffers follow: w = 2 bytes bf16 (+ 4 fp32 master in
+//  the optimizer state), 4 fp32; grads fp32; sharded over the replication group by ZeRO stage,
+//  ZeRO-3 keeping the parameters outside decoder layers (embedding, final norm, head) whole
 //  activations = peak live micro-batch chunks (from simulating the schedule) * layers per chunk
 //                * tokens * bytes per token-layer,
 //  bytes per token-layer ~ w * (17 h / tp + 3 * width of the MLP or of the K+shared experts):
@@ -14,6 +14,7 @@
 #include <algorithm>
 
 #include "model/model_size.h"
+#include "parallel/zero_memory.h"
 #include "model/stage.h"
 #include "schedule/generators.h"
 #include "schedule/simulator.h"
@@ -23,7 +24,7 @@ namespace {
 
 }  // namespace
 
-std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16) {
+std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16, int64_t zero_stage) {
   const model::ModelConfig& m = config.model;
   const parallel::ParallelConfig& p = config.parallel;
   const auto kind = schedule::parse_schedule_kind(p.pipeline.schedule);
@@ -48,7 +49,7 @@ std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16) {
   for (int64_t rank = 0; rank < p.pp; ++rank) {
     RankMemory memory;
     memory.pp_rank = rank;
-    double dense_params = 0, routed_params = 0, activation_per_chunk = 0;
+    double dense_params = 0, routed_params = 0, persistent_params = 0, activation_per_chunk = 0;
     for (int chunk = 0; chunk < chunks; ++chunk) {
       const int64_t stage = placement.stage_of(static_cast<int>(rank), chunk);
       const model::StageSpec& spec = specs[static_cast<size_t>(stage)];
@@ -67,17 +68,26 @@ std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16) {
         activation_per_chunk += weight_width * tokens * (17.0 * m.hidden_size / p.tp + 3.0 * mlp_width);
       }
       dense_params += static_cast<double>(all - routed) / p.tp;
+      // Outside decoder layers: embedding (or its copy), final norm, head; not the MTP modules.
+      int64_t outside_layers = model::stage_params(m, 0, 0, spec.is_first(), spec.is_last());
+      for (int64_t depth = 1; depth <= mtp_layers; ++depth) outside_layers -= model::mtp_module_params(m, depth);
+      persistent_params += static_cast<double>(outside_layers) / p.tp;
       routed_params += static_cast<double>(routed) / p.ep;
     }
     const double params = dense_params + routed_params;
     memory.params = static_cast<int64_t>(params);
     // ZeRO shards over the group that replicates each parameter: dp for dense, edp for experts.
-    auto sharded = [&](double bytes_per_param, bool shard) {
-      return shard ? bytes_per_param * (dense_params / dp + routed_params / edp) : bytes_per_param * params;
-    };
-    memory.weight_bytes = sharded(weight_width, p.zero >= 3);
-    memory.grad_bytes = sharded(4.0, p.zero >= 2);
-    memory.optimizer_bytes = sharded(8.0 + master_width, p.zero >= 1);
+    parallel::ZeroParamCounts counts;
+    counts.dense = dense_params;
+    counts.dense_persistent = persistent_params;
+    counts.experts = routed_params;
+    counts.dp = dp;
+    counts.edp = edp;
+    const parallel::ZeroMemoryBytes bytes =
+        parallel::zero_memory_bytes(counts, zero_stage < 0 ? p.zero : zero_stage, weight_width, master_width);
+    memory.weight_bytes = bytes.param_bytes;
+    memory.grad_bytes = bytes.grad_bytes;
+    memory.optimizer_bytes = bytes.optimizer_bytes;
     memory.live_microbatches = played.ranks[static_cast<size_t>(rank)].peak_live_chunks;
     memory.activation_bytes = activation_per_chunk / chunks * static_cast<double>(memory.live_microbatches);
     ranks.push_back(memory);

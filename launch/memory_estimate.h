@@ -24,8 +24,9 @@ struct RankMemory {
 };
 
 // One entry per pipeline rank (ranks with the same pp coordinate hold the same amount).
-// `bf16` selects mixed precision (2-byte weights + fp32 master) versus plain fp32.
-std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16);
+// `bf16` selects mixed precision (2-byte weights + fp32 master) versus plain fp32. `zero_stage`
+// overrides parallel.zero (-1: the job's), so a report can compare the stages.
+std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16, int64_t zero_stage = -1);
 
 std::string format_bytes(double bytes);
 

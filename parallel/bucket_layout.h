@@ -28,8 +28,8 @@ struct BucketSpec {
 struct BucketLayout {
   int64_t num_shards = 1;
   std::vector<BucketSpec> buckets;
-  int64_t shard_numel = 0;  // sum of the buckets' shard_numel: a rank's shard buffer length
-  int64_t full_numel = 0;   // shard_numel * num_shards: every bucket padded, concatenated
+  int64_t shard_numel = 0;         // sum of the buckets' shard_numel: a rank's shard buffer length
+  int64_t full_numel = 0;          // shard_numel * num_shards: every bucket padded, concatenated
   std::vector<int64_t> bucket_of;  // parameter index -> bucket index
   std::vector<int64_t> slot_of;    // parameter index -> position inside its bucket's members
 

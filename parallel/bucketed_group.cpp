@@ -47,9 +47,12 @@ ParamMemory& ParamMemory::operator+=(const ParamMemory& other) {
 
 const char* state_kind_name(StateKind kind) {
   switch (kind) {
-    case StateKind::kParam: return "param";
-    case StateKind::kExpAvg: return "exp_avg";
-    case StateKind::kExpAvgSq: return "exp_avg_sq";
+    case StateKind::kParam:
+      return "param";
+    case StateKind::kExpAvg:
+      return "exp_avg";
+    case StateKind::kExpAvgSq:
+      return "exp_avg_sq";
   }
   return "?";
 }
@@ -58,7 +61,7 @@ struct BucketedGroup::Bucket {
   at::Tensor full_params;  // [N * shard]; its storage is detached while a ZeRO-3 bucket is released
   at::Tensor full_grads;   // ZeRO 0/1 [N * shard]
   bool is_gathered = true;
-  WorkHandle gather;       // ZeRO-3 all-gather in flight
+  WorkHandle gather;                   // ZeRO-3 all-gather in flight
   std::vector<ElementRun> decay_runs;  // relative to the optimizer extent
   std::vector<ElementRun> norm_runs;   // relative to this rank's slice
 };
@@ -274,7 +277,8 @@ int64_t BucketedGroup::optimizer_numel(int64_t bucket) const {
 at::Tensor BucketedGroup::optimizer_param(int64_t bucket) {
   const BucketSpec& spec = layout_.buckets[bucket];
   switch (options_.zero_stage) {
-    case 0: return buckets_[bucket].full_params;
+    case 0:
+      return buckets_[bucket].full_params;
     default:
       if (!persistent(bucket)) return param_shard(bucket);
       return buckets_[bucket].full_params.narrow(0, shard_rank_ * spec.shard_numel, spec.shard_numel);
@@ -368,13 +372,16 @@ void BucketedGroup::visit_state(const StateVisitor& visit) {
       params = at::empty({layout_.bucket_numel(b)}, param_shard(b).options());
       options_.comm->all_gather(params, param_shard(b));
     }
-    const at::Tensor m = sharded_state ? gather(exp_avg_, b) : exp_avg_.narrow(0, optimizer_offset(b), optimizer_numel(b));
+    const at::Tensor m =
+        sharded_state ? gather(exp_avg_, b) : exp_avg_.narrow(0, optimizer_offset(b), optimizer_numel(b));
     const at::Tensor v =
         sharded_state ? gather(exp_avg_sq_, b) : exp_avg_sq_.narrow(0, optimizer_offset(b), optimizer_numel(b));
     for (size_t slot = 0; slot < spec.members.size(); ++slot) {
       const int64_t member = spec.members[slot];
       const at::IntArrayRef shape = members_[member].param.sizes();
-      auto local = [&](const at::Tensor& full) { return full.narrow(0, spec.offsets[slot], numels_[member]).view(shape); };
+      auto local = [&](const at::Tensor& full) {
+        return full.narrow(0, spec.offsets[slot], numels_[member]).view(shape);
+      };
       visit(member, StateKind::kParam, local(params));
       visit(member, StateKind::kExpAvg, local(m));
       visit(member, StateKind::kExpAvgSq, local(v));

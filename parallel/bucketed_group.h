@@ -35,19 +35,19 @@ namespace tandem::parallel {
 
 struct GroupMember {
   ParamSharding sharding;
-  at::Tensor param;           // the local leaf tensor (fp32); re-pointed into the group's storage
-  bool decay = true;          // AdamW weight decay applies
-  bool counts_in_norm = true; // this rank counts it in the global gradient norm (see the facade)
-  int64_t key = 0;            // bucket key: the decoder layer under ZeRO-3, -1 = persistent
+  at::Tensor param;            // the local leaf tensor (fp32); re-pointed into the group's storage
+  bool decay = true;           // AdamW weight decay applies
+  bool counts_in_norm = true;  // this rank counts it in the global gradient norm (see the facade)
+  int64_t key = 0;             // bucket key: the decoder layer under ZeRO-3, -1 = persistent
 };
 
 struct BucketedGroupOptions {
-  std::string name;                         // for messages: "dense", "dense-tp-partial", "experts"
-  CommunicatorPtr comm;                     // the replication group (null = size 1)
-  double grad_scale = 1.0;                  // applied after the sum (1 / dp)
-  int64_t zero_stage = 0;                   // 0..3
-  int64_t bucket_cap_numel = 1 << 22;       // elements per bucket (a larger parameter gets its own)
-  at::ScalarType reduce_dtype = at::kFloat; // dtype on the wire (gradients are fp32 in memory)
+  std::string name;                          // for messages: "dense", "dense-tp-partial", "experts"
+  CommunicatorPtr comm;                      // the replication group (null = size 1)
+  double grad_scale = 1.0;                   // applied after the sum (1 / dp)
+  int64_t zero_stage = 0;                    // 0..3
+  int64_t bucket_cap_numel = 1 << 22;        // elements per bucket (a larger parameter gets its own)
+  at::ScalarType reduce_dtype = at::kFloat;  // dtype on the wire (gradients are fp32 in memory)
 };
 
 // Bytes of the buffers a group (or an optimizer) holds right now.
@@ -105,9 +105,9 @@ class BucketedGroup {
   void step(const AdamWConfig& config, const AdamWStepScalars& scalars, double grad_scale);
 
   // --- ZeRO-3 parameter gathering (no-ops for persistent buckets) -----------------------------
-  void gather_async(int64_t bucket);  // allocates the full buffer and starts its all-gather
-  void wait_gathered(int64_t bucket); // gathers if not started; returns when usable
-  void release(int64_t bucket);       // frees the full buffer (waits for a gather in flight)
+  void gather_async(int64_t bucket);   // allocates the full buffer and starts its all-gather
+  void wait_gathered(int64_t bucket);  // gathers if not started; returns when usable
+  void release(int64_t bucket);        // frees the full buffer (waits for a gather in flight)
   bool gathered(int64_t bucket) const;
 
   // --- checkpoint state --------------------------------------------------------------------
@@ -127,12 +127,12 @@ class BucketedGroup {
   struct Bucket;
   struct Reduction;
 
-  at::Tensor grad_slice(int64_t bucket) const;   // this rank's reduced gradient of the bucket
-  at::Tensor param_shard(int64_t bucket) const;  // ZeRO-3, released buckets: this rank's values
-  at::Tensor optimizer_param(int64_t bucket);     // the parameter elements this rank updates
-  int64_t optimizer_offset(int64_t bucket) const; // into exp_avg_ / exp_avg_sq_
+  at::Tensor grad_slice(int64_t bucket) const;     // this rank's reduced gradient of the bucket
+  at::Tensor param_shard(int64_t bucket) const;    // ZeRO-3, released buckets: this rank's values
+  at::Tensor optimizer_param(int64_t bucket);      // the parameter elements this rank updates
+  int64_t optimizer_offset(int64_t bucket) const;  // into exp_avg_ / exp_avg_sq_
   int64_t optimizer_numel(int64_t bucket) const;
-  void point_grads_at_buffers(int64_t bucket);    // ZeRO 0/1
+  void point_grads_at_buffers(int64_t bucket);  // ZeRO 0/1
   void finish(Reduction& reduction);
 
   BucketedGroupOptions options_;
@@ -141,10 +141,10 @@ class BucketedGroup {
   BucketLayout layout_;
   int64_t shard_rank_ = 0;
   std::vector<Bucket> buckets_;
-  at::Tensor shard_params_;  // ZeRO-3: this rank's slices of the buckets it releases
+  at::Tensor shard_params_;                  // ZeRO-3: this rank's slices of the buckets it releases
   std::vector<int64_t> param_shard_offset_;  // bucket -> offset in shard_params_ (-1: persistent)
-  at::Tensor shard_grads_;   // ZeRO 2/3 [shard_numel]
-  at::Tensor exp_avg_;       // [full_numel] (ZeRO 0) or [shard_numel]
+  at::Tensor shard_grads_;                   // ZeRO 2/3 [shard_numel]
+  at::Tensor exp_avg_;                       // [full_numel] (ZeRO 0) or [shard_numel]
   at::Tensor exp_avg_sq_;
   std::vector<Reduction> in_flight_;
 };

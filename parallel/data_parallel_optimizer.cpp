@@ -97,28 +97,28 @@ struct DataParallelOptimizer::Impl {
   DataParallelGroups comms;
   DataParallelOptions options;
   std::vector<std::unique_ptr<BucketedGroup>> groups;
-  std::vector<std::vector<int64_t>> original_index;  // group -> member -> index in the params list
+  std::vector<std::vector<int64_t>> original_index;                       // group -> member -> index in the params list
   std::unordered_map<const void*, std::pair<size_t, int64_t>> member_of;  // TensorImpl -> (group, member)
-  std::vector<BucketRef> order;  // global launch order
-  std::map<int64_t, std::vector<BucketRef>> layer_buckets;  // ZeRO-3: layer -> its gathered buckets
+  std::vector<BucketRef> order;                                           // global launch order
+  std::map<int64_t, std::vector<BucketRef>> layer_buckets;                // ZeRO-3: layer -> its gathered buckets
   std::shared_ptr<Hooks> hooks = std::make_shared<Hooks>(this);
   int64_t steps = 0;
 
   // Readiness of the backward in progress.
-  bool armed = false;             // this backward's gradients are to be reduced
-  bool hooks_mark_ready = true;   // autograd's accumulation means final (no deferred W)
+  bool armed = false;            // this backward's gradients are to be reduced
+  bool hooks_mark_ready = true;  // autograd's accumulation means final (no deferred W)
   bool in_backward = false;
-  std::vector<std::vector<bool>> ready;             // group -> member
-  std::vector<std::vector<int64_t>> pending;        // group -> bucket -> gradients still to come
-  std::vector<std::vector<bool>> launched;          // group -> bucket
+  std::vector<std::vector<bool>> ready;       // group -> member
+  std::vector<std::vector<int64_t>> pending;  // group -> bucket -> gradients still to come
+  std::vector<std::vector<bool>> launched;    // group -> bucket
   int64_t pending_total = 0;
-  size_t cursor = 0;                                // next position of `order` to launch
+  size_t cursor = 0;  // next position of `order` to launch
   // ZeRO-3 gathers parameters from layer callbacks on the same communicators the reductions use;
   // then reductions are launched from layer callbacks too, so that both kinds of collective are
   // issued in one order on every rank (gradient hooks fire in a rank-dependent order when ranks
   // skip different unused parameters, e.g. experts without tokens).
   bool layer_events = false;
-  bool synced = false;                              // finish_gradient_sync ran since zero_grad
+  bool synced = false;  // finish_gradient_sync ran since zero_grad
   GradSyncStats stats;
 
   void reset_readiness() {
@@ -253,8 +253,8 @@ void DataParallelOptimizer::Impl::build(const std::vector<ShardedParam>& params)
     member.sharding = s;
     member.param = p.param;
     member.decay = options.decays ? options.decays(s.name) : p.param.dim() >= 2;
-    const bool excluded = std::find(options.norm_excluded.begin(), options.norm_excluded.end(), s.name) !=
-                          options.norm_excluded.end();
+    const bool excluded =
+        std::find(options.norm_excluded.begin(), options.norm_excluded.end(), s.name) != options.norm_excluded.end();
     // A dense weight replicated over tp has the same reduced gradient on every tp rank.
     const bool tp_copy = kind == kDense && s.kind == ShardKind::kReplicated && tp_rank != 0;
     member.counts_in_norm = !excluded && !tp_copy;
@@ -325,8 +325,8 @@ DataParallelOptimizer::DataParallelOptimizer(const std::vector<ShardedParam>& pa
   impl_->build(params);
   for (const auto& [impl, where] : impl_->member_of) {
     const at::Tensor& param = impl_->groups[where.first]->members()[where.second].param;
-    torch::autograd::impl::set_post_acc_grad_hooks(param,
-                                                   std::make_unique<Impl::ReadyHook>(impl_.get(), where.first, where.second));
+    torch::autograd::impl::set_post_acc_grad_hooks(
+        param, std::make_unique<Impl::ReadyHook>(impl_.get(), where.first, where.second));
   }
 }
 
@@ -390,7 +390,8 @@ double DataParallelOptimizer::global_grad_norm() {
   total = total.reshape({1}).contiguous();
   if (!trivial(s.comms.world)) {
     // The communicator reduces tensors on its own device; the sum is a single number.
-    const at::Device device = s.groups.empty() ? at::Device(at::kCPU) : s.groups.front()->members().front().param.device();
+    const at::Device device =
+        s.groups.empty() ? at::Device(at::kCPU) : s.groups.front()->members().front().param.device();
     at::Tensor on_device = total.to(device);
     s.comms.world->all_reduce(on_device, ReduceOp::kSum);
     total = on_device.to(at::kCPU);

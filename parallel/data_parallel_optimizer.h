@@ -11,7 +11,8 @@
 // Each is a BucketedGroup over that group's communicator, which is also the group ZeRO shards
 // over. These communicators must carry nothing else during backward: the model issues its own
 // collectives on tp and ep there, in an order that need not interleave with ours the same way on
-// every rank (hence dp*tp, never tp, for partial-over-tp gradients, also when dp = 1). Gradients of a bucket are reduced as soon as every gradient in it is final: a
+// every rank (hence dp*tp, never tp, for partial-over-tp gradients, also when dp = 1).
+// Gradients of a bucket are reduced as soon as every gradient in it is final: a
 // post-accumulate-grad hook on each parameter marks it ready (only while armed by
 // begin_backward), and buckets launch strictly in one fixed order (reverse parameter order,
 // across groups) so that every rank issues the same collectives in the same order even if some
@@ -80,8 +81,8 @@ struct DataParallelGroups {
 };
 
 struct DataParallelOptions {
-  int64_t zero_stage = 0;                    // parallel.zero
-  double bucket_mb = 25.0;                   // parallel.grad_bucket_mb (of fp32 gradients)
+  int64_t zero_stage = 0;   // parallel.zero
+  double bucket_mb = 25.0;  // parallel.grad_bucket_mb (of fp32 gradients)
   AdamWConfig adamw;
   at::ScalarType reduce_dtype = at::kFloat;  // dtype gradients travel in (memory stays fp32)
   // Whether AdamW's weight decay applies to a parameter; null: tensors of two or more dimensions

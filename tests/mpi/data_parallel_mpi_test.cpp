@@ -81,7 +81,8 @@ struct LayoutSetup {
 // This rank's share of micro-batch `micro` of step `step` (the global batch is [kBatch * dp, T+1]).
 at::Tensor tokens_for(const LayoutSetup& setup, int64_t step, int64_t micro) {
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1000 + 10 * step + micro);
-  const at::Tensor all = at::randint(64, {kBatch * setup.dp_size(), kSeq + 1}, gen, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor all =
+      at::randint(64, {kBatch * setup.dp_size(), kSeq + 1}, gen, at::TensorOptions().dtype(at::kLong));
   return all.narrow(0, setup.dp_rank() * kBatch, kBatch);
 }
 
@@ -124,12 +125,8 @@ struct ReducerCase {
 };
 
 std::vector<Layout> reducer_layouts() {
-  return {{"dp2", 2},
-          {"tp2 sp", 2, 2, 1, true},
-          {"ep2 (dp2)", 2, 1, 2},
-          {"dp4", 4},
-          {"dp2 tp2 sp ep2", 4, 2, 2, true},
-          {"ep4 (dp4)", 4, 1, 4}};
+  return {{"dp2", 2}, {"tp2 sp", 2, 2, 1, true},         {"ep2 (dp2)", 2, 1, 2},
+          {"dp4", 4}, {"dp2 tp2 sp ep2", 4, 2, 2, true}, {"ep4 (dp4)", 4, 1, 4}};
 }
 
 TEST(DataParallelOptimizer, BucketedReductionEqualsTheReference) {
@@ -187,11 +184,12 @@ TEST(DataParallelOptimizer, BucketedReductionEqualsTheReference) {
         EXPECT_GT(stats.grads_pending_at_first_launch, 0);
       }
       if (is_root()) {
-        std::printf("[%s] worst gradient rel diff %.2e, norm %.9g vs unsharded %.9g; %lld buckets, %lld launched "
-                    "in backward, %lld gradients pending at the first\n",
-                    name.c_str(), worst, norm, ref_norm, static_cast<long long>(stats.num_buckets),
-                    static_cast<long long>(stats.launched_in_backward),
-                    static_cast<long long>(stats.grads_pending_at_first_launch));
+        std::printf(
+            "[%s] worst gradient rel diff %.2e, norm %.9g vs unsharded %.9g; %lld buckets, %lld launched "
+            "in backward, %lld gradients pending at the first\n",
+            name.c_str(), worst, norm, ref_norm, static_cast<long long>(stats.num_buckets),
+            static_cast<long long>(stats.launched_in_backward),
+            static_cast<long long>(stats.grads_pending_at_first_launch));
       }
       ++ran;
     }
@@ -204,7 +202,8 @@ TEST(DataParallelOptimizer, BucketedReductionEqualsTheReference) {
 // Records the parameter bytes held whenever a layer hook has run (ZeRO-3's peak working set).
 class PeakRecorder final : public LayerHooks {
  public:
-  PeakRecorder(std::shared_ptr<LayerHooks> inner, const DataParallelOptimizer& opt) : inner_(std::move(inner)), opt_(opt) {}
+  PeakRecorder(std::shared_ptr<LayerHooks> inner, const DataParallelOptimizer& opt)
+      : inner_(std::move(inner)), opt_(opt) {}
   void before_forward(int64_t layer) override {
     inner_->before_forward(layer);
     record();
@@ -274,11 +273,9 @@ TrainResult train(const LayoutSetup& setup, int64_t zero, int64_t micro_batches)
   }
   result.rest = opt.memory();
   result.peak_param_bytes = recorder->peak();
-  opt.visit_state(
-      [&](const ParamSharding& s, StateKind kind, const at::Tensor& t) {
-        result.state[s.name + "/" + state_kind_name(kind)] = t.clone();
-      },
-      /*global_shape=*/true);
+  opt.visit_state([&](const ParamSharding& s, StateKind kind,
+                      const at::Tensor& t) { result.state[s.name + "/" + state_kind_name(kind)] = t.clone(); },
+                  /*global_shape=*/true);
   model.set_layer_hooks(nullptr);
   return result;
 }
@@ -334,14 +331,15 @@ void compare_zero_stages(int64_t micro_batches, double tolerance) {
         EXPECT_GT(extra, 0);
         EXPECT_LE(static_cast<double>(extra), 1.01 * static_cast<double>(sizes[0] + sizes[1]));
         gathered = ", gathered at most " + std::to_string(extra) + " bytes beyond the " +
-                   std::to_string(got.rest.param_bytes) + " at rest (two largest layers: " +
-                   std::to_string(sizes[0] + sizes[1]) + ")";
+                   std::to_string(got.rest.param_bytes) +
+                   " at rest (two largest layers: " + std::to_string(sizes[0] + sizes[1]) + ")";
       }
       if (is_root()) {
-        std::printf("[%s vs zero0] %lld steps x %lld micro-batches: worst loss %.2e, clipped norm %.2e, final "
-                    "state %.2e (%s)%s\n",
-                    name.c_str(), static_cast<long long>(kSteps), static_cast<long long>(micro_batches), worst_loss,
-                    worst_norm, worst_state, worst_name.c_str(), gathered.c_str());
+        std::printf(
+            "[%s vs zero0] %lld steps x %lld micro-batches: worst loss %.2e, clipped norm %.2e, final "
+            "state %.2e (%s)%s\n",
+            name.c_str(), static_cast<long long>(kSteps), static_cast<long long>(micro_batches), worst_loss, worst_norm,
+            worst_state, worst_name.c_str(), gathered.c_str());
       }
       ++ran;
     }
@@ -374,11 +372,13 @@ TEST(DataParallelOptimizer, MeasuredMemoryShrinksByTheExpectedRatioPerStage) {
       const bool persistent = p.sharding.name.rfind("model.layers.", 0) != 0;
       const double n = static_cast<double>(p.param.numel());
       (p.sharding.kind == ShardKind::kExpertParallel ? counts.experts : counts.dense) += n;
-      if (persistent) (p.sharding.kind == ShardKind::kExpertParallel ? counts.experts_persistent : counts.dense_persistent) += n;
+      if (persistent)
+        (p.sharding.kind == ShardKind::kExpertParallel ? counts.experts_persistent : counts.dense_persistent) += n;
     }
     expected.push_back(zero_memory_bytes(counts, zero));
   }
-  if (is_root()) std::printf("[memory per rank, %s, tiny MoE] zero: params / grads / optimizer = total (formula)\n", l.name.c_str());
+  if (is_root())
+    std::printf("[memory per rank, %s, tiny MoE] zero: params / grads / optimizer = total (formula)\n", l.name.c_str());
   for (int64_t zero = 0; zero <= 3; ++zero) {
     const ParamMemory& m = measured[zero];
     const ZeroMemoryBytes& e = expected[zero];

@@ -1,8 +1,8 @@
 // Bucket planning: reverse order, size cap, oversized parameters alone, key breaks, padding to
 // the shard count, shard/full offsets, and the runs of selected members inside a window.
-#include <gtest/gtest.h>
-
 #include "parallel/bucket_layout.h"
+
+#include <gtest/gtest.h>
 
 namespace tandem::parallel {
 namespace {

@@ -332,11 +332,11 @@ std::vector<Layout> zero_layouts() {
 // while ZeRO 0/1 add first and reduce once: the same sum in another order, 1e-7 apart in the
 // gradients, which AdamW's normalisation lets grow to a few 1e-6 in the weights and moments after three
 // steps.
-void compare_zero_stages(int64_t micro_batches, double tolerance) {
+void compare_zero_stages(int64_t micro_batches, double tolerance, bool first_layout_only) {
   at::set_num_threads(1);
   int ran = 0;
   for (const Layout& l : zero_layouts()) {
-    if (l.world != MpiTestEnv::get().world_size()) continue;
+    if (l.world != MpiTestEnv::get().world_size() || (first_layout_only && ran > 0)) continue;
     const LayoutSetup setup(l);
     const TrainResult base = train(setup, 0, micro_batches);
     EXPECT_LT(*std::min_element(base.scales.begin(), base.scales.end()), 1.0) << "clipping never engaged";
@@ -382,9 +382,11 @@ void compare_zero_stages(int64_t micro_batches, double tolerance) {
   EXPECT_GT(ran, 0);
 }
 
-TEST(DataParallelOptimizer, ZeroStagesTrainLikeZeroZero) { compare_zero_stages(1, 1e-6); }
+TEST(DataParallelOptimizer, ZeroStagesTrainLikeZeroZero) { compare_zero_stages(1, 1e-6, false); }
 
-TEST(DataParallelOptimizer, ZeroStagesAccumulatingMicroBatchesTrainLikeZeroZero) { compare_zero_stages(2, 1e-4); }
+TEST(DataParallelOptimizer, ZeroStagesAccumulatingMicroBatchesTrainLikeZeroZero) {
+  compare_zero_stages(2, 1e-4, /*first_layout_only=*/true);  // the order effect, on plain dp
+}
 
 // --- checkpoint state: saved under one ZeRO stage, loaded under another ----------------------
 

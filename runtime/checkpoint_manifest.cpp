@@ -133,6 +133,65 @@ TensorSlice TensorSlice::whole(const std::vector<int64_t>& shape) {
   return TensorSlice{std::vector<int64_t>(shape.size(), 0), shape};
 }
 
+namespace {
+
+// Elements [begin, end) of the sub-tensor spanned by dims >= d, the dims before d fixed at
+// `fixed` (length 1 each): a partial leading row, a box of whole rows, a partial trailing row.
+void append_flat_range(const std::vector<int64_t>& shape, size_t d, std::vector<int64_t>& fixed, int64_t begin,
+                       int64_t end, std::vector<TensorSlice>& out) {
+  if (begin >= end) return;
+  if (d == shape.size()) {  // a single element (or a scalar tensor)
+    out.push_back(TensorSlice{fixed, std::vector<int64_t>(fixed.size(), 1)});
+    return;
+  }
+  int64_t inner = 1;  // elements per index of dim d
+  for (size_t k = d + 1; k < shape.size(); ++k) inner *= shape[k];
+  const auto descend = [&](int64_t row, int64_t from, int64_t to) {
+    fixed.push_back(row);
+    append_flat_range(shape, d + 1, fixed, from - row * inner, to - row * inner, out);
+    fixed.pop_back();
+  };
+  const int64_t first_whole = (begin + inner - 1) / inner;  // first row that starts inside the range
+  const int64_t end_whole = end / inner;                    // rows before it end inside the range
+  if (first_whole > end_whole) {  // begin and end inside one row
+    descend(begin / inner, begin, end);
+    return;
+  }
+  if (begin % inner != 0) descend(begin / inner, begin, first_whole * inner);
+  if (end_whole > first_whole) {
+    TensorSlice rows{fixed, std::vector<int64_t>(fixed.size(), 1)};
+    rows.offsets.push_back(first_whole);
+    rows.lengths.push_back(end_whole - first_whole);
+    for (size_t k = d + 1; k < shape.size(); ++k) {
+      rows.offsets.push_back(0);
+      rows.lengths.push_back(shape[k]);
+    }
+    out.push_back(std::move(rows));
+  }
+  if (end % inner != 0) descend(end_whole, end_whole * inner, end);
+}
+
+}  // namespace
+
+std::vector<TensorSlice> TensorSlice::flat_range(const std::vector<int64_t>& shape, int64_t begin, int64_t end) {
+  int64_t numel = 1;
+  for (const int64_t dim : shape) numel *= dim;
+  TANDEM_CHECK(0 <= begin && begin <= end && end <= numel, "flat range [{}, {}) outside a tensor of {} elements",
+               begin, end, numel);
+  std::vector<TensorSlice> out;
+  std::vector<int64_t> fixed;
+  append_flat_range(shape, 0, fixed, begin, end, out);
+  return out;
+}
+
+bool TensorSlice::overlaps(const TensorSlice& other) const {
+  if (other.offsets.size() != offsets.size() || numel() == 0 || other.numel() == 0) return false;
+  for (size_t d = 0; d < offsets.size(); ++d) {
+    if (other.offsets[d] >= offsets[d] + lengths[d] || offsets[d] >= other.offsets[d] + other.lengths[d]) return false;
+  }
+  return true;
+}
+
 int64_t TensorSlice::numel() const {
   int64_t count = 1;
   for (const int64_t length : lengths) count *= length;

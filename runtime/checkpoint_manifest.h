@@ -47,9 +47,15 @@ struct TensorSlice {
   std::vector<int64_t> lengths;
 
   static TensorSlice whole(const std::vector<int64_t>& shape);
+  // The boxes whose row-major contents, concatenated in order, are elements [begin, end) of a
+  // row-major tensor of `shape`: how a contiguous range of a flat buffer (a ZeRO shard, one
+  // writer's share of a replicated tensor) is stored under the tensor's own name and shape.
+  // At most 2 * rank - 1 boxes (one for a whole-rows range); none when begin == end.
+  static std::vector<TensorSlice> flat_range(const std::vector<int64_t>& shape, int64_t begin, int64_t end);
   int64_t numel() const;
   bool within(const std::vector<int64_t>& shape) const;  // same rank, inside the shape
   bool contains(const TensorSlice& other) const;
+  bool overlaps(const TensorSlice& other) const;  // share at least one element
   bool operator==(const TensorSlice&) const = default;
 };
 

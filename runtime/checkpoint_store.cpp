@@ -96,9 +96,14 @@ const TensorEntry& ShardWriter::append(std::string name, TensorKind kind, Storag
                                        std::vector<int64_t> global_shape, TensorSlice slice, const void* data,
                                        int64_t size_bytes) {
   TANDEM_CHECK(fd_ >= 0, "{}: append after finish()", path_);
-  TANDEM_CHECK(names_.emplace(name, kind).second, "checkpoint: tensor '{}' ({}) appended twice by rank {}", name,
-               tensor_kind_name(kind), rank_);
   TANDEM_CHECK(slice.within(global_shape), "checkpoint: tensor '{}': slice outside its global shape", name);
+  std::vector<TensorSlice>& boxes = boxes_[{name, kind}];
+  for (const TensorSlice& box : boxes) {
+    TANDEM_CHECK(!box.overlaps(slice) && !(box.numel() == 0 && box == slice),
+                 "checkpoint: tensor '{}' ({}): rank {} appended an overlapping box twice", name,
+                 tensor_kind_name(kind), rank_);
+  }
+  boxes.push_back(slice);
   TANDEM_CHECK(size_bytes == slice.numel() * storage_dtype_size_bytes(dtype),
                "checkpoint: tensor '{}': {} bytes for {} elements of {}", name, size_bytes, slice.numel(),
                storage_dtype_name(dtype));

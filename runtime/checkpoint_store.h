@@ -19,7 +19,7 @@
 
 #include <cstdint>
 #include <optional>
-#include <set>
+#include <map>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -44,8 +44,10 @@ class ShardWriter {
   ShardWriter& operator=(const ShardWriter&) = delete;
 
   // Appends `size_bytes` bytes at `data`: the row-major contents of `slice` of the global tensor
-  // (name, kind). A repeated (name, kind), a slice outside global_shape or a size that is not
-  // slice elements * dtype size is a caller bug (kInternal). Throws kIo on write failure.
+  // (name, kind). One tensor may be appended in several boxes (a flat range of it spans several,
+  // TensorSlice::flat_range); a box overlapping one this shard already holds for (name, kind), a
+  // slice outside global_shape or a size that is not slice elements * dtype size is a caller bug
+  // (kInternal). Throws kIo on write failure.
   const TensorEntry& append(std::string name, TensorKind kind, StorageDtype dtype, std::vector<int64_t> global_shape,
                             TensorSlice slice, const void* data, int64_t size_bytes);
 
@@ -66,7 +68,7 @@ class ShardWriter {
   int64_t size_ = 0;
   uint32_t crc_ = 0;
   std::vector<TensorEntry> entries_;
-  std::set<std::pair<std::string, TensorKind>> names_;
+  std::map<std::pair<std::string, TensorKind>, std::vector<TensorSlice>> boxes_;  // appended so far
 };
 
 struct LoadedCheckpoint {

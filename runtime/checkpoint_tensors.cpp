@@ -70,7 +70,17 @@ const TensorEntry& append_tensor(ShardWriter& shard, std::string name, TensorKin
   return append_tensor(shard, std::move(name), kind, whole, std::move(shape), std::move(slice));
 }
 
-CheckpointReader::CheckpointReader(LoadedCheckpoint checkpoint) : checkpoint_(std::move(checkpoint)) {}
+CheckpointReader::CheckpointReader(LoadedCheckpoint checkpoint) : checkpoint_(std::move(checkpoint)) {
+  for (const RankRecord& record : checkpoint_.manifest.ranks) {
+    for (const TensorEntry& entry : record.tensors) index_[{entry.name, entry.kind}].push_back(&entry);
+  }
+}
+
+const std::vector<const TensorEntry*>& CheckpointReader::entries_of(std::string_view name, TensorKind kind) const {
+  static const std::vector<const TensorEntry*> kNone;
+  const auto found = index_.find(std::pair<std::string, TensorKind>(name, kind));
+  return found == index_.end() ? kNone : found->second;
+}
 
 const uint8_t* CheckpointReader::entry_bytes(const TensorEntry& entry) {
   auto found = files_.find(entry.file);
@@ -105,7 +115,7 @@ at::Tensor CheckpointReader::read_slice(const TensorEntry& entry, const TensorSl
 }
 
 at::Tensor CheckpointReader::read_global(std::string_view name, TensorKind kind, const TensorSlice& wanted) {
-  const std::vector<const TensorEntry*> entries = checkpoint_.manifest.find(name, kind);
+  const std::vector<const TensorEntry*>& entries = entries_of(name, kind);
   TANDEM_CHECK_INPUT(!entries.empty(), "{}: the checkpoint holds no tensor '{}' ({})", checkpoint_.dir, name,
                      tensor_kind_name(kind));
   const TensorEntry& first = *entries.front();
@@ -140,10 +150,16 @@ at::Tensor CheckpointReader::read_global(std::string_view name, TensorKind kind,
 }
 
 at::Tensor CheckpointReader::read_global(std::string_view name, TensorKind kind) {
-  const std::vector<const TensorEntry*> entries = checkpoint_.manifest.find(name, kind);
+  const std::vector<const TensorEntry*>& entries = entries_of(name, kind);
   TANDEM_CHECK_INPUT(!entries.empty(), "{}: the checkpoint holds no tensor '{}' ({})", checkpoint_.dir, name,
                      tensor_kind_name(kind));
   return read_global(name, kind, TensorSlice::whole(entries.front()->global_shape));
+}
+
+std::optional<std::vector<int64_t>> CheckpointReader::global_shape(std::string_view name, TensorKind kind) const {
+  const std::vector<const TensorEntry*>& entries = entries_of(name, kind);
+  if (entries.empty()) return std::nullopt;
+  return entries.front()->global_shape;
 }
 
 }  // namespace tandem::runtime

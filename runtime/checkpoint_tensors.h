@@ -7,8 +7,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "runtime/checkpoint_manifest.h"
@@ -52,12 +54,18 @@ class CheckpointReader {
   at::Tensor read_global(std::string_view name, TensorKind kind, const TensorSlice& wanted);
   // The whole global tensor.
   at::Tensor read_global(std::string_view name, TensorKind kind);
+  // The global shape of (name, kind); nullopt when the checkpoint does not hold that tensor.
+  std::optional<std::vector<int64_t>> global_shape(std::string_view name, TensorKind kind) const;
 
  private:
   const uint8_t* entry_bytes(const TensorEntry& entry);
+  const std::vector<const TensorEntry*>& entries_of(std::string_view name, TensorKind kind) const;
 
   LoadedCheckpoint checkpoint_;
   std::map<std::string, MappedFile> files_;
+  // Entries of each (name, kind) over all ranks, so reading N tensors is not N scans of the
+  // manifest (pointers into checkpoint_.manifest, whose vectors never change after construction).
+  std::map<std::pair<std::string, TensorKind>, std::vector<const TensorEntry*>> index_;
 };
 
 }  // namespace tandem::runtime

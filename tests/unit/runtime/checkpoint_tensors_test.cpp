@@ -110,6 +110,61 @@ TEST(CheckpointTensors, ReportsGapsAbsentTensorsAndCorruptEntries) {
   }
 }
 
+at::Tensor box_of(at::Tensor whole, const TensorSlice& box) {
+  for (size_t d = 0; d < box.offsets.size(); ++d) {
+    whole = whole.narrow(static_cast<int64_t>(d), box.offsets[d], box.lengths[d]);
+  }
+  return whole;
+}
+
+TEST(CheckpointTensors, FlatRangesAreTiledByAtMostTwoRankMinusOneBoxes) {
+  const std::vector<int64_t> shape = {3, 4, 5};
+  const at::Tensor t = at::arange(60, at::kFloat).reshape({3, 4, 5});
+  for (int64_t begin = 0; begin <= 60; ++begin) {
+    for (int64_t end = begin; end <= 60; ++end) {
+      const std::vector<TensorSlice> boxes = TensorSlice::flat_range(shape, begin, end);
+      EXPECT_LE(boxes.size(), 5u);
+      std::vector<at::Tensor> parts = {at::empty({0}, at::kFloat)};
+      for (const TensorSlice& box : boxes) {
+        ASSERT_TRUE(box.within(shape));
+        parts.push_back(box_of(t, box).reshape({-1}));
+      }
+      ASSERT_TRUE(at::equal(at::cat(parts), t.reshape({-1}).narrow(0, begin, end - begin))) << begin << ".." << end;
+    }
+  }
+  EXPECT_EQ(TensorSlice::flat_range(shape, 20, 40), (std::vector<TensorSlice>{{{1, 0, 0}, {1, 4, 5}}}));
+  EXPECT_EQ(TensorSlice::flat_range({}, 0, 1), (std::vector<TensorSlice>{TensorSlice{}}));
+  EXPECT_THROW(TensorSlice::flat_range(shape, 5, 61), Error);
+}
+
+// ZeRO-style saving: three ranks each write an uneven contiguous share of a [6, 7] tensor's flat
+// range, as several boxes; any box (here: column shards) is read back whole.
+TEST(CheckpointTensors, TensorsSavedAsFlatRangesInManyBoxesReassemble) {
+  TempDir dir;
+  const at::Tensor w = at::randn({6, 7});
+  const CheckpointStore store(dir / "ckpt");
+  const std::string staging = store.begin(1, 1);
+  CheckpointManifest manifest;
+  manifest.step = 1;
+  manifest.layout.world_size = 3;
+  const int64_t cuts[] = {0, 10, 30, 42};
+  for (int rank = 0; rank < 3; ++rank) {
+    ShardWriter shard(staging, rank);
+    for (const TensorSlice& box : TensorSlice::flat_range({6, 7}, cuts[rank], cuts[rank + 1])) {
+      append_tensor(shard, "w", TensorKind::kExpAvg, box_of(w, box), {6, 7}, box);
+    }
+    if (rank == 1) {  // a box overlapping one already appended is a bug
+      EXPECT_THROW(append_tensor(shard, "w", TensorKind::kExpAvg, w.narrow(0, 3, 1), {6, 7}, TensorSlice{{3, 0}, {1, 7}}),
+                   Error);
+    }
+    manifest.ranks.push_back(shard.finish("", ""));
+  }
+  store.commit(staging, manifest, 1);
+  CheckpointReader reader(*store.find_latest_valid());
+  EXPECT_TRUE(at::equal(reader.read_global("w", TensorKind::kExpAvg), w));
+  EXPECT_TRUE(at::equal(reader.read_global("w", TensorKind::kExpAvg, TensorSlice{{0, 3}, {6, 2}}), w.narrow(1, 3, 2)));
+}
+
 TEST(CheckpointTensors, DtypeMapping) {
   for (const auto type : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble, at::kLong, at::kInt, at::kShort,
                           at::kChar, at::kByte, at::kBool}) {

@@ -66,7 +66,9 @@ struct TrainConfig {
     v("steps", steps, {.doc = "Optimizer steps to train", .min = 1});
     v("precision", precision, {.doc = "auto (bf16 on GPU, fp32 on CPU), fp32 or bf16 (fp32 master weights)", .choices = "auto|fp32|bf16"});
     v("eval_interval", eval_interval, {.doc = "Evaluate on the held-out split every N steps; 0 = off", .min = 0});
-    v("eval_steps", eval_steps, {.doc = "Micro-batches per evaluation", .min = 1});
+    v("eval_steps", eval_steps,
+      {.doc = "Held-out batches of global_batch_size samples per evaluation (the same samples in every layout)",
+       .min = 1});
   }
 };
 

@@ -1,7 +1,9 @@
 // The training loop (see trainer.h). Per optimizer step:
 //   zero grads -> for each micro-batch: forward (loss pieces) and backward with gradient
-//   1/micro_batches -> average gradients over dp -> global norm, clip scale -> AdamW ->
-//   routing-bias update from dp-reduced expert loads -> metrics -> eval / checkpoint / stop.
+//   1/micro_batches -> gradient synchronisation (partial-over-tp sums, dense average over dp,
+//   expert sums over expert-dp) -> global norm over every rank's owned elements, clip scale ->
+//   AdamW (on the ZeRO shard) -> parameter all-gather (ZeRO) -> routing-bias update from the
+//   global expert loads -> metrics -> eval / checkpoint / stop.
 #include "launch/trainer.h"
 
 #include <ATen/ATen.h>
@@ -20,6 +22,7 @@
 #include "model/autocast.h"
 #include "model/init.h"
 #include "model/model_size.h"
+#include "parallel/expert_dispatch.h"
 #include "parallel/grid_layout.h"
 #include "runtime/device.h"
 #include "runtime/file_util.h"
@@ -35,11 +38,15 @@ using parallel::ReduceOp;
 // What this build's trainer can run; everything else is a valid layout for check-config.
 void check_supported(const JobConfig& config) {
   const auto& p = config.parallel;
-  TANDEM_CHECK_CONFIG(p.pp == 1 && p.tp == 1 && p.ep == 1 && p.zero == 0,
-                      "this build of `tandem train` runs data parallelism only (pp = tp = ep = 1, zero = 0); got "
-                      "pp {} tp {} ep {} zero {}. Set them with --set parallel.pp=1 ... (check-config and "
-                      "simulate accept every layout)",
-                      p.pp, p.tp, p.ep, p.zero);
+  TANDEM_CHECK_CONFIG(p.pp == 1,
+                      "parallel.pp = {}: this build of `tandem train` runs data, tensor, sequence and expert "
+                      "parallelism with ZeRO, but not pipeline parallelism yet; set --set parallel.pp=1 "
+                      "(check-config and simulate accept every layout)",
+                      p.pp);
+  TANDEM_CHECK_CONFIG(p.zero <= 1,
+                      "parallel.zero = {}: this build of `tandem train` shards optimizer state (zero 1) but not yet "
+                      "gradients or parameters (2, 3); use --set parallel.zero=1 or 0",
+                      p.zero);
 }
 
 // run.device and train.precision resolved for this rank: auto means the GPU of this rank's
@@ -117,6 +124,38 @@ std::string progress_bar(int64_t done, int64_t total) {
   return "[" + std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(kWidth - filled), '.') + "]";
 }
 
+// The model's groups on this rank of the grid.
+model::ParallelGroups model_groups(const parallel::ProcessGrid& grid, bool sequence_parallel) {
+  model::ParallelGroups groups;
+  groups.tp = grid.shared(GroupKind::kTensor);
+  groups.ep = grid.shared(GroupKind::kExpert);
+  groups.edp = grid.shared(GroupKind::kExpertData);
+  groups.dp = grid.shared(GroupKind::kData);
+  groups.sequence_parallel = sequence_parallel;
+  return groups;
+}
+
+// Gradient synchronisation, the global gradient norm, the clipped AdamW update and, under ZeRO,
+// the all-gather of the updated shards. Collective over the world. Returns the gradient norm.
+double optimizer_step(Trainer::State& s, double lr, int64_t step) {
+  s.params->synchronize_gradients_reference();
+  // Every element of the model is owned by exactly one rank: the norm is the root of the sum.
+  at::Tensor square_sum = at::tensor({s.params->owned_grad_square_sum()}, at::kDouble);
+  s.grid->world().all_reduce(square_sum, ReduceOp::kSum);
+  const double grad_norm = std::sqrt(square_sum.item<double>());
+  TANDEM_CHECK_KIND(kRuntime, std::isfinite(grad_norm), "step {}: the gradient norm is {}; lower optim.lr or check the data",
+                    step, grad_norm);
+  s.optimizer->step(lr, parallel::clip_scale(grad_norm, s.config.optim.grad_clip));
+  if (s.config.parallel.zero >= 1) {
+    for (parallel::ReplicaGroup& group : s.params->groups()) {
+      if (group.num_replicas == 1) continue;
+      parallel::FlatParamGroup& flat = *group.flat;
+      group.replicas->all_gather(flat.params(), flat.shard_of(flat.params()).clone());
+    }
+  }
+  return grad_norm;
+}
+
 }  // namespace
 
 Trainer::Trainer(JobConfig config, const runtime::ProcessContext& process, const runtime::SignalWatcher& signals)
@@ -178,19 +217,25 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
   // flat buffers are made: fp32 master weights on the run device; bf16 only inside autocast.
   parallel::Communicator& dp = grid.dp();
   parallel::Communicator& world = grid.world();
-  s.model = std::make_unique<model::Model>(config.model, static_cast<uint64_t>(config.run.seed));
+  // The model holds this rank's shards (tp slices, its ep share of the experts) under global names;
+  // its parameters move into flat buffers by replication group (dense over dp, experts over
+  // expert-dp), sharded over those replicas under ZeRO.
+  parallel::Communicator& dp_tp = grid.group(GroupKind::kDataTensor);  // every rank that routes tokens
+  const model::ParallelGroups groups = model_groups(grid, config.parallel.sequence_parallel);
+  s.model = std::make_unique<model::Model>(config.model, static_cast<uint64_t>(config.run.seed), groups);
   s.model->to(s.device);
   s.model->train(true);
-  std::vector<parallel::NamedParam> named;
-  for (auto& [name, tensor] : s.model->named_parameters()) named.push_back({name, tensor, decays(name)});
-  s.params = std::make_unique<parallel::FlatParamGroup>("params", std::move(named), 1, 0);
+  s.params = std::make_unique<parallel::ReplicaGroups>(s.model->sharded_parameters(),
+                                                       parallel::GradSyncGroups{groups.tp, groups.dp, groups.edp},
+                                                       config.parallel.zero >= 1, decays);
   s.optimizer = std::make_unique<parallel::AdamW>(
-      std::vector<parallel::FlatParamGroup*>{s.params.get()},
+      s.params->flat_groups(),
       parallel::AdamWConfig{config.optim.beta1, config.optim.beta2, config.optim.eps, config.optim.weight_decay});
   const model::ModelSize size = model::compute_model_size(config.model);
   if (root) {
-    TANDEM_LOG_INFO("train", "model: {} parameters ({} main, {} MTP), {} activated per token, {} threads per rank",
-                    s.params->used_numel(), size.total_params, size.mtp_params, size.activated_params, threads);
+    TANDEM_LOG_INFO("train", "model: {} parameters ({} main, {} MTP), {} activated per token; {} on rank 0; {} threads "
+                    "per rank", size.total_params + size.mtp_params, size.total_params, size.mtp_params,
+                    size.activated_params, s.params->numel(), threads);
     TANDEM_LOG_INFO("train", "device {} | {} | communication over {}", s.device.str(),
                     s.bf16 ? "bf16 autocast, fp32 master weights and gradients" : "fp32", dp.backend());
   }
@@ -231,23 +276,21 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
       loss_sums += stacked_losses(pieces) * loss_scale;
     }
 
-    // Data-parallel average of gradients and of the logged losses; global expert loads.
-    if (dp.size() > 1) dp.all_reduce(s.params->grads(), ReduceOp::kAvg);
+    // Losses: every tp rank of a dp rank holds the same values; average over dp. Expert loads:
+    // each rank counted the tokens it routed; the dp*tp ranks together routed them all.
     at::Tensor losses = loss_sums.to(at::kCPU);
     if (dp.size() > 1) dp.all_reduce(losses, ReduceOp::kAvg);
-    at::Tensor load = s.model->expert_load().contiguous();
-    if (dp.size() > 1) dp.all_reduce(load, ReduceOp::kSum);
+    TANDEM_CHECK_KIND(kRuntime, std::isfinite(losses[0].item<double>()),
+                      "step {}: the loss is {}; lower optim.lr or check the data", step, losses[0].item<double>());
+    const at::Tensor load = parallel::all_reduce_expert_counts(s.model->expert_load(), dp_tp);
 
-    const double grad_norm = s.params->grads().norm().item<double>();
-    TANDEM_CHECK_KIND(kRuntime, std::isfinite(grad_norm) && std::isfinite(losses[0].item<double>()),
-                      "step {}: loss {} / gradient norm {} is not finite; lower optim.lr or check the data", step,
-                      losses[0].item<double>(), grad_norm);
-    s.optimizer->step(lr, parallel::clip_scale(grad_norm, config.optim.grad_clip));
+    const double grad_norm = optimizer_step(s, lr, step);
     if (config.model.n_routed_experts > 0) s.model->update_routing_bias(load);
     s.model->reset_expert_load();
     s.step = step;
 
-    // Evaluation on the held-out split (lm loss only, no MTP/balance terms).
+    // Evaluation on the held-out split (lm loss only, no MTP/balance terms): eval_steps global
+    // batches, split over dp like training batches, so every layout evaluates the same samples.
     std::optional<double> eval_loss;
     if (config.train.eval_interval > 0 && (step % config.train.eval_interval == 0 || step == config.train.steps)) {
       s.model->train(false);
@@ -255,11 +298,12 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
       const model::AutocastScope autocast(s.device.type(), at::kBFloat16, s.bf16);
       s.valid_sampler->reset();
       at::Tensor sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(s.device));
-      for (int64_t k = 0; k < config.train.eval_steps; ++k) {
+      const int64_t eval_micro_batches = config.train.eval_steps * s.micro_batches;
+      for (int64_t k = 0; k < eval_micro_batches; ++k) {
         const at::Tensor tokens = to_tensor(s.valid_sampler->next_batch(config.data.micro_batch_size)).to(s.device);
         sum += s.model->forward_loss(tokens).lm_loss.detach().to(at::kDouble);
       }
-      at::Tensor mean = (sum / static_cast<double>(config.train.eval_steps)).to(at::kCPU).reshape({1});
+      at::Tensor mean = (sum / static_cast<double>(eval_micro_batches)).to(at::kCPU).reshape({1});
       if (dp.size() > 1) dp.all_reduce(mean, ReduceOp::kAvg);
       eval_loss = mean.item<double>();
       s.model->train(true);

@@ -1,9 +1,14 @@
 // Trainer checkpoints: every rank writes its shard into a staging directory, rank 0 gathers the
-// shard records and commits the manifest atomically (runtime/checkpoint_store.h); resume reads
-// tensors by global name, so it is exact (bit-identical continuation) and layout-addressed.
+// shard records and commits the manifest atomically (runtime/checkpoint_store.h).
 // What a checkpoint holds: parameters, AdamW moments and step count, routing biases (buffers),
 // the step, the sampler position (data order is a pure function of (seed, samples consumed)),
-// and the resolved config. Parameters are replicated over dp, so only dp rank 0 writes them.
+// and the resolved config. Every tensor is stored under its GLOBAL name and GLOBAL shape, each
+// element once, written by the rank that owns it (parallel/replica_groups.h: an even share of
+// each replication group's flat buffer, i.e. the ZeRO shard, as boxes of the global tensors).
+// Loading reads, for each local tensor, only the boxes this rank needs, from whichever shard
+// files hold them: resuming under the same layout is bit-exact, and a checkpoint written under
+// one layout (dp/tp/ep/zero) loads under any other (resharding), without any rank assembling
+// the whole model.
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <unistd.h>
@@ -51,6 +56,66 @@ std::vector<std::string> gather_to_root(parallel::Communicator& world, const std
   return gathered;
 }
 
+// Where box `local` of this rank's tensor lies in the global tensor.
+runtime::TensorSlice to_global(runtime::TensorSlice local, const parallel::ParamSharding& sharding) {
+  if (sharding.kind == parallel::ShardKind::kTensorParallel) {
+    local.offsets[static_cast<size_t>(sharding.split_dim)] += sharding.offset;
+  }
+  return local;
+}
+
+// Appends what this rank owns of `group` (parameters and both AdamW moments, the optimizer's
+// group `index`) as boxes of the global tensors.
+void append_owned(runtime::ShardWriter& shard, parallel::ReplicaGroup& group, parallel::AdamW& optimizer, size_t index) {
+  parallel::FlatParamGroup& flat = *group.flat;
+  for (const parallel::OwnedRange& owned : group.owned) {
+    const parallel::FlatRange& range = flat.ranges()[owned.param];
+    const parallel::ParamSharding& sharding = group.shardings[owned.param];
+    int64_t position = owned.begin;  // flat element where the next box starts
+    for (const runtime::TensorSlice& box :
+         runtime::TensorSlice::flat_range(range.shape, owned.begin - range.offset, owned.end - range.offset)) {
+      const runtime::TensorSlice global = to_global(box, sharding);
+      const int64_t n = box.numel();
+      const int64_t in_shard = position - flat.shard_offset();  // the moments cover the shard only
+      runtime::append_tensor(shard, range.name, TensorKind::kParam, flat.params().narrow(0, position, n).view(box.lengths),
+                             sharding.global_shape, global);
+      runtime::append_tensor(shard, range.name, TensorKind::kExpAvg,
+                             optimizer.exp_avg(index).narrow(0, in_shard, n).view(box.lengths), sharding.global_shape,
+                             global);
+      runtime::append_tensor(shard, range.name, TensorKind::kExpAvgSq,
+                             optimizer.exp_avg_sq(index).narrow(0, in_shard, n).view(box.lengths),
+                             sharding.global_shape, global);
+      position += n;
+    }
+  }
+}
+
+// Fills flat elements [begin, end) of `group`'s tensors of `kind` into `target`, a buffer whose
+// element 0 is flat element `base`, reading only the boxes of the global tensors they cover.
+void read_flat_range(runtime::CheckpointReader& reader, const parallel::ReplicaGroup& group, TensorKind kind,
+                     const at::Tensor& target, int64_t base, int64_t begin, int64_t end) {
+  const std::vector<parallel::FlatRange>& ranges = group.flat->ranges();
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    const parallel::FlatRange& range = ranges[i];
+    const int64_t first = std::max(begin, range.offset), last = std::min(end, range.offset + range.numel);
+    if (first >= last) continue;
+    const parallel::ParamSharding& sharding = group.shardings[i];
+    const std::optional<std::vector<int64_t>> stored = reader.global_shape(range.name, kind);
+    TANDEM_CHECK_INPUT(stored.has_value(), "{}: the checkpoint holds no '{}' ({}); it was written for another model",
+                       reader.dir(), range.name, runtime::tensor_kind_name(kind));
+    TANDEM_CHECK_INPUT(*stored == sharding.global_shape,
+                       "{}: '{}' has shape {} in the checkpoint but {} in this model; the model config changed",
+                       reader.dir(), range.name, fmt::join(*stored, "x"), fmt::join(sharding.global_shape, "x"));
+    int64_t position = first;
+    for (const runtime::TensorSlice& box :
+         runtime::TensorSlice::flat_range(range.shape, first - range.offset, last - range.offset)) {
+      const int64_t n = box.numel();
+      target.narrow(0, position - base, n).copy_(reader.read_global(range.name, kind, to_global(box, sharding)).reshape({-1}));
+      position += n;
+    }
+  }
+}
+
 runtime::CheckpointLayout layout_of(const JobConfig& config, int64_t world_size) {
   runtime::CheckpointLayout layout;
   layout.world_size = world_size;
@@ -83,16 +148,9 @@ void save_checkpoint(Trainer::State& state) {
   if (rank != 0) dir = store.staging_dir(state.step, token.item<int64_t>());
 
   runtime::ShardWriter shard(dir, rank);
-  if (state.grid->coord().dp == 0) {
-    parallel::FlatParamGroup& group = *state.params;
-    for (size_t i = 0; i < group.ranges().size(); ++i) {
-      const parallel::FlatRange& range = group.ranges()[i];
-      runtime::append_tensor(shard, range.name, TensorKind::kParam, group.tensors()[i].detach());
-      runtime::append_tensor(shard, range.name, TensorKind::kExpAvg,
-                             state.optimizer->exp_avg(0).narrow(0, range.offset, range.numel).view(range.shape));
-      runtime::append_tensor(shard, range.name, TensorKind::kExpAvgSq,
-                             state.optimizer->exp_avg_sq(0).narrow(0, range.offset, range.numel).view(range.shape));
-    }
+  std::vector<parallel::ReplicaGroup>& groups = state.params->groups();
+  for (size_t g = 0; g < groups.size(); ++g) append_owned(shard, groups[g], *state.optimizer, g);
+  if (rank == 0) {  // buffers (routing biases) are identical on every rank: rank 0 stores them
     for (const auto& [name, buffer] : state.model->named_buffers()) {
       runtime::append_tensor(shard, name, TensorKind::kBuffer, buffer);
     }
@@ -149,19 +207,17 @@ std::optional<int64_t> maybe_resume(Trainer::State& state) {
   runtime::CheckpointReader reader(runtime::load_checkpoint(dir, /*verify_checksums=*/false));
 
   torch::autograd::AutoGradMode no_grad(false);
-  parallel::FlatParamGroup& group = *state.params;
-  for (size_t i = 0; i < group.ranges().size(); ++i) {
-    const parallel::FlatRange& range = group.ranges()[i];
-    auto restore = [&](TensorKind kind, at::Tensor target) {
-      const at::Tensor stored = reader.read_global(range.name, kind);
-      TANDEM_CHECK_INPUT(stored.sizes().vec() == range.shape,
-                         "{}: '{}' has shape {} in the checkpoint but {} in this model; the model config changed",
-                         dir, range.name, fmt::join(stored.sizes(), "x"), fmt::join(range.shape, "x"));
-      target.copy_(stored.reshape({-1}));
-    };
-    restore(TensorKind::kParam, group.params().narrow(0, range.offset, range.numel));
-    restore(TensorKind::kExpAvg, state.optimizer->exp_avg(0).narrow(0, range.offset, range.numel));
-    restore(TensorKind::kExpAvgSq, state.optimizer->exp_avg_sq(0).narrow(0, range.offset, range.numel));
+  std::vector<parallel::ReplicaGroup>& groups = state.params->groups();
+  for (size_t g = 0; g < groups.size(); ++g) {
+    parallel::FlatParamGroup& flat = *groups[g].flat;
+    const int64_t used = flat.used_numel();
+    read_flat_range(reader, groups[g], TensorKind::kParam, flat.params(), 0, 0, used);
+    // AdamW keeps moments of its shard only (all of the buffer without ZeRO).
+    const int64_t shard_end = std::min(used, flat.shard_offset() + flat.shard_numel());
+    read_flat_range(reader, groups[g], TensorKind::kExpAvg, state.optimizer->exp_avg(g), flat.shard_offset(),
+                    flat.shard_offset(), shard_end);
+    read_flat_range(reader, groups[g], TensorKind::kExpAvgSq, state.optimizer->exp_avg_sq(g), flat.shard_offset(),
+                    flat.shard_offset(), shard_end);
   }
   for (const auto& [name, buffer] : state.model->named_buffers()) {
     buffer.copy_(reader.read_global(name, TensorKind::kBuffer));

@@ -13,7 +13,7 @@
 #include "launch/trainer.h"
 #include "model/model.h"
 #include "parallel/adamw.h"
-#include "parallel/flat_params.h"
+#include "parallel/replica_groups.h"
 #include "parallel/process_grid.h"
 #include "runtime/gpt_sampler.h"
 #include "runtime/indexed_dataset.h"
@@ -36,7 +36,7 @@ struct Trainer::State {
   std::unique_ptr<runtime::GptSampler> valid_sampler;
 
   std::unique_ptr<model::Model> model;
-  std::unique_ptr<parallel::FlatParamGroup> params;
+  std::unique_ptr<parallel::ReplicaGroups> params;  // flat buffers by replication group (dense, experts)
   std::unique_ptr<parallel::AdamW> optimizer;
 
   std::unique_ptr<runtime::MetricsWriter> metrics;        // rank 0

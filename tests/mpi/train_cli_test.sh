@@ -10,19 +10,12 @@
 set -uo pipefail
 tandem=$1 source_dir=$2; shift 2
 mpiexec=("$@")
-data=$source_dir/data/tiny_corpus
-if [ ! -f "$data.bin" ]; then
-  echo "SKIPPED: $data.bin is missing (scripts/prepare_data.sh builds it; ./bootstrap.sh runs it)"
-  exit 77
-fi
-work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+# shellcheck source=tests/mpi/train_test_common.sh
+source "$(dirname "$0")/train_test_common.sh"
 small=(--set data.path="$data" --set model.hidden_size=64 --set model.intermediate_size=128
        --set model.moe_intermediate_size=32 --set model.num_hidden_layers=2 --set data.seq_length=64
        --set data.global_batch_size=8 --set data.micro_batch_size=2 --set train.eval_interval=4
        --set logging.log_interval=4 --set logging.tensorboard=false)
-failures=0 passed=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-ok() { echo "ok: $*"; passed=$((passed + 1)); }
 train() {  # train OUTPUT_DIR RANKS ARGS...
   local out=$1 ranks=$2; shift 2
   timeout 120 "${mpiexec[@]}" -np "$ranks" "$tandem" train "$source_dir/configs/tiny_moe.yaml" "${small[@]}" \

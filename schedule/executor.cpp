@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 
+#include "model/autocast.h"
 #include "model/stage.h"
 #include "model/weight_grad_queue.h"
 #include "parallel/mpi_progress.h"
@@ -236,6 +237,7 @@ class StepRun {
 
   void give_output(const std::optional<Transfer>& send, TensorKind kind, int mb, int from_stage, at::Tensor value) {
     const int tag = transfer_tag(placement_, Transfer{kind, rank_, mb, from_stage, 0});
+    value = value.to(options_.activation_dtype);
     if (send) {
       s_.sends.push_back(pp_->send_async(value.contiguous(), send->peer, tag));
     } else {
@@ -265,7 +267,11 @@ class StepRun {
     const at::Tensor& tokens = s_.tokens[static_cast<size_t>(p.mb)];
     at::Tensor hidden;
     if (stage > 0) hidden = take_input(comm.recv, TensorKind::kActivation, p.mb, stage - 1).detach().requires_grad_(true);
-    const model::StageOutput out = module.forward({.tokens = tokens, .hidden = hidden, .loss_scale = options_.loss_scale});
+    model::StageOutput out;
+    {
+      const model::AutocastScope autocast(options_.device.type(), at::kBFloat16, options_.autocast_bf16);
+      out = module.forward({.tokens = tokens, .hidden = hidden, .loss_scale = options_.loss_scale});
+    }
     Activation& act = activation(p);
     act.input = hidden;
     const auto mb = static_cast<size_t>(p.mb);
@@ -416,13 +422,17 @@ std::optional<std::vector<double>> PipelineExecutor::evaluate(const std::vector<
                              at::TensorOptions().dtype(options_.activation_dtype).device(options_.device));
           pp_->recv(hidden, placement.slot_of(0, stage - 1).rank, tag_from(stage - 1));
         }
-        const model::StageOutput out = module.forward({.tokens = micro_batches[e], .hidden = hidden});
+        model::StageOutput out;
+        {
+          const model::AutocastScope autocast(options_.device.type(), at::kBFloat16, options_.autocast_bf16);
+          out = module.forward({.tokens = micro_batches[e], .hidden = hidden});
+        }
         if (placement.is_last_stage(stage)) {
           if (!losses) losses.emplace();
           losses->push_back(out.losses.lm_loss.item<double>());
           continue;
         }
-        hidden = out.hidden;
+        hidden = out.hidden.to(options_.activation_dtype);
         const int next = placement.slot_of(0, stage + 1).rank;
         if (next != rank_) sends.push_back(pp_->send_async(hidden.contiguous(), next, tag_from(stage)));
       }

@@ -47,9 +47,14 @@ struct ExecutorOptions {
   // The gradient each micro-batch's loss starts its backward with (1 / micro-batches for a mean
   // over the step); also scales the balance loss injected inside the stages.
   double loss_scale = 1.0;
-  // dtype and device of the activations and gradients passed between stages.
+  // dtype and device of the activations and gradients passed between stages (what a producer
+  // sends is converted to it, so a receive buffer always matches).
   at::ScalarType activation_dtype = at::kFloat;
   at::Device device = at::kCPU;
+  // Run every forward under bf16 autocast on `device`'s type (model/autocast.h). The scope is
+  // opened around each forward on the thread that runs it: the pair runner's worker thread does
+  // not inherit the caller's (thread-local) autocast state.
+  bool autocast_bf16 = false;
   // Overlap the halves of F+B pairs (PairRunner); false runs them one after the other.
   bool overlap_pairs = true;
   // Run an MpiProgressThread during each step when the pp communicator is MPI.

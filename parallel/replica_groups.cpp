@@ -28,20 +28,25 @@ int64_t ReplicaGroup::share_end() const {
 }
 
 ReplicaGroups::ReplicaGroups(std::vector<ShardedParam> params, GradSyncGroups comms, bool shard,
-                             const std::function<bool(const std::string&)>& decays)
+                             const std::function<bool(const std::string&)>& decays, const std::vector<bool>& counted)
     : comms_(std::move(comms)), params_(std::move(params)) {
+  TANDEM_CHECK(counted.empty() || counted.size() == params_.size(), "{} counted flags for {} parameters",
+               counted.size(), params_.size());
   struct Pending {
     std::string name;
     CommunicatorPtr replicas;
     std::vector<NamedParam> members;
     std::vector<ParamSharding> shardings;
+    std::vector<bool> counted;
   };
-  Pending dense{"dense", comms_.dp, {}, {}};
-  Pending experts{"experts", comms_.edp, {}, {}};
-  for (const ShardedParam& p : params_) {
+  Pending dense{"dense", comms_.dp, {}, {}, {}};
+  Pending experts{"experts", comms_.edp, {}, {}, {}};
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const ShardedParam& p = params_[i];
     Pending& target = p.sharding.kind == ShardKind::kExpertParallel ? experts : dense;
     target.members.push_back({p.sharding.name, p.param, decays(p.sharding.name)});
     target.shardings.push_back(p.sharding);
+    target.counted.push_back(counted.empty() || counted[i]);
   }
   const bool tp_leader = rank_in(comms_.tp) == 0;
   for (Pending* pending : {&dense, &experts}) {
@@ -62,6 +67,7 @@ ReplicaGroups::ReplicaGroups(std::vector<ShardedParam> params, GradSyncGroups co
     const std::vector<FlatRange>& ranges = group.flat->ranges();
     for (size_t i = 0; i < ranges.size(); ++i) {
       if (group.shardings[i].kind == ShardKind::kReplicated && !tp_leader) continue;  // tp rank 0 owns it
+      if (!pending->counted[i]) continue;  // another copy stands for it
       const int64_t first = std::max(begin, ranges[i].offset);
       const int64_t last = std::min(end, ranges[i].offset + ranges[i].numel);
       if (first < last) group.owned.push_back({i, first, last});

@@ -8,7 +8,7 @@
 // nothing of the parameters replicated over tp. So every element of the global model is owned
 // by exactly one rank of the job: the global gradient norm sums the owned squares over all ranks,
 // and a checkpoint stores each element once, written by its owner under the global name and
-// shape (TensorSlice::flat_range turns an owned range into boxes of the global tensor).
+// shape (copies marked as not counted are owned by nobody) (TensorSlice::flat_range turns an owned range into boxes of the global tensor).
 // Not thread-safe. The groups keep the parameters' identities (same autograd leaves).
 #pragma once
 
@@ -53,9 +53,13 @@ class ReplicaGroups {
   // group (a group with no parameters is left out) and moves them into flat buffers; with
   // `shard` the buffers are sharded over each group's replicas (ZeRO >= 1: AdamW then keeps
   // moments of the shard only). `decays(global name)` says whether weight decay applies.
-  // `comms` holds this rank's tp, dp and edp groups (null = size 1). No communication.
+  // `comms` holds this rank's tp, dp and edp groups (null = size 1). `counted[i]` false marks
+  // params[i] as a copy that does not stand for its global parameter (a pipeline keeps several
+  // copies of some parameters in sync: DualPipe's two copies of each stage, the embedding of the
+  // first and last stages): no rank owns its elements, so norms and checkpoints see the global
+  // parameter once, through its counted copy. Empty: every parameter counts. No communication.
   ReplicaGroups(std::vector<ShardedParam> params, GradSyncGroups comms, bool shard,
-                const std::function<bool(const std::string&)>& decays);
+                const std::function<bool(const std::string&)>& decays, const std::vector<bool>& counted = {});
 
   std::vector<ReplicaGroup>& groups() { return groups_; }
   const std::vector<ReplicaGroup>& groups() const { return groups_; }

@@ -42,7 +42,7 @@ bool uses_pipeline(const JobConfig& config) {
 }
 
 PipelineRunner::PipelineRunner(const JobConfig& config, const parallel::ProcessGrid& grid,
-                               const model::ParallelGroups& groups)
+                               const model::ParallelGroups& groups, const at::Device& device, bool bf16)
     : config_(config), grid_(grid) {
   schedule::Schedule plan = job_schedule(config);
   const int pp_rank = static_cast<int>(grid.coord().pp);
@@ -50,10 +50,13 @@ PipelineRunner::PipelineRunner(const JobConfig& config, const parallel::ProcessG
   for (int c = 0; c < plan.num_chunks; ++c) {
     chunks_.push_back(model::Stage::build(config.model, static_cast<uint64_t>(config.run.seed), groups,
                                           specs[static_cast<size_t>(plan.placement.stage_of(pp_rank, c))]));
+    chunks_.back()->to(device);
     chunks_.back()->train(true);
   }
   schedule::ExecutorOptions options;
   options.loss_scale = 1.0 / static_cast<double>(config.parallel.pipeline.micro_batches);
+  options.device = device;
+  options.autocast_bf16 = bf16;
   executor_ = std::make_unique<schedule::PipelineExecutor>(std::move(plan), pp_rank, chunks_,
                                                            grid.shared(GroupKind::kPipeline), options);
 }
@@ -75,6 +78,28 @@ std::vector<bool> PipelineRunner::primary_flags() const {
     for (const auto& [name, param] : chunks_[c]->named_parameters()) {
       out.push_back(executor_->is_primary(static_cast<int>(c), name));
     }
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> PipelineRunner::named_buffers(bool stored_only) const {
+  const schedule::Placement& placement = executor_->schedule().placement;
+  const parallel::GridCoord& coord = grid_.coord();
+  const int pp_rank = static_cast<int>(coord.pp);
+  // The lowest pipeline rank holding `stage`.
+  auto first_holder = [&](int stage) {
+    for (int r = 0; r < placement.num_ranks(); ++r) {
+      for (int c = 0; c < placement.num_chunks(); ++c) {
+        if (placement.stage_of(r, c) == stage) return r;
+      }
+    }
+    return -1;
+  };
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  if (stored_only && (coord.dp != 0 || coord.tp != 0)) return out;
+  for (size_t c = 0; c < chunks_.size(); ++c) {
+    if (stored_only && first_holder(placement.stage_of(pp_rank, static_cast<int>(c))) != pp_rank) continue;
+    for (auto& buffer : chunks_[c]->named_buffers()) out.push_back(std::move(buffer));
   }
   return out;
 }

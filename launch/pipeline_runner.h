@@ -38,9 +38,11 @@ bool uses_pipeline(const JobConfig& config);
 
 class PipelineRunner {
  public:
-  // Builds the stages of this rank (parameters initialised from the seed, as every layout is).
-  // Throws config errors for layouts the stages do not support.
-  PipelineRunner(const JobConfig& config, const parallel::ProcessGrid& grid, const model::ParallelGroups& groups);
+  // Builds the stages of this rank (parameters initialised from the seed, as every layout is) on
+  // `device` (fp32 master weights; `bf16` runs the forwards under bf16 autocast). Throws config
+  // errors for layouts the stages do not support.
+  PipelineRunner(const JobConfig& config, const parallel::ProcessGrid& grid, const model::ParallelGroups& groups,
+                 const at::Device& device = at::kCPU, bool bf16 = false);
   ~PipelineRunner();
   PipelineRunner(const PipelineRunner&) = delete;
   PipelineRunner& operator=(const PipelineRunner&) = delete;
@@ -51,6 +53,11 @@ class PipelineRunner {
   // per local copy; only the primary copy (is_primary) stands for it in norms and checkpoints.
   std::vector<parallel::ShardedParam> sharded_parameters() const;
   std::vector<bool> primary_flags() const;  // [sharded_parameters() index]
+  // Buffers (routing biases) under their global names: every local copy (what a checkpoint is
+  // loaded into), or with `stored_only` those this rank writes into a checkpoint, so that the job
+  // writes each once: the copy of the lowest pipeline rank holding the stage, on the first data-
+  // and tensor-parallel replica (buffers are identical over dp, tp and ep).
+  std::vector<std::pair<std::string, at::Tensor>> named_buffers(bool stored_only) const;
 
   struct Losses {
     double loss = 0, lm_loss = 0, mtp_loss = 0, aux_loss = 0;  // means over this dp rank's micro-batches

@@ -4,6 +4,8 @@
 //   expert sums over expert-dp) -> global norm over every rank's owned elements, clip scale ->
 //   AdamW (on the ZeRO shard) -> parameter all-gather (ZeRO) -> routing-bias update from the
 //   global expert loads -> metrics -> eval / checkpoint / stop.
+// A pipeline job (pp > 1, or several stages per rank) runs the forward/backward and evaluation
+// through the schedule executor instead (trainer_pipeline.cpp); the rest is shared.
 #include "launch/trainer.h"
 
 #include <ATen/ATen.h>
@@ -38,11 +40,7 @@ using parallel::ReduceOp;
 // What this build's trainer can run; everything else is a valid layout for check-config.
 void check_supported(const JobConfig& config) {
   const auto& p = config.parallel;
-  TANDEM_CHECK_CONFIG(p.pp == 1,
-                      "parallel.pp = {}: this build of `tandem train` runs data, tensor, sequence and expert "
-                      "parallelism with ZeRO, but not pipeline parallelism yet; set --set parallel.pp=1 "
-                      "(check-config and simulate accept every layout)",
-                      p.pp);
+  check_pipeline_supported(config);
   TANDEM_CHECK_CONFIG(p.zero <= 1,
                       "parallel.zero = {}: this build of `tandem train` shards optimizer state (zero 1) but not yet "
                       "gradients or parameters (2, 3); use --set parallel.zero=1 or 0",
@@ -220,14 +218,24 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
   // The model holds this rank's shards (tp slices, its ep share of the experts) under global names;
   // its parameters move into flat buffers by replication group (dense over dp, experts over
   // expert-dp), sharded over those replicas under ZeRO.
-  parallel::Communicator& dp_tp = grid.group(GroupKind::kDataTensor);  // every rank that routes tokens
   const model::ParallelGroups groups = model_groups(grid, config.parallel.sequence_parallel);
-  s.model = std::make_unique<model::Model>(config.model, static_cast<uint64_t>(config.run.seed), groups);
-  s.model->to(s.device);
-  s.model->train(true);
-  s.params = std::make_unique<parallel::ReplicaGroups>(s.model->sharded_parameters(),
+  // A pipeline rank holds its stages; copies of a parameter on several pipeline slots are kept in
+  // sync by the executor, and only the primary copy counts in norms and checkpoints.
+  std::vector<parallel::ShardedParam> trained;
+  std::vector<bool> counted;
+  if (uses_pipeline(config)) {
+    s.pipeline = std::make_unique<PipelineRunner>(config, grid, groups, s.device, s.bf16);
+    trained = s.pipeline->sharded_parameters();
+    counted = s.pipeline->primary_flags();
+  } else {
+    s.model = std::make_unique<model::Model>(config.model, static_cast<uint64_t>(config.run.seed), groups);
+    s.model->to(s.device);
+    s.model->train(true);
+    trained = s.model->sharded_parameters();
+  }
+  s.params = std::make_unique<parallel::ReplicaGroups>(std::move(trained),
                                                        parallel::GradSyncGroups{groups.tp, groups.dp, groups.edp},
-                                                       config.parallel.zero >= 1, decays);
+                                                       config.parallel.zero >= 1, decays, counted);
   s.optimizer = std::make_unique<parallel::AdamW>(
       s.params->flat_groups(),
       parallel::AdamWConfig{config.optim.beta1, config.optim.beta2, config.optim.eps, config.optim.weight_decay});
@@ -263,36 +271,48 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     const double lr = learning_rate(config.optim, step, config.train.steps);
     s.params->zero_grad();
 
-    // Loss pieces accumulate on the device; one copy to the host per step (no sync per micro-batch).
-    at::Tensor loss_sums = at::zeros({4}, at::TensorOptions().dtype(at::kDouble).device(s.device));
-    for (int64_t micro = 0; micro < s.micro_batches; ++micro) {
-      const at::Tensor tokens = to_tensor(s.train_sampler->next_batch(config.data.micro_batch_size)).to(s.device);
-      model::LossPieces pieces;
-      {
-        const model::AutocastScope autocast(s.device.type(), at::kBFloat16, s.bf16);
-        pieces = s.model->forward_loss(tokens, loss_scale);
+    at::Tensor losses;
+    if (s.pipeline) {
+      losses = pipeline_forward_backward(s, step);
+    } else {
+      // Loss pieces accumulate on the device; one copy to the host per step (no sync per micro-batch).
+      at::Tensor loss_sums = at::zeros({4}, at::TensorOptions().dtype(at::kDouble).device(s.device));
+      for (int64_t micro = 0; micro < s.micro_batches; ++micro) {
+        const at::Tensor tokens = to_tensor(s.train_sampler->next_batch(config.data.micro_batch_size)).to(s.device);
+        model::LossPieces pieces;
+        {
+          const model::AutocastScope autocast(s.device.type(), at::kBFloat16, s.bf16);
+          pieces = s.model->forward_loss(tokens, loss_scale);
+        }
+        torch::autograd::backward({pieces.loss}, {at::full({}, loss_scale, pieces.loss.options())});
+        loss_sums += stacked_losses(pieces) * loss_scale;
       }
-      torch::autograd::backward({pieces.loss}, {at::full({}, loss_scale, pieces.loss.options())});
-      loss_sums += stacked_losses(pieces) * loss_scale;
+      losses = loss_sums.to(at::kCPU);
     }
 
-    // Losses: every tp rank of a dp rank holds the same values; average over dp. Expert loads:
-    // each rank counted the tokens it routed; the dp*tp ranks together routed them all.
-    at::Tensor losses = loss_sums.to(at::kCPU);
+    // Losses: every tp (and pp) rank of a dp rank holds the same values; average over dp. Expert
+    // loads: each rank counted the tokens it routed through its layers; the world together routed
+    // every token of every layer once (rows of layers a rank does not hold are zero).
     if (dp.size() > 1) dp.all_reduce(losses, ReduceOp::kAvg);
     TANDEM_CHECK_KIND(kRuntime, std::isfinite(losses[0].item<double>()),
                       "step {}: the loss is {}; lower optim.lr or check the data", step, losses[0].item<double>());
-    const at::Tensor load = parallel::all_reduce_expert_counts(s.model->expert_load(), dp_tp);
+    const at::Tensor load = parallel::all_reduce_expert_counts(local_expert_load(s), world);
 
     const double grad_norm = optimizer_step(s, lr, step);
-    if (config.model.n_routed_experts > 0) s.model->update_routing_bias(load);
-    s.model->reset_expert_load();
+    update_routing_bias(s, load);
     s.step = step;
 
     // Evaluation on the held-out split (lm loss only, no MTP/balance terms): eval_steps global
     // batches, split over dp like training batches, so every layout evaluates the same samples.
     std::optional<double> eval_loss;
-    if (config.train.eval_interval > 0 && (step % config.train.eval_interval == 0 || step == config.train.steps)) {
+    const bool eval_due =
+        config.train.eval_interval > 0 && (step % config.train.eval_interval == 0 || step == config.train.steps);
+    if (eval_due && s.pipeline) {
+      s.valid_sampler->reset();
+      at::Tensor mean = at::tensor({pipeline_evaluate(s, config.train.eval_steps * s.micro_batches)}, at::kDouble);
+      if (dp.size() > 1) dp.all_reduce(mean, ReduceOp::kAvg);
+      eval_loss = mean.item<double>();
+    } else if (eval_due) {
       s.model->train(false);
       torch::autograd::AutoGradMode no_grad(false);
       const model::AutocastScope autocast(s.device.type(), at::kBFloat16, s.bf16);

@@ -150,10 +150,9 @@ void save_checkpoint(Trainer::State& state) {
   runtime::ShardWriter shard(dir, rank);
   std::vector<parallel::ReplicaGroup>& groups = state.params->groups();
   for (size_t g = 0; g < groups.size(); ++g) append_owned(shard, groups[g], *state.optimizer, g);
-  if (rank == 0) {  // buffers (routing biases) are identical on every rank: rank 0 stores them
-    for (const auto& [name, buffer] : state.model->named_buffers()) {
-      runtime::append_tensor(shard, name, TensorKind::kBuffer, buffer);
-    }
+  // Buffers (routing biases) are identical on every rank holding them: each is stored once.
+  for (const auto& [name, buffer] : model_buffers(state, /*stored_only=*/true)) {
+    runtime::append_tensor(shard, name, TensorKind::kBuffer, buffer);
   }
   const runtime::RankRecord record = shard.finish("", state.train_sampler->state().serialize());
   const std::vector<std::string> records = gather_to_root(world, runtime::encode_rank_record(record));
@@ -219,7 +218,7 @@ std::optional<int64_t> maybe_resume(Trainer::State& state) {
     read_flat_range(reader, groups[g], TensorKind::kExpAvgSq, state.optimizer->exp_avg_sq(g), flat.shard_offset(),
                     flat.shard_offset(), shard_end);
   }
-  for (const auto& [name, buffer] : state.model->named_buffers()) {
+  for (const auto& [name, buffer] : model_buffers(state, /*stored_only=*/false)) {
     buffer.copy_(reader.read_global(name, TensorKind::kBuffer));
   }
   const runtime::CheckpointManifest& manifest = reader.manifest();

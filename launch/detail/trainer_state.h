@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "launch/job_config.h"
+#include "launch/pipeline_runner.h"
 #include "launch/trainer.h"
 #include "model/model.h"
 #include "parallel/adamw.h"
@@ -35,7 +36,8 @@ struct Trainer::State {
   std::unique_ptr<runtime::GptSampler> train_sampler;
   std::unique_ptr<runtime::GptSampler> valid_sampler;
 
-  std::unique_ptr<model::Model> model;
+  std::unique_ptr<model::Model> model;              // pp = 1: the whole model (its tp/ep shards)
+  std::unique_ptr<PipelineRunner> pipeline;         // pipeline jobs (uses_pipeline): this rank's stages
   std::unique_ptr<parallel::ReplicaGroups> params;  // flat buffers by replication group (dense, experts)
   std::unique_ptr<parallel::AdamW> optimizer;
 
@@ -52,6 +54,25 @@ struct Trainer::State {
   State(JobConfig job, const runtime::ProcessContext& context, const runtime::SignalWatcher& watcher)
       : config(std::move(job)), process(context), signals(watcher) {}
 };
+
+// The pipeline path (trainer_pipeline.cpp), for jobs where uses_pipeline(config).
+// What this build's pipeline path cannot run, rejected at set-up with the key and the reason.
+void check_pipeline_supported(const JobConfig& config);
+// One step's forward and backward through the schedule over this dp rank's next micro-batches:
+// returns [loss, lm, mtp, aux], means over those micro-batches (fp64, CPU, equal on every rank of
+// the pipeline); every gradient of the step is complete on this rank, summed over the pipeline's
+// copies of a parameter, not yet reduced over dp. Collective over the world.
+at::Tensor pipeline_forward_backward(Trainer::State& state, int64_t step);
+// Mean LM loss of this dp rank's `count` next validation micro-batches through the pipeline, on
+// every rank of the pipeline. Collective.
+double pipeline_evaluate(Trainer::State& state, int64_t count);
+
+// The model part of this rank, whichever path (Model, or the pipeline's stages).
+at::Tensor local_expert_load(const Trainer::State& state);            // see Stage::expert_load
+void update_routing_bias(Trainer::State& state, const at::Tensor& counts);  // and resets the loads
+// Buffers (routing biases) under global names: every local copy, or with `stored_only` the ones
+// this rank writes into checkpoints (the job writes each once).
+std::vector<std::pair<std::string, at::Tensor>> model_buffers(const Trainer::State& state, bool stored_only);
 
 // Checkpointing (trainer_checkpoint.cpp). Collective over the world.
 // Saves params, optimizer moments, routing biases, step, optimizer step count and sampler state.

@@ -68,6 +68,11 @@ void JobConfig::resolve_and_validate(int64_t world_size) {
                         "parallel.pipeline.virtual_stages",
                         "virtual_stages = {} only applies to the interleaved schedule (schedule is {})",
                         parallel.pipeline.virtual_stages, parallel.pipeline.schedule);
+  TANDEM_CONFIG_REQUIRE(kind != schedule::ScheduleKind::kInterleaved || parallel.pipeline.virtual_stages >= 2,
+                        "parallel.pipeline.virtual_stages",
+                        "the interleaved schedule needs virtual_stages >= 2 model chunks per pipeline rank (got {}); "
+                        "with one chunk per rank use schedule 1f1b",
+                        parallel.pipeline.virtual_stages);
   const int num_chunks = kind == schedule::ScheduleKind::kInterleaved
                              ? static_cast<int>(parallel.pipeline.virtual_stages)
                              : schedule::default_num_chunks(kind);
@@ -92,9 +97,11 @@ void JobConfig::resolve_and_validate(int64_t world_size) {
   TANDEM_CONFIG_REQUIRE(optim.min_lr <= optim.lr, "optim.min_lr", "min_lr = {} is larger than lr = {}", optim.min_lr,
                         optim.lr);
   TANDEM_CONFIG_REQUIRE(run.output_dir.size() > 0, "run.output_dir", "must not be empty");
+  // Steps after train.steps are allowed (a shortened run of a job that traces a later step) and
+  // simply never traced; the trainer says so at start.
   for (int64_t step : logging.trace_steps) {
-    TANDEM_CONFIG_REQUIRE(step >= 1 && step <= train.steps, "logging.trace_steps",
-                          "step {} is outside 1..train.steps = {}", step, train.steps);
+    TANDEM_CONFIG_REQUIRE(step >= 1, "logging.trace_steps", "step {} is not an optimizer step (they count from 1)",
+                          step);
   }
 }
 

@@ -209,6 +209,7 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     TANDEM_LOG_INFO("train", "layout:\n{}", grid.layout().describe());
     TANDEM_LOG_INFO("data", "{}", s.train_sampler->describe());
     TANDEM_LOG_INFO("data", "{}", s.valid_sampler->describe());
+    warn_untraced_steps(config);
   }
 
   // Built on the CPU (initialisation is a pure function of seed and name), then moved, before the

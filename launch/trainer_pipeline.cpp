@@ -6,7 +6,7 @@
 #include <ATen/ATen.h>
 
 #include "launch/detail/trainer_state.h"
-#include "parallel/expert_dispatch.h"
+#include "runtime/log.h"
 
 namespace tandem::launch {
 namespace {
@@ -35,6 +35,24 @@ void check_pipeline_supported(const JobConfig& config) {
                       "each stage's gradients whole until the step's last backward and shards optimizer state only "
                       "(zero 1); use --set parallel.zero=1 or 0",
                       p.zero, p.pp, p.pipeline.schedule);
+}
+
+void warn_untraced_steps(const JobConfig& config) {
+  const std::vector<int64_t>& steps = config.logging.trace_steps;
+  if (steps.empty()) return;
+  if (!uses_pipeline(config)) {
+    TANDEM_LOG_WARN("train", "logging.trace_steps: this job runs no pipeline (pp = 1, schedule {}), so there is no op "
+                    "timeline to trace", config.parallel.pipeline.schedule);
+    return;
+  }
+  std::vector<int64_t> late;
+  for (int64_t step : steps) {
+    if (step > config.train.steps) late.push_back(step);
+  }
+  if (!late.empty()) {
+    TANDEM_LOG_WARN("train", "logging.trace_steps: step(s) {} come after the last step ({}) and will not be traced",
+                    fmt::join(late, ", "), config.train.steps);
+  }
 }
 
 at::Tensor pipeline_forward_backward(Trainer::State& s, int64_t step) {

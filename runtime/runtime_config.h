@@ -61,7 +61,9 @@ struct LoggingConfig {
     v("all_ranks", all_ranks, {.doc = "Log info lines from every rank, not only rank 0"});
     v("log_interval", log_interval, {.doc = "Steps between step lines in the log (metrics.jsonl gets every step)", .min = 1});
     v("tensorboard", tensorboard, {.doc = "Write TensorBoard event files under run.output_dir/tensorboard"});
-    v("trace_steps", trace_steps, {.doc = "Optimizer steps whose per-rank op timeline is recorded (Chrome trace)"});
+    v("trace_steps", trace_steps,
+      {.doc = "Optimizer steps whose per-rank pipeline op timeline is recorded, next to its re-simulation "
+              "(run.output_dir/traces/stepN); pipeline jobs only; steps after train.steps are not traced"});
   }
 };
 

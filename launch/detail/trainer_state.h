@@ -58,6 +58,8 @@ struct Trainer::State {
 // The pipeline path (trainer_pipeline.cpp), for jobs where uses_pipeline(config).
 // What this build's pipeline path cannot run, rejected at set-up with the key and the reason.
 void check_pipeline_supported(const JobConfig& config);
+// Warns about logging.trace_steps that will not be traced (no pipeline, or after train.steps).
+void warn_untraced_steps(const JobConfig& config);
 // One step's forward and backward through the schedule over this dp rank's next micro-batches:
 // returns [loss, lm, mtp, aux], means over those micro-batches (fp64, CPU, equal on every rank of
 // the pipeline); every gradient of the step is complete on this rank, summed over the pipeline's

@@ -59,11 +59,17 @@ if kill -0 "$launcher" 2>/dev/null; then
 fi
 wait "$launcher"
 rc=$?
+# mpirun may return while it is still taking the other ranks down: they must be gone (or dead
+# and waiting to be reaped) by the deadline too.
+alive() { [ -d "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
+for pid in "${ranks[@]}"; do
+  while alive "$pid" && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.05; done
+done
 elapsed_ms=$((($(date +%s%N) - start_ns) / 1000000))
 for pid in "${ranks[@]}"; do
-  if kill -0 "$pid" 2>/dev/null; then
+  if alive "$pid"; then
     kill -KILL "$pid" 2>/dev/null
-    fail "rank process $pid survived mpirun"
+    fail "rank process $pid still ran ${limit_s} s after the kill"
   fi
 done
 [ "$rc" -ne 0 ] || fail "the job exited 0 after losing a rank"

@@ -16,7 +16,8 @@ work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 # The default job pins run.device=cpu and fp32; these runs choose per test (auto = GPU + bf16).
 small=(--set data.path="$data" --set run.device=auto --set train.precision=auto --set model.hidden_size=128 --set model.num_hidden_layers=2 --set data.seq_length=128
        --set data.global_batch_size=16 --set data.micro_batch_size=8 --set train.eval_interval=0
-       --set logging.log_interval=10 --set logging.tensorboard=false --set checkpoint.save_on_exit=false)
+       --set logging.log_interval=10 --set logging.tensorboard=false --set checkpoint.save_on_exit=false
+       --set parallel.pp=1 --set parallel.pipeline.schedule=1f1b)  # the default job's DualPipe pp4 -> one stage
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 ok() { echo "ok: $*"; }

@@ -37,4 +37,9 @@ printf 'model:\n  hidden_size: -64\n' >"$work/negative.yaml"
 expect 2 "model.hidden_size: must be >= 1 (got -64)" check-config "$work/negative.yaml"
 expect 2 "world of 4 ranks is not divisible by pp*tp" check-config "$job" --set parallel.pp=3
 expect 2 "unknown key" check-config "$job" --set parallel.ppp=2
-[ "$failures" -eq 0 ] && echo "5 passed, 0 failed" || { echo "$((5 - failures)) passed, $failures failed"; exit 1; }
+# Pipeline schedules' own rules, naming the key (the default job is DualPipe over 4 ranks).
+expect 2 "parallel.pipeline.schedule: dualpipe needs micro_batches >= 2*pp (got 4 < 8)" \
+  check-config "$job" --set data.global_batch_size=8
+expect 2 "parallel.pipeline.virtual_stages: the interleaved schedule needs virtual_stages >= 2" \
+  check-config "$job" --set parallel.pipeline.schedule=interleaved
+[ "$failures" -eq 0 ] && echo "7 passed, 0 failed" || { echo "$((7 - failures)) passed, $failures failed"; exit 1; }

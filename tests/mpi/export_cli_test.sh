@@ -26,7 +26,8 @@ small=(--set data.path="$work/corpus" --set model.hidden_size=32 --set model.int
        --set model.qk_nope_head_dim=8 --set model.qk_rope_head_dim=8 --set model.v_head_dim=8
        --set data.seq_length=32 --set data.global_batch_size=4 --set data.micro_batch_size=2
        --set train.eval_interval=0 --set logging.tensorboard=false --set checkpoint.interval=2
-       --set train.steps=4 --set run.output_dir="$work/run")
+       --set train.steps=4 --set run.output_dir="$work/run"
+       --set parallel.pp=1 --set parallel.pipeline.schedule=1f1b)  # the default job's DualPipe pp4 -> one stage
 timeout 120 "${mpiexec[@]}" -np 2 "$tandem" train "$source_dir/configs/tiny_moe.yaml" "${small[@]}" >"$work/train.log" 2>&1 ||
   fail "train exited $? ($(tail -3 "$work/train.log"))"
 ckpt=$work/run/checkpoints

@@ -29,7 +29,7 @@ micro=(--set data.path="$data" --set model.hidden_size=32 --set model.num_hidden
        --set data.micro_batch_size=1 --set train.steps=20 --set train.precision=fp32 --set run.device=cpu
        --set train.eval_interval=20 --set train.eval_steps=1 --set optim.warmup_steps=5
        --set logging.log_interval=20 --set logging.tensorboard=false --set checkpoint.interval=0
-       --set optim.eps=1e-5)
+       --set optim.eps=1e-5 "${one_stage[@]}")
 
 train() {  # train NAME RANKS ARGS...
   local name=$1 ranks=$2; shift 2

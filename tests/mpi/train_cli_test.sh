@@ -15,7 +15,7 @@ source "$(dirname "$0")/train_test_common.sh"
 small=(--set data.path="$data" --set model.hidden_size=64 --set model.intermediate_size=128
        --set model.moe_intermediate_size=32 --set model.num_hidden_layers=2 --set data.seq_length=64
        --set data.global_batch_size=8 --set data.micro_batch_size=2 --set train.eval_interval=4
-       --set logging.log_interval=4 --set logging.tensorboard=false)
+       --set logging.log_interval=4 --set logging.tensorboard=false "${one_stage[@]}")
 train() {  # train OUTPUT_DIR RANKS ARGS...
   local out=$1 ranks=$2; shift 2
   timeout 120 "${mpiexec[@]}" -np "$ranks" "$tandem" train "$source_dir/configs/tiny_moe.yaml" "${small[@]}" \
@@ -56,7 +56,7 @@ else
 fi
 
 # 4. missing data: exit 2 on every rank before training
-timeout 60 "${mpiexec[@]}" -np 2 "$tandem" train "$source_dir/configs/tiny_moe.yaml" --set data.path="$work/none" \
+timeout 60 "${mpiexec[@]}" -np 2 "$tandem" train "$source_dir/configs/tiny_moe.yaml" "${one_stage[@]}" --set data.path="$work/none" \
   --set run.output_dir="$work/missing" >"$work/missing.log" 2>&1; rc=$?
 if [ $rc -eq 2 ] && grep -q "data.path" "$work/missing.log" && ! grep -q '"step"' "$work/missing/metrics.jsonl" 2>/dev/null; then
   ok "missing dataset: exit 2 naming data.path"

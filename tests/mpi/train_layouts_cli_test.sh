@@ -2,7 +2,8 @@
 # `tandem train` under tensor/expert/ZeRO layouts, end to end through the real binary:
 #  1. the issue's CLI criterion: `mpirun -np 4 tandem train configs/tiny_moe.yaml --set parallel.dp=2
 #     --set parallel.tp=2 --set train.steps=20` logs the losses of the `-np 1` run (dp1 tp1) (the
-#     default job as it is, only the corpus path and output set; see below for the tolerance);
+#     default job as it is, only the corpus path and output set, and its DualPipe pipeline
+#     turned into one stage with ${one_stage[@]}; see below for the tolerance);
 #  2. exact resume under dp2+tp2+ep2+zero1: a run checkpointed at step 4 and resumed to 8 logs
 #     bit-identical metrics to a straight run to 8;
 #  3. resharding: that step-4 checkpoint (written by 4 ranks as dp2+tp2+ep2+zero1) resumed under
@@ -15,7 +16,7 @@ mpiexec=("$@")
 source "$(dirname "$0")/train_test_common.sh"
 train() {  # train OUTPUT_DIR RANKS ARGS...
   local out=$1 ranks=$2; shift 2
-  timeout 300 "${mpiexec[@]}" -np "$ranks" "$tandem" train "$source_dir/configs/tiny_moe.yaml" --set data.path="$data" \
+  timeout 300 "${mpiexec[@]}" -np "$ranks" "$tandem" train "$source_dir/configs/tiny_moe.yaml" "${one_stage[@]}" --set data.path="$data" \
     --set logging.tensorboard=false --set run.output_dir="$out" "$@" >>"$out.log" 2>&1
 }
 # The metrics of a run without its timing fields, one line per step.

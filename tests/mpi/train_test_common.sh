@@ -7,6 +7,8 @@ if [ ! -f "$data.bin" ]; then
   exit 77
 fi
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+# The default job is a DualPipe pipeline over 4 ranks; tests of other layouts start from one stage.
+one_stage=(--set parallel.pp=1 --set parallel.pipeline.schedule=1f1b)
 # Ranks outnumber cores here: OpenMP threads that spin while waiting would starve the other ranks.
 export OMP_WAIT_POLICY=PASSIVE
 

@@ -28,14 +28,18 @@ void expect_rejected(const std::string& yaml, const std::vector<std::string>& fr
 }
 
 TEST(ConfigLoader, DefaultJobLoadsOnFourRanks) {
+  // The default job is DualPipe over 4 pipeline ranks.
   const JobConfig config = load_job_config(kTinyJob, {}, 4);
   EXPECT_EQ(config.run.name, "tiny_moe");
-  EXPECT_EQ(config.parallel.pp, 1);
-  EXPECT_EQ(config.parallel.dp, 4);  // derived from the world
-  EXPECT_EQ(config.parallel.pipeline.micro_batches, 2);  // derived: 16 / (2 * 4)
-  const JobConfig dualpipe = load_job_config(kTinyJob, {"parallel.pp=4", "parallel.pipeline.schedule=dualpipe"}, 4);
-  EXPECT_EQ(dualpipe.parallel.dp, 1);
-  EXPECT_EQ(dualpipe.parallel.pipeline.micro_batches, 8);  // 16 / (2 * 1) >= 2 * pp
+  EXPECT_EQ(config.parallel.pp, 4);
+  EXPECT_EQ(config.parallel.pipeline.schedule, "dualpipe");
+  EXPECT_EQ(config.parallel.dp, 1);  // derived from the world
+  EXPECT_EQ(config.parallel.pipeline.micro_batches, 8);  // derived: 16 / (2 * 1) >= 2 * pp
+  EXPECT_EQ(config.logging.trace_steps, (std::vector<int64_t>{50}));
+  const JobConfig data_parallel =
+      load_job_config(kTinyJob, {"parallel.pp=1", "parallel.pipeline.schedule=1f1b"}, 4);
+  EXPECT_EQ(data_parallel.parallel.dp, 4);
+  EXPECT_EQ(data_parallel.parallel.pipeline.micro_batches, 2);  // 16 / (2 * 4)
   EXPECT_FALSE(config.model.q_lora_rank.has_value());
   EXPECT_EQ(config.model.n_routed_experts, 8);
 }

@@ -24,7 +24,8 @@ inline JobConfig tiny_job(const std::vector<std::string>& extra = {}) {
                                         "model.num_attention_heads=2", "model.kv_lora_rank=16",
                                         "model.qk_nope_head_dim=8",   "model.qk_rope_head_dim=4",
                                         "model.v_head_dim=8",         "model.vocab_size=320",
-                                        "model.initializer_range=0.1"};
+                                        "model.initializer_range=0.1", "parallel.pp=1",
+                                        "parallel.pipeline.schedule=1f1b"};
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   return load_job_config(std::string(TANDEM_SOURCE_DIR) + "/configs/tiny_moe.yaml", overrides, 1);
 }

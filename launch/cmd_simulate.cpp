@@ -36,14 +36,18 @@ struct SimulateOptions {
 };
 
 // The timelines of the first data/tensor-parallel replica of the pipeline in `dir` (*.json).
-schedule::MeasuredStep load_measured_step(const std::string& dir) {
+// The step of the first data/tensor-parallel replica's pipeline; `num_files` is the number of
+// timelines in the directory, one per rank of the run, i.e. its world size.
+schedule::MeasuredStep load_measured_step(const std::string& dir, int64_t& num_files) {
   TANDEM_CHECK_INPUT(runtime::is_directory(dir), "--measured {}: not a directory (expected run.output_dir/traces/stepN)",
                      dir);
   std::vector<schedule::RankTimeline> ranks;
+  num_files = 0;
   for (const std::string& name : runtime::list_directory(dir)) {
     if (name.size() < 5 || name.substr(name.size() - 5) != ".json" || name.find("compare") != std::string::npos) continue;
     try {
       schedule::RankTimeline t = schedule::rank_timeline_from_json(runtime::read_file(dir + "/" + name));
+      ++num_files;
       if (t.dp_rank == 0 && t.tp_rank == 0) ranks.push_back(std::move(t));
     } catch (const Error& e) {
       TANDEM_THROW(kInput, "{}/{}: {}", dir, name, e.message());
@@ -130,15 +134,27 @@ CommandRunner add_simulate_command(CLI::App& app) {
   add_job_options(command, *options);
   command->add_option("--measured", options->measured_dir,
                       "Compare with a measured step: the directory of op timelines `tandem train` wrote for it "
-                      "(run.output_dir/traces/stepN, from logging.trace_steps)");
+                      "(run.output_dir/traces/stepN, from logging.trace_steps); the world defaults to the run's");
   command->add_option("--out", options->out_prefix,
                       "With --measured: write PREFIX.chrome.json and PREFIX.svg (default DIR/compare)");
   return [options](const CommandEnv& env) {
-    const int64_t world = options->world > 0 ? options->world : env.process.world_size;
-    const JobConfig config = load_job_config(options->job_path, options->overrides, world);
     // Read before the set-up gate, so bad timeline files exit 2 on every rank.
     std::optional<schedule::MeasuredStep> measured;
-    if (!options->measured_dir.empty()) measured = load_measured_step(options->measured_dir);
+    int64_t measured_world = 0;
+    if (!options->measured_dir.empty()) measured = load_measured_step(options->measured_dir, measured_world);
+    const int64_t world = options->world > 0 ? options->world : measured ? measured_world : env.process.world_size;
+    const JobConfig config = load_job_config(options->job_path, options->overrides, world);
+    if (measured) {
+      const schedule::Schedule& ran = measured->schedule;
+      TANDEM_CHECK_INPUT(config.parallel.pipeline.schedule == schedule::schedule_kind_name(ran.kind) &&
+                             config.parallel.pp == ran.num_ranks &&
+                             config.parallel.pipeline.micro_batches == ran.num_microbatches,
+                         "--measured {}: the traces are of {} over pp {} with {} micro-batches, but the job says {} "
+                         "over pp {} with {}; give the job file (and --set overrides) of the traced run",
+                         options->measured_dir, schedule::schedule_kind_name(ran.kind), ran.num_ranks,
+                         ran.num_microbatches, config.parallel.pipeline.schedule, config.parallel.pp,
+                         config.parallel.pipeline.micro_batches);
+    }
     env.setup.pass();
     if (!env.process.is_root()) return 0;
     if (measured) return simulate_measured(*options, *measured);

@@ -17,7 +17,9 @@
 #     continues the uninterrupted pp4 run to a relative 1e-5 (each tensor is stored once under its
 #     global name, whichever pipeline rank held it);
 #  4. logging.trace_steps: every rank writes its op timeline, rank 0 the comparison with the
-#     re-simulation (compare.svg, compare.chrome.json, bubble table in the log);
+#     re-simulation (compare.svg, compare.chrome.json, bubble table in the log); `tandem simulate
+#     JOB --measured DIR` redoes it from the files (world taken from them) and refuses the traces
+#     of another schedule;
 #  5. SIGINT on one pipeline rank: every rank stops after the same step, writes a checkpoint and
 #     exits 0.
 # Usage: train_pipeline_cli_test.sh TANDEM_BINARY SOURCE_DIR CHECKPOINT_DIFF_BINARY MPIEXEC...
@@ -96,6 +98,20 @@ if [ -s "$traces/rank0.json" ] && [ -s "$traces/rank3.json" ] && [ -s "$traces/c
   ok "trace of step 5: $(ls "$traces" | tr '\n' ' ')"
 else
   fail "trace files of step 5 missing: $(ls "$traces" 2>&1 | tr '\n' ' ')"
+fi
+"$tandem" simulate "$source_dir/configs/tiny_moe.yaml" "${small[@]}" --measured "$traces" --out "$work/again" \
+  >"$work/simulate.log" 2>&1; rc=$?
+if [ $rc -eq 0 ] && grep -q "^   all " "$work/simulate.log" && [ -s "$work/again.svg" ] && [ -s "$work/again.chrome.json" ]; then
+  ok "simulate --measured: $(grep "^   all " "$work/simulate.log" | tr -s ' ')"
+else
+  fail "simulate --measured exited $rc"; tail -3 "$work/simulate.log"
+fi
+"$tandem" simulate "$source_dir/configs/tiny_moe.yaml" "${small[@]}" --set parallel.pipeline.schedule=zb1p \
+  --measured "$traces" >"$work/simulate_other.log" 2>&1; rc=$?
+if [ $rc -eq 2 ] && grep -q "the traces are of dualpipe over pp 4" "$work/simulate_other.log"; then
+  ok "simulate --measured with another schedule's job: exit 2"
+else
+  fail "simulate --measured with a zb1p job: exit $rc"; tail -2 "$work/simulate_other.log"
 fi
 
 # 5. SIGINT on pipeline rank 2 of 4: all stop after the same step with a checkpoint, exit 0

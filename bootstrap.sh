@@ -89,8 +89,8 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 export NCCL_NVLS_ENABLE=0
 case "$mode" in
   run)
-    log "default job: mpirun -np 2 $BUILD_DIR/bin/tandem train configs/tiny_moe.yaml"
-    mpirun -np 2 --bind-to none "$BUILD_DIR/bin/tandem" train configs/tiny_moe.yaml "$@"
+    log "default job (DualPipe over 4 pipeline ranks): mpirun -np 4 $BUILD_DIR/bin/tandem train configs/tiny_moe.yaml"
+    mpirun -np 4 --bind-to none "$BUILD_DIR/bin/tandem" train configs/tiny_moe.yaml "$@"
     ;;
   test)
     ctest --test-dir "$BUILD_DIR" -LE bench --output-on-failure -j "$jobs" "$@"

@@ -79,11 +79,6 @@ runtime::GptSamplerOptions sampler_options(const JobConfig& config, int64_t dp_r
   return options;
 }
 
-at::Tensor to_tensor(const runtime::SampleBatch& batch) {
-  return at::from_blob(const_cast<int64_t*>(batch.tokens.data()), {batch.batch_size, batch.sample_length}, at::kLong)
-      .clone();  // [B, T+1]
-}
-
 bool decays(const std::string& name) {
   return !model::is_norm_weight(name) && name.find(".bias") == std::string::npos;
 }
@@ -279,7 +274,7 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
       // Loss pieces accumulate on the device; one copy to the host per step (no sync per micro-batch).
       at::Tensor loss_sums = at::zeros({4}, at::TensorOptions().dtype(at::kDouble).device(s.device));
       for (int64_t micro = 0; micro < s.micro_batches; ++micro) {
-        const at::Tensor tokens = to_tensor(s.train_sampler->next_batch(config.data.micro_batch_size)).to(s.device);
+        const at::Tensor tokens = next_micro_batch(s, *s.train_sampler);
         model::LossPieces pieces;
         {
           const model::AutocastScope autocast(s.device.type(), at::kBFloat16, s.bf16);
@@ -321,7 +316,7 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
       at::Tensor sum = at::zeros({}, at::TensorOptions().dtype(at::kDouble).device(s.device));
       const int64_t eval_micro_batches = config.train.eval_steps * s.micro_batches;
       for (int64_t k = 0; k < eval_micro_batches; ++k) {
-        const at::Tensor tokens = to_tensor(s.valid_sampler->next_batch(config.data.micro_batch_size)).to(s.device);
+        const at::Tensor tokens = next_micro_batch(s, *s.valid_sampler);
         sum += s.model->forward_loss(tokens).lm_loss.detach().to(at::kDouble);
       }
       at::Tensor mean = (sum / static_cast<double>(eval_micro_batches)).to(at::kCPU).reshape({1});

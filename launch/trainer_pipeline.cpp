@@ -11,21 +11,21 @@
 namespace tandem::launch {
 namespace {
 
-at::Tensor to_tensor(const runtime::SampleBatch& batch) {
-  return at::from_blob(const_cast<int64_t*>(batch.tokens.data()), {batch.batch_size, batch.sample_length}, at::kLong)
-      .clone();  // [B, T+1]
-}
-
 // This dp rank's next `count` micro-batches of `sampler`, on the run device.
 std::vector<at::Tensor> next_micro_batches(Trainer::State& s, runtime::GptSampler& sampler, int64_t count) {
   std::vector<at::Tensor> out;
-  for (int64_t k = 0; k < count; ++k) {
-    out.push_back(to_tensor(sampler.next_batch(s.config.data.micro_batch_size)).to(s.device));
-  }
+  for (int64_t k = 0; k < count; ++k) out.push_back(next_micro_batch(s, sampler));
   return out;
 }
 
 }  // namespace
+
+at::Tensor next_micro_batch(const Trainer::State& s, runtime::GptSampler& sampler) {
+  const runtime::SampleBatch batch = sampler.next_batch(s.config.data.micro_batch_size);
+  return at::from_blob(const_cast<int64_t*>(batch.tokens.data()), {batch.batch_size, batch.sample_length}, at::kLong)
+      .clone()
+      .to(s.device);  // [B, T+1]
+}
 
 void check_pipeline_supported(const JobConfig& config) {
   if (!uses_pipeline(config)) return;

@@ -55,6 +55,10 @@ struct Trainer::State {
       : config(std::move(job)), process(context), signals(watcher) {}
 };
 
+// This dp rank's next micro-batch of `sampler` ([micro_batch_size, T+1] token ids on the run
+// device), for both paths (trainer_pipeline.cpp).
+at::Tensor next_micro_batch(const Trainer::State& state, runtime::GptSampler& sampler);
+
 // The pipeline path (trainer_pipeline.cpp), for jobs where uses_pipeline(config).
 // What this build's pipeline path cannot run, rejected at set-up with the key and the reason.
 void check_pipeline_supported(const JobConfig& config);

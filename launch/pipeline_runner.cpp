@@ -46,6 +46,13 @@ PipelineRunner::PipelineRunner(const JobConfig& config, const parallel::ProcessG
     : config_(config), grid_(grid) {
   schedule::Schedule plan = job_schedule(config);
   const int pp_rank = static_cast<int>(grid.coord().pp);
+  // The executor matches pipeline messages by tag and posts receives ahead of their ops; NCCL
+  // matches point-to-point messages in issue order on one stream, where that would deadlock.
+  TANDEM_CHECK_CONFIG(grid.pp().size() == 1 || grid.pp().backend().rfind("nccl", 0) != 0,
+                      "parallel.backend: the pipeline executor needs a tag-matching backend for its point-to-point "
+                      "messages (MPI, host-staged on GPUs); the pipeline group here uses {}. Set "
+                      "parallel.backend=mpi",
+                      grid.pp().backend());
   const std::vector<model::StageSpec> specs = model::partition_layers(config.model, plan.num_stages);
   for (int c = 0; c < plan.num_chunks; ++c) {
     chunks_.push_back(model::Stage::build(config.model, static_cast<uint64_t>(config.run.seed), groups,

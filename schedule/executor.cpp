@@ -345,7 +345,8 @@ StepReport PipelineExecutor::run_step(const std::vector<at::Tensor>& micro_batch
   state->report.op_times.resize(ops.size());
   const long long switches_before = pairs_ ? pairs_->num_switches() : 0;
   std::optional<parallel::MpiProgressThread> progress;
-  if (options_.progress_thread && (!pp_ || pp_->backend() == "mpi")) progress.emplace();
+  // MPI underneath (also host-staged device tensors): its transfers move only inside MPI calls.
+  if (options_.progress_thread && (!pp_ || pp_->backend().rfind("mpi", 0) == 0)) progress.emplace();
 
   try {
     StepRun run(schedule_, rank_, chunks_, pp_, options_, *queue_, *state);

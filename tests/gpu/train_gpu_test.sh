@@ -3,7 +3,10 @@
 #  1. run.device auto picks the GPU and bf16 autocast (fp32 master weights); the loss falls;
 #  2. fp32 on the GPU follows the CPU fp32 trajectory (same math on another device);
 #  3. two ranks (dp2) on the GPU(s) communicate device tensors (host-staged MPI without NCCL)
-#     and reproduce the one-rank bf16 losses closely.
+#     and reproduce the one-rank bf16 losses closely;
+#  4. a DualPipe pipeline over 2 ranks on the GPU(s) (activations and gradients between stages
+#     as device tensors, bf16 autocast on both threads of the overlapped pairs) follows the
+#     one-rank fp32 and bf16 runs.
 # Skips (exit 77) without a GPU or without the corpus.
 # Usage: train_gpu_test.sh TANDEM_BINARY SOURCE_DIR MPIEXEC...
 set -uo pipefail
@@ -54,5 +57,20 @@ worst=$(paste <(field "$work/dp2" loss) <(field "$work/bf16" loss) |
 if [ "$(field "$work/dp2" loss | wc -l)" -eq 40 ] && awk -v w="$worst" 'BEGIN { exit !(w < 3e-2) }'; then
   ok "dp2 bf16 on GPU ($(grep -m1 -o 'communication over [^ ]*' "$work/dp2.log")): worst relative loss difference vs one rank $worst"
 else fail "dp2 differs from one rank: worst $worst"; fi
+
+# 4. DualPipe pp2 (micro-batches of 4: DualPipe needs M >= 2 * pp), fp32 then bf16
+pipeline=(--set parallel.pp=2 --set parallel.pipeline.schedule=dualpipe --set data.micro_batch_size=4)
+train "$work/pp32" 2 "${pipeline[@]}" --set train.steps=8 --set train.precision=fp32 || fail "pp2 fp32 exited $?"
+worst=$(paste <(field "$work/pp32" loss) <(field "$work/gpu32" loss) |
+        awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > w) w = d } END { printf "%.3g", w + 0 }')
+if [ "$(field "$work/pp32" loss | wc -l)" -eq 8 ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-3) }'; then
+  ok "dualpipe pp2 fp32 on GPU: worst relative loss difference vs one rank $worst"
+else fail "dualpipe pp2 fp32 differs from one rank: worst $worst ($(tail -2 "$work/pp32.log"))"; fi
+train "$work/pp16" 2 "${pipeline[@]}" --set train.steps=40 || fail "pp2 bf16 exited $?"
+worst=$(paste <(field "$work/pp16" loss) <(field "$work/bf16" loss) |
+        awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > w) w = d } END { printf "%.3g", w + 0 }')
+if [ "$(field "$work/pp16" loss | wc -l)" -eq 40 ] && awk -v w="$worst" 'BEGIN { exit !(w < 3e-2) }'; then
+  ok "dualpipe pp2 bf16 on GPU: worst relative loss difference vs one rank $worst"
+else fail "dualpipe pp2 bf16 differs from one rank: worst $worst ($(tail -2 "$work/pp16.log"))"; fi
 
 [ $failures -eq 0 ] || { echo "$failures check(s) failed; logs:"; for f in "$work"/*.log; do echo "== $f"; tail -n 5 "$f"; done; exit 1; }

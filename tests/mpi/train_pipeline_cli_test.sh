@@ -21,7 +21,10 @@
 #     JOB --measured DIR` redoes it from the files (world taken from them) and refuses the traces
 #     of another schedule;
 #  5. SIGINT on one pipeline rank: every rank stops after the same step, writes a checkpoint and
-#     exits 0.
+#     exits 0;
+#  6. bf16 autocast (on the CPU) through DualPipe pp2: the first step's gradient norm equals the
+#     one-process bf16 run's to 1e-6 and differs from fp32's, so every forward, also those on the
+#     worker thread of an overlapped pair, ran under autocast.
 # Usage: train_pipeline_cli_test.sh TANDEM_BINARY SOURCE_DIR CHECKPOINT_DIFF_BINARY MPIEXEC...
 set -uo pipefail
 tandem=$1 source_dir=$2 checkpoint_diff=$3; shift 3
@@ -126,6 +129,18 @@ if [ $rc -eq 0 ] && grep -q "stopped by signal after step" "$work/signal.log" &&
   ok "SIGINT on one of 4 pipeline ranks: exit 0 with checkpoint $(ls "$work/signal/checkpoints" | grep step_ | tail -1)"
 else
   fail "SIGINT handling: exit $rc (signalled $victim of $(tr '\n' ' ' <<<"$ranks"))"; tail -5 "$work/signal.log"
+fi
+# 6. bf16 autocast through the pipeline, one step
+train bf16_ref 1 --set parallel.pp=1 --set parallel.pipeline.schedule=1f1b --set train.precision=bf16 \
+  --set train.steps=1 || fail "np1 bf16 exited $?"
+train bf16_pp2 2 --set parallel.pp=2 --set parallel.pipeline.schedule=dualpipe --set train.precision=bf16 \
+  --set train.steps=1 || fail "pp2 bf16 exited $?"
+bf16=$(metric_diff "$work/bf16_pp2/metrics.jsonl" "$work/bf16_ref/metrics.jsonl" "grad_norm")
+vs_fp32=$(metric_diff "$work/bf16_pp2/metrics.jsonl" "$work/ref/metrics.jsonl" "grad_norm")
+if within "${bf16%% *}" 1e-6 && ! within "${vs_fp32%% *}" 1e-4; then
+  ok "bf16 dualpipe pp2: step-1 gradient norm vs one-process bf16 ${bf16%% *}, vs fp32 ${vs_fp32%% *}"
+else
+  fail "bf16 through the pipeline: vs bf16 ${bf16}, vs fp32 ${vs_fp32}"
 fi
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]

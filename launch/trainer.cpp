@@ -1,11 +1,13 @@
 // The training loop (see trainer.h). Per optimizer step:
 //   zero grads -> for each micro-batch: forward (loss pieces) and backward with gradient
-//   1/micro_batches -> gradient synchronisation (partial-over-tp sums, dense average over dp,
-//   expert sums over expert-dp) -> global norm over every rank's owned elements, clip scale ->
-//   AdamW (on the ZeRO shard) -> parameter all-gather (ZeRO) -> routing-bias update from the
-//   global expert loads -> metrics -> eval / checkpoint / stop.
+//   1/micro_batches, the data-parallel optimizer reducing gradient buckets as backward fills
+//   them (parallel/data_parallel_optimizer.h: partial-over-tp sums, dense average over dp, expert
+//   sums over expert-dp; ZeRO 2/3 reduce-scatter every micro-batch) -> wait for the reductions
+//   -> global norm, clip scale -> AdamW on this rank's ZeRO shard and the parameters gathered back
+//   -> routing-bias update from the global expert loads -> metrics -> eval / checkpoint / stop.
 // A pipeline job (pp > 1, or several stages per rank) runs the forward/backward and evaluation
-// through the schedule executor instead (trainer_pipeline.cpp); the rest is shared.
+// through the schedule executor instead (trainer_pipeline.cpp) and reduces its gradients after
+// the schedule's last backward; the rest is shared.
 #include "launch/trainer.h"
 
 #include <ATen/ATen.h>
@@ -21,6 +23,7 @@
 #include "launch/config_loader.h"
 #include "launch/detail/trainer_state.h"
 #include "launch/lr_schedule.h"
+#include "launch/memory_estimate.h"
 #include "model/autocast.h"
 #include "model/init.h"
 #include "model/model_size.h"
@@ -41,10 +44,6 @@ using parallel::ReduceOp;
 void check_supported(const JobConfig& config) {
   const auto& p = config.parallel;
   check_pipeline_supported(config);
-  TANDEM_CHECK_CONFIG(p.zero <= 1,
-                      "parallel.zero = {}: this build of `tandem train` shards optimizer state (zero 1) but not yet "
-                      "gradients or parameters (2, 3); use --set parallel.zero=1 or 0",
-                      p.zero);
 }
 
 // run.device and train.precision resolved for this rank: auto means the GPU of this rank's
@@ -128,25 +127,26 @@ model::ParallelGroups model_groups(const parallel::ProcessGrid& grid, bool seque
   return groups;
 }
 
-// Gradient synchronisation, the global gradient norm, the clipped AdamW update and, under ZeRO,
-// the all-gather of the updated shards. Collective over the world. Returns the gradient norm.
+// The global gradient norm and the clipped AdamW update (the gradients are synchronised).
+// Collective over the world. Returns the gradient norm.
 double optimizer_step(Trainer::State& s, double lr, int64_t step) {
-  s.params->synchronize_gradients_reference();
-  // Every element of the model is owned by exactly one rank: the norm is the root of the sum.
-  at::Tensor square_sum = at::tensor({s.params->owned_grad_square_sum()}, at::kDouble);
-  s.grid->world().all_reduce(square_sum, ReduceOp::kSum);
-  const double grad_norm = std::sqrt(square_sum.item<double>());
+  const double grad_norm = s.optimizer->global_grad_norm();
   TANDEM_CHECK_KIND(kRuntime, std::isfinite(grad_norm), "step {}: the gradient norm is {}; lower optim.lr or check the data",
                     step, grad_norm);
   s.optimizer->step(lr, parallel::clip_scale(grad_norm, s.config.optim.grad_clip));
-  if (s.config.parallel.zero >= 1) {
-    for (parallel::ReplicaGroup& group : s.params->groups()) {
-      if (group.num_replicas == 1) continue;
-      parallel::FlatParamGroup& flat = *group.flat;
-      group.replicas->all_gather(flat.params(), flat.shard_of(flat.params()).clone());
-    }
-  }
   return grad_norm;
+}
+
+// `counted[i]` false: trained[i] is a pipeline copy another slot stands for (see PipelineRunner).
+parallel::DataParallelOptions optimizer_options(const JobConfig& config, std::vector<bool> counted) {
+  parallel::DataParallelOptions options;
+  options.zero_stage = config.parallel.zero;
+  options.bucket_mb = config.parallel.grad_bucket_mb;
+  options.adamw =
+      parallel::AdamWConfig{config.optim.beta1, config.optim.beta2, config.optim.eps, config.optim.weight_decay};
+  options.decays = decays;
+  options.counted = std::move(counted);
+  return options;
 }
 
 }  // namespace
@@ -212,8 +212,9 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
   parallel::Communicator& dp = grid.dp();
   parallel::Communicator& world = grid.world();
   // The model holds this rank's shards (tp slices, its ep share of the experts) under global names;
-  // its parameters move into flat buffers by replication group (dense over dp, experts over
-  // expert-dp), sharded over those replicas under ZeRO.
+  // the data-parallel optimizer takes over their storage, bucketed by replication group (dense
+  // over dp, experts over expert-dp) and sharded over those replicas under ZeRO. ZeRO-3 gathers
+  // each decoder layer's parameters around its use through the model's layer hooks.
   const model::ParallelGroups groups = model_groups(grid, config.parallel.sequence_parallel);
   // A pipeline rank holds its stages; copies of a parameter on several pipeline slots are kept in
   // sync by the executor, and only the primary copy counts in norms and checkpoints.
@@ -229,19 +230,23 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     s.model->train(true);
     trained = s.model->sharded_parameters();
   }
-  s.params = std::make_unique<parallel::ReplicaGroups>(std::move(trained),
-                                                       parallel::GradSyncGroups{groups.tp, groups.dp, groups.edp},
-                                                       config.parallel.zero >= 1, decays, counted);
-  s.optimizer = std::make_unique<parallel::AdamW>(
-      s.params->flat_groups(),
-      parallel::AdamWConfig{config.optim.beta1, config.optim.beta2, config.optim.eps, config.optim.weight_decay});
+  int64_t local_numel = 0;
+  for (const parallel::ShardedParam& p : trained) local_numel += p.param.numel();
+  s.optimizer = std::make_unique<parallel::DataParallelOptimizer>(
+      trained, parallel::DataParallelGroups::from_grid(grid), optimizer_options(config, std::move(counted)));
+  if (config.parallel.zero == 3) s.model->set_layer_hooks(s.optimizer->layer_hooks());
   const model::ModelSize size = model::compute_model_size(config.model);
   if (root) {
     TANDEM_LOG_INFO("train", "model: {} parameters ({} main, {} MTP), {} activated per token; {} on rank 0; {} threads "
                     "per rank", size.total_params + size.mtp_params, size.total_params, size.mtp_params,
-                    size.activated_params, s.params->numel(), threads);
+                    size.activated_params, local_numel, threads);
     TANDEM_LOG_INFO("train", "device {} | {} | communication over {}", s.device.str(),
                     s.bf16 ? "bf16 autocast, fp32 master weights and gradients" : "fp32", dp.backend());
+    const parallel::ParamMemory memory = s.optimizer->memory();
+    TANDEM_LOG_INFO("train", "data parallel, ZeRO {} (rank 0: parameters {}, gradients {}, AdamW {}):\n{}",
+                    config.parallel.zero, format_bytes(static_cast<double>(memory.param_bytes)),
+                    format_bytes(static_cast<double>(memory.grad_bytes)),
+                    format_bytes(static_cast<double>(memory.optimizer_bytes)), s.optimizer->describe());
   }
 
   const std::optional<int64_t> resumed = maybe_resume(s);
@@ -265,7 +270,7 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     const auto step_start = std::chrono::steady_clock::now();
     const int64_t step = s.step + 1;
     const double lr = learning_rate(config.optim, step, config.train.steps);
-    s.params->zero_grad();
+    s.optimizer->zero_grad();
 
     at::Tensor losses;
     if (s.pipeline) {
@@ -280,11 +285,16 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
           const model::AutocastScope autocast(s.device.type(), at::kBFloat16, s.bf16);
           pieces = s.model->forward_loss(tokens, loss_scale);
         }
+        s.optimizer->begin_backward(/*final_backward=*/micro == s.micro_batches - 1);
         torch::autograd::backward({pieces.loss}, {at::full({}, loss_scale, pieces.loss.options())});
+        s.optimizer->end_backward();
         loss_sums += stacked_losses(pieces) * loss_scale;
       }
       losses = loss_sums.to(at::kCPU);
     }
+    // The reductions share dp and the other groups with the collectives below: done first (the
+    // pipeline path launches all of them here, after the schedule's last backward).
+    s.optimizer->finish_gradient_sync();
 
     // Losses: every tp (and pp) rank of a dp rank holds the same values; average over dp. Expert
     // loads: each rank counted the tokens it routed through its layers; the world together routed

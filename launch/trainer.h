@@ -7,10 +7,10 @@
 // after the current step with a checkpoint and exit code 0.
 // Device: the CPU in fp32, or this rank's GPU with bf16 autocast and fp32 master weights (run.device,
 // train.precision).
-// Layouts: any dp, tp (with or without sequence parallelism) and ep with pp = 1, ZeRO stage 0 or
-// 1; every layout trains like one process (tests/mpi/layout_matrix_test.sh) and checkpoints
-// load under any other layout. The set-up rejects pp > 1 and ZeRO 2/3 with a clear message
-// until their runtimes are wired in. Data is sharded by dp only: the tp ranks of a dp rank read
+// Layouts: any dp, tp (with or without sequence parallelism) and ep with pp = 1, ZeRO stage 0-3
+// (parallel::DataParallelOptimizer: bucketed gradient reduction overlapping backward); every
+// layout trains like one process (tests/mpi/layout_matrix_test.sh) and checkpoints load under any
+// other layout. The set-up rejects pp > 1 with a clear message until the pipeline is wired in. Data is sharded by dp only: the tp ranks of a dp rank read
 // the same samples; logged losses and metrics are identical on all ranks, written by rank 0.
 // Not thread-safe; one per process. Collective: every rank of the job constructs one and calls
 // run() (they issue the same collectives in the same order).

@@ -3,8 +3,9 @@
 // What a checkpoint holds: parameters, AdamW moments and step count, routing biases (buffers),
 // the step, the sampler position (data order is a pure function of (seed, samples consumed)),
 // and the resolved config. Every tensor is stored under its GLOBAL name and GLOBAL shape, each
-// element once, written by the rank that owns it (parallel/replica_groups.h: an even share of
-// each replication group's flat buffer, i.e. the ZeRO shard, as boxes of the global tensors).
+// element once, written by the rank that owns it (DataParallelOptimizer::visit_owned: its slice of
+// each gradient bucket, i.e. its ZeRO shard, as boxes of the global tensors; pipeline copies of
+// a parameter other than the primary one are owned by nobody).
 // Loading reads, for each local tensor, only the boxes this rank needs, from whichever shard
 // files hold them: resuming under the same layout is bit-exact, and a checkpoint written under
 // one layout (dp/tp/ep/zero) loads under any other (resharding), without any rank assembling
@@ -64,56 +65,59 @@ runtime::TensorSlice to_global(runtime::TensorSlice local, const parallel::Param
   return local;
 }
 
-// Appends what this rank owns of `group` (parameters and both AdamW moments, the optimizer's
-// group `index`) as boxes of the global tensors.
-void append_owned(runtime::ShardWriter& shard, parallel::ReplicaGroup& group, parallel::AdamW& optimizer, size_t index) {
-  parallel::FlatParamGroup& flat = *group.flat;
-  for (const parallel::OwnedRange& owned : group.owned) {
-    const parallel::FlatRange& range = flat.ranges()[owned.param];
-    const parallel::ParamSharding& sharding = group.shardings[owned.param];
-    int64_t position = owned.begin;  // flat element where the next box starts
-    for (const runtime::TensorSlice& box :
-         runtime::TensorSlice::flat_range(range.shape, owned.begin - range.offset, owned.end - range.offset)) {
-      const runtime::TensorSlice global = to_global(box, sharding);
-      const int64_t n = box.numel();
-      const int64_t in_shard = position - flat.shard_offset();  // the moments cover the shard only
-      runtime::append_tensor(shard, range.name, TensorKind::kParam, flat.params().narrow(0, position, n).view(box.lengths),
-                             sharding.global_shape, global);
-      runtime::append_tensor(shard, range.name, TensorKind::kExpAvg,
-                             optimizer.exp_avg(index).narrow(0, in_shard, n).view(box.lengths), sharding.global_shape,
-                             global);
-      runtime::append_tensor(shard, range.name, TensorKind::kExpAvgSq,
-                             optimizer.exp_avg_sq(index).narrow(0, in_shard, n).view(box.lengths),
-                             sharding.global_shape, global);
-      position += n;
-    }
+// The checkpoint's kind of an optimizer state tensor.
+TensorKind tensor_kind(parallel::StateKind kind) {
+  switch (kind) {
+    case parallel::StateKind::kParam:
+      return TensorKind::kParam;
+    case parallel::StateKind::kExpAvg:
+      return TensorKind::kExpAvg;
+    case parallel::StateKind::kExpAvgSq:
+      return TensorKind::kExpAvgSq;
   }
+  TANDEM_CHECK(false, "unknown optimizer state kind {}", static_cast<int>(kind));
+  return TensorKind::kParam;
 }
 
-// Fills flat elements [begin, end) of `group`'s tensors of `kind` into `target`, a buffer whose
-// element 0 is flat element `base`, reading only the boxes of the global tensors they cover.
-void read_flat_range(runtime::CheckpointReader& reader, const parallel::ReplicaGroup& group, TensorKind kind,
-                     const at::Tensor& target, int64_t base, int64_t begin, int64_t end) {
-  const std::vector<parallel::FlatRange>& ranges = group.flat->ranges();
-  for (size_t i = 0; i < ranges.size(); ++i) {
-    const parallel::FlatRange& range = ranges[i];
-    const int64_t first = std::max(begin, range.offset), last = std::min(end, range.offset + range.numel);
-    if (first >= last) continue;
-    const parallel::ParamSharding& sharding = group.shardings[i];
-    const std::optional<std::vector<int64_t>> stored = reader.global_shape(range.name, kind);
-    TANDEM_CHECK_INPUT(stored.has_value(), "{}: the checkpoint holds no '{}' ({}); it was written for another model",
-                       reader.dir(), range.name, runtime::tensor_kind_name(kind));
-    TANDEM_CHECK_INPUT(*stored == sharding.global_shape,
-                       "{}: '{}' has shape {} in the checkpoint but {} in this model; the model config changed",
-                       reader.dir(), range.name, fmt::join(*stored, "x"), fmt::join(sharding.global_shape, "x"));
-    int64_t position = first;
+// Appends what this rank owns (parameters and both AdamW moments: the elements it counts in the
+// gradient norm) as boxes of the global tensors.
+void append_owned(runtime::ShardWriter& shard, const parallel::DataParallelOptimizer& optimizer) {
+  optimizer.visit_owned([&](const parallel::ParamSharding& sharding, int64_t begin, const at::Tensor& param,
+                            const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq) {
+    int64_t position = 0;  // into the views
     for (const runtime::TensorSlice& box :
-         runtime::TensorSlice::flat_range(range.shape, first - range.offset, last - range.offset)) {
+         runtime::TensorSlice::flat_range(sharding.local_shape, begin, begin + param.numel())) {
+      const runtime::TensorSlice global = to_global(box, sharding);
       const int64_t n = box.numel();
-      target.narrow(0, position - base, n).copy_(reader.read_global(range.name, kind, to_global(box, sharding)).reshape({-1}));
+      for (const auto& [kind, values] :
+           {std::pair{TensorKind::kParam, &param}, {TensorKind::kExpAvg, &exp_avg}, {TensorKind::kExpAvgSq, &exp_avg_sq}}) {
+        runtime::append_tensor(shard, sharding.name, kind, values->narrow(0, position, n).view(box.lengths),
+                               sharding.global_shape, global);
+      }
       position += n;
     }
+  });
+}
+
+// Elements [begin, begin + numel) of this rank's local tensor `sharding` of `kind`, read from the
+// boxes of the global tensor they cover (and nothing else).
+at::Tensor read_local_range(runtime::CheckpointReader& reader, const parallel::ParamSharding& sharding,
+                            parallel::StateKind state_kind, int64_t begin, int64_t numel) {
+  const TensorKind kind = tensor_kind(state_kind);
+  const std::optional<std::vector<int64_t>> stored = reader.global_shape(sharding.name, kind);
+  TANDEM_CHECK_INPUT(stored.has_value(), "{}: the checkpoint holds no '{}' ({}); it was written for another model",
+                     reader.dir(), sharding.name, runtime::tensor_kind_name(kind));
+  TANDEM_CHECK_INPUT(*stored == sharding.global_shape,
+                     "{}: '{}' has shape {} in the checkpoint but {} in this model; the model config changed",
+                     reader.dir(), sharding.name, fmt::join(*stored, "x"), fmt::join(sharding.global_shape, "x"));
+  at::Tensor values = at::empty({numel}, at::kFloat);
+  int64_t position = 0;
+  for (const runtime::TensorSlice& box : runtime::TensorSlice::flat_range(sharding.local_shape, begin, begin + numel)) {
+    const int64_t n = box.numel();
+    values.narrow(0, position, n).copy_(reader.read_global(sharding.name, kind, to_global(box, sharding)).reshape({-1}));
+    position += n;
   }
+  return values;
 }
 
 runtime::CheckpointLayout layout_of(const JobConfig& config, int64_t world_size) {
@@ -148,8 +152,7 @@ void save_checkpoint(Trainer::State& state) {
   if (rank != 0) dir = store.staging_dir(state.step, token.item<int64_t>());
 
   runtime::ShardWriter shard(dir, rank);
-  std::vector<parallel::ReplicaGroup>& groups = state.params->groups();
-  for (size_t g = 0; g < groups.size(); ++g) append_owned(shard, groups[g], *state.optimizer, g);
+  append_owned(shard, *state.optimizer);
   // Buffers (routing biases) are identical on every rank holding them: each is stored once.
   for (const auto& [name, buffer] : model_buffers(state, /*stored_only=*/true)) {
     runtime::append_tensor(shard, name, TensorKind::kBuffer, buffer);
@@ -206,18 +209,12 @@ std::optional<int64_t> maybe_resume(Trainer::State& state) {
   runtime::CheckpointReader reader(runtime::load_checkpoint(dir, /*verify_checksums=*/false));
 
   torch::autograd::AutoGradMode no_grad(false);
-  std::vector<parallel::ReplicaGroup>& groups = state.params->groups();
-  for (size_t g = 0; g < groups.size(); ++g) {
-    parallel::FlatParamGroup& flat = *groups[g].flat;
-    const int64_t used = flat.used_numel();
-    read_flat_range(reader, groups[g], TensorKind::kParam, flat.params(), 0, 0, used);
-    // AdamW keeps moments of its shard only (all of the buffer without ZeRO).
-    const int64_t shard_end = std::min(used, flat.shard_offset() + flat.shard_numel());
-    read_flat_range(reader, groups[g], TensorKind::kExpAvg, state.optimizer->exp_avg(g), flat.shard_offset(),
-                    flat.shard_offset(), shard_end);
-    read_flat_range(reader, groups[g], TensorKind::kExpAvgSq, state.optimizer->exp_avg_sq(g), flat.shard_offset(),
-                    flat.shard_offset(), shard_end);
-  }
+  // Each rank asks for what it keeps: whole local tensors where it holds them whole, its ZeRO
+  // slice of the rest (moments from ZeRO 1, ZeRO-3's parameters). Pipeline copies load too.
+  state.optimizer->load_state_ranges(
+      [&](const parallel::ParamSharding& sharding, parallel::StateKind kind, int64_t begin, int64_t numel) {
+        return read_local_range(reader, sharding, kind, begin, numel);
+      });
   for (const auto& [name, buffer] : model_buffers(state, /*stored_only=*/false)) {
     buffer.copy_(reader.read_global(name, TensorKind::kBuffer));
   }

@@ -1,20 +1,15 @@
-// AdamW over flat parameter groups (flat_params.h), optionally sharded (ZeRO): each rank keeps
-// the first and second moments of its own shard only and updates only that shard of the flat
-// parameter buffer; gathering the updated shards back to every rank is the caller's (ZeRO's)
-// step, so this class does no communication.
-// Update, per element of the shard, with step count t (1-based), lr, and gradient g already
-// averaged, scaled for clipping, and reduced to this shard:
+// AdamW as pieces on tensors the caller lays out (the data-parallel optimizer applies them per
+// gradient bucket to the elements it updates: all of them, or its ZeRO shard); no communication.
+// Update, per element, with step count t (1-based), lr, and gradient g already averaged, scaled
+// for clipping, and reduced to the elements updated:
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
-//   p = p - lr * wd * mask * p                        (decoupled weight decay, Loshchilov & Hutter)
+//   p = p - lr * wd * p    on decayed elements only   (decoupled weight decay, Loshchilov & Hutter)
 //   p = p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <vector>
-
-#include "parallel/flat_params.h"
 
 namespace tandem::parallel {
 
@@ -46,29 +41,5 @@ void adamw_update_moments_(const at::Tensor& grad, at::Tensor& exp_avg, at::Tens
 void adamw_apply_decay_(at::Tensor& param, const AdamWConfig& config, const AdamWStepScalars& scalars);
 void adamw_apply_step_(at::Tensor& param, const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq,
                        const AdamWConfig& config, const AdamWStepScalars& scalars);
-
-class AdamW {
- public:
-  // Groups are borrowed and must outlive the optimizer. State starts at zero.
-  AdamW(std::vector<FlatParamGroup*> groups, AdamWConfig config);
-
-  // One update of every group's shard. `grad_scale` multiplies the gradients first (global-norm
-  // clipping: min(1, clip / norm)). Not thread-safe; no communication.
-  void step(double lr, double grad_scale = 1.0);
-
-  int64_t step_count() const { return step_count_; }
-  void set_step_count(int64_t steps) { step_count_ = steps; }  // checkpoint resume
-  // Moments of group i's shard: [shard_numel] fp32 each (checkpoint save/load by slicing).
-  at::Tensor& exp_avg(size_t group) { return exp_avg_[group]; }
-  at::Tensor& exp_avg_sq(size_t group) { return exp_avg_sq_[group]; }
-  const std::vector<FlatParamGroup*>& groups() const { return groups_; }
-
- private:
-  std::vector<FlatParamGroup*> groups_;
-  AdamWConfig config_;
-  int64_t step_count_ = 0;
-  std::vector<at::Tensor> exp_avg_;
-  std::vector<at::Tensor> exp_avg_sq_;
-};
 
 }  // namespace tandem::parallel

@@ -389,37 +389,64 @@ void BucketedGroup::visit_state(const StateVisitor& visit) {
   }
 }
 
-void BucketedGroup::load_state(const StateSource& source) {
-  TANDEM_CHECK(in_flight_.empty(), "{}: load_state with reductions in flight", options_.name);
+void BucketedGroup::visit_owned(const OwnedVisitor& visit) const {
   torch::autograd::AutoGradMode no_grad(false);
   for (int64_t b = 0; b < num_buckets(); ++b) {
     const BucketSpec& spec = layout_.buckets[b];
     const ElementRun slice{shard_rank_ * spec.shard_numel, spec.shard_numel};
+    const at::Tensor params =
+        persistent(b) ? buckets_[b].full_params.narrow(0, slice.begin, slice.length) : param_shard(b);
+    const int64_t moments_begin = optimizer_offset(b) + (options_.zero_stage == 0 ? slice.begin : 0);
+    const at::Tensor m = exp_avg_.narrow(0, moments_begin, slice.length);
+    const at::Tensor v = exp_avg_sq_.narrow(0, moments_begin, slice.length);
+    for (size_t slot = 0; slot < spec.members.size(); ++slot) {
+      const int64_t member = spec.members[slot];
+      if (!members_[member].counts_in_norm) continue;
+      const int64_t lo = std::max(spec.offsets[slot], slice.begin);
+      const int64_t hi = std::min(spec.offsets[slot] + numels_[member], slice.begin + slice.length);
+      if (lo >= hi) continue;
+      auto part = [&](const at::Tensor& t) { return t.narrow(0, lo - slice.begin, hi - lo); };
+      visit(member, lo - spec.offsets[slot], part(params), part(m), part(v));
+    }
+  }
+}
+
+void BucketedGroup::load_state(const StateSource& source) {
+  TANDEM_CHECK(in_flight_.empty(), "{}: load_state with reductions in flight", options_.name);
+  torch::autograd::AutoGradMode no_grad(false);
+  const bool zero0 = options_.zero_stage == 0;
+  for (int64_t b = 0; b < num_buckets(); ++b) {
+    const BucketSpec& spec = layout_.buckets[b];
+    const ElementRun slice{shard_rank_ * spec.shard_numel, spec.shard_numel};
+    const at::Tensor m = exp_avg_.narrow(0, optimizer_offset(b), optimizer_numel(b));
+    const at::Tensor v = exp_avg_sq_.narrow(0, optimizer_offset(b), optimizer_numel(b));
     for (size_t slot = 0; slot < spec.members.size(); ++slot) {
       const int64_t member = spec.members[slot];
       const int64_t begin = spec.offsets[slot];
       const int64_t numel = numels_[member];
-      // The part of [begin, begin + numel) inside this rank's slice, in member coordinates.
+      // The part of [begin, begin + numel) inside this rank's slice, in bucket coordinates.
       const int64_t lo = std::max(begin, slice.begin);
       const int64_t hi = std::min(begin + numel, slice.begin + slice.length);
-      auto write = [&](StateKind kind, const at::Tensor& full_target, const at::Tensor& shard_target) {
-        const at::Tensor value = source(member, kind);
+      // `full_target` (bucket coordinates) takes the whole member, else `shard_target` (slice
+      // coordinates) its part in the slice.
+      auto load = [&](StateKind kind, const at::Tensor& full_target, const at::Tensor& shard_target) {
+        const bool whole = full_target.defined();
+        if (!whole && (!shard_target.defined() || lo >= hi)) return;
+        const int64_t first = whole ? 0 : lo - begin, count = whole ? numel : hi - lo;
+        const at::Tensor value = source(member, kind, first, count);
         if (!value.defined()) return;
-        TANDEM_CHECK_INPUT(value.numel() == numel, "{}: '{}' {} has {} elements, the parameter {}", options_.name,
-                           members_[member].sharding.name, state_kind_name(kind), value.numel(), numel);
+        TANDEM_CHECK_INPUT(value.numel() == count, "{}: '{}' {}: {} elements given for {}", options_.name,
+                           members_[member].sharding.name, state_kind_name(kind), value.numel(), count);
         const at::Tensor flat = value.reshape({-1}).to(at::kFloat);
-        if (full_target.defined()) full_target.narrow(0, begin, numel).copy_(flat);
+        if (whole) full_target.narrow(0, begin, numel).copy_(flat);
         if (shard_target.defined() && lo < hi) {
-          shard_target.narrow(0, lo - slice.begin, hi - lo).copy_(flat.narrow(0, lo - begin, hi - lo));
+          shard_target.narrow(0, lo - slice.begin, hi - lo).copy_(flat.narrow(0, lo - begin - first, hi - lo));
         }
       };
-      const bool zero0 = options_.zero_stage == 0;
-      const at::Tensor m = exp_avg_.narrow(0, optimizer_offset(b), optimizer_numel(b));
-      const at::Tensor v = exp_avg_sq_.narrow(0, optimizer_offset(b), optimizer_numel(b));
-      const at::Tensor shard_p = persistent(b) ? at::Tensor() : param_shard(b);
-      write(StateKind::kParam, gathered(b) ? buckets_[b].full_params : at::Tensor(), shard_p);
-      write(StateKind::kExpAvg, zero0 ? m : at::Tensor(), zero0 ? at::Tensor() : m);
-      write(StateKind::kExpAvgSq, zero0 ? v : at::Tensor(), zero0 ? at::Tensor() : v);
+      load(StateKind::kParam, gathered(b) ? buckets_[b].full_params : at::Tensor(),
+           persistent(b) ? at::Tensor() : param_shard(b));
+      load(StateKind::kExpAvg, zero0 ? m : at::Tensor(), zero0 ? at::Tensor() : m);
+      load(StateKind::kExpAvgSq, zero0 ? v : at::Tensor(), zero0 ? at::Tensor() : v);
     }
   }
 }

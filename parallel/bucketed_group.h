@@ -116,9 +116,20 @@ class BucketedGroup {
   // over the communicator (ZeRO shards are all-gathered bucket by bucket).
   using StateVisitor = std::function<void(int64_t member, StateKind kind, const at::Tensor& local)>;
   void visit_state(const StateVisitor& visit);
-  // Writes this rank's parts from `source(member index, kind)` (local shape; an undefined tensor
-  // leaves that state as it is). No communication.
-  using StateSource = std::function<at::Tensor(int64_t member, StateKind kind)>;
+  // The state this rank stands for in a checkpoint: its slice of every bucket (for every stage,
+  // the elements it updates under ZeRO >= 1), members that count in the norm only, so that over
+  // the ranks of a job each element of the global model is visited once. `visit(member, begin,
+  // param, exp_avg, exp_avg_sq)` gets elements [begin, begin + n) of the member's flattened local
+  // tensor as 1-D views, valid during the call. No communication.
+  using OwnedVisitor = std::function<void(int64_t member, int64_t begin, const at::Tensor& param,
+                                          const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq)>;
+  void visit_owned(const OwnedVisitor& visit) const;
+  // Writes this rank's parts: `source(member index, kind, begin, numel)` returns elements
+  // [begin, begin + numel) of the member's flattened local tensor of that kind (any shape with
+  // that many elements; undefined leaves them as they are). Asks only for what this rank keeps:
+  // whole members where it holds them whole (parameters below ZeRO-3, moments at ZeRO 0), its
+  // slice otherwise. No communication.
+  using StateSource = std::function<at::Tensor(int64_t member, StateKind kind, int64_t begin, int64_t numel)>;
   void load_state(const StateSource& source);
 
   ParamMemory memory() const;

@@ -226,6 +226,8 @@ void DataParallelOptimizer::Impl::build(const std::vector<ShardedParam>& params)
   TANDEM_CHECK_CONFIG(!trivial(comms.world) || (tp == 1 && dp == 1 && trivial(comms.edp)),
                       "the data-parallel optimizer needs the world communicator for the gradient norm");
   if (!options.layer_of) options.layer_of = default_layer_of;
+  TANDEM_CHECK(options.counted.empty() || options.counted.size() == params.size(),
+               "{} counted flags for {} parameters", options.counted.size(), params.size());
 
   // Which group a parameter belongs to, and its group's communicator.
   enum Kind { kDense = 0, kTpPartial = 1, kExperts = 2 };
@@ -253,8 +255,7 @@ void DataParallelOptimizer::Impl::build(const std::vector<ShardedParam>& params)
     member.sharding = s;
     member.param = p.param;
     member.decay = options.decays ? options.decays(s.name) : p.param.dim() >= 2;
-    const bool excluded =
-        std::find(options.norm_excluded.begin(), options.norm_excluded.end(), s.name) != options.norm_excluded.end();
+    const bool excluded = !options.counted.empty() && !options.counted[i];
     // A dense weight replicated over tp has the same reduced gradient on every tp rank.
     const bool tp_copy = kind == kDense && s.kind == ShardKind::kReplicated && tp_rank != 0;
     member.counts_in_norm = !excluded && !tp_copy;
@@ -424,11 +425,25 @@ void DataParallelOptimizer::visit_state(const StateVisitor& visit, bool global_s
 }
 
 void DataParallelOptimizer::load_state(const StateSource& source) {
+  load_state_ranges([&](const ParamSharding& sharding, StateKind kind, int64_t begin, int64_t numel) {
+    const at::Tensor full = source(sharding, kind);
+    return full.defined() ? sharding.slice_of(full).reshape({-1}).narrow(0, begin, numel) : full;
+  });
+}
+
+void DataParallelOptimizer::load_state_ranges(const RangeSource& source) {
   for (auto& group : impl_->groups) {
-    group->load_state([&](int64_t member, StateKind kind) {
-      const ParamSharding& sharding = group->members()[member].sharding;
-      const at::Tensor full = source(sharding, kind);
-      return full.defined() ? sharding.slice_of(full) : full;
+    group->load_state([&](int64_t member, StateKind kind, int64_t begin, int64_t numel) {
+      return source(group->members()[member].sharding, kind, begin, numel);
+    });
+  }
+}
+
+void DataParallelOptimizer::visit_owned(const OwnedVisitor& visit) const {
+  for (const auto& group : impl_->groups) {
+    group->visit_owned([&](int64_t member, int64_t begin, const at::Tensor& param, const at::Tensor& exp_avg,
+                           const at::Tensor& exp_avg_sq) {
+      visit(group->members()[member].sharding, begin, param, exp_avg, exp_avg_sq);
     });
   }
 }

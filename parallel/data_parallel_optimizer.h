@@ -90,9 +90,11 @@ struct DataParallelOptions {
   std::function<bool(const std::string& name)> decays;
   // ZeRO-3's unit of gathering; null: i for "model.layers.{i}.*", -1 (always gathered) otherwise.
   std::function<int64_t(const std::string& name)> layer_of;
-  // Parameters this rank holds as a copy of another rank's (the last pipeline stage's copy of the
-  // embedding): left out of the gradient norm so that they count once.
-  std::vector<std::string> norm_excluded;
+  // counted[i] false: params[i] is a copy of a parameter that another tensor stands for (a
+  // pipeline's second copy of a stage, the last stage's copy of the embedding), trained like
+  // the others but left out of the gradient norm and of visit_owned, so that each global
+  // parameter counts once. Empty: every parameter counts.
+  std::vector<bool> counted;
 };
 
 // Evidence of overlap for the last backward (tests, logs).
@@ -147,6 +149,21 @@ class DataParallelOptimizer {
   // leave as is), slicing by tp sharding and ZeRO shard. No communication.
   using StateSource = std::function<at::Tensor(const ParamSharding& sharding, StateKind kind)>;
   void load_state(const StateSource& source);
+  // The same, asking only for the elements this rank keeps: `source(sharding, kind, begin,
+  // numel)` returns elements [begin, begin + numel) of the flattened LOCAL tensor (this rank's
+  // tp/ep shard, sharding.local_shape), e.g. read as boxes of the global tensor from a
+  // checkpoint. No communication.
+  using RangeSource =
+      std::function<at::Tensor(const ParamSharding& sharding, StateKind kind, int64_t begin, int64_t numel)>;
+  void load_state_ranges(const RangeSource& source);
+  // What this rank writes into a checkpoint, no communication: `visit(sharding, begin, param,
+  // exp_avg, exp_avg_sq)` for elements [begin, begin + n) of a flattened local tensor (1-D views,
+  // valid during the call). Over the ranks of the job every element of the global model comes
+  // exactly once (the elements each rank counts in the gradient norm: its ZeRO slice of each
+  // replication group, tp-replicated weights on tp rank 0, no uncounted copies).
+  using OwnedVisitor = std::function<void(const ParamSharding& sharding, int64_t begin, const at::Tensor& param,
+                                          const at::Tensor& exp_avg, const at::Tensor& exp_avg_sq)>;
+  void visit_owned(const OwnedVisitor& visit) const;
 
   // Bytes of parameter, gradient and optimizer buffers this rank holds now (measured).
   ParamMemory memory() const;

@@ -13,8 +13,7 @@
 #include "launch/pipeline_runner.h"
 #include "launch/trainer.h"
 #include "model/model.h"
-#include "parallel/adamw.h"
-#include "parallel/replica_groups.h"
+#include "parallel/data_parallel_optimizer.h"
 #include "parallel/process_grid.h"
 #include "runtime/gpt_sampler.h"
 #include "runtime/indexed_dataset.h"
@@ -38,8 +37,8 @@ struct Trainer::State {
 
   std::unique_ptr<model::Model> model;              // pp = 1: the whole model (its tp/ep shards)
   std::unique_ptr<PipelineRunner> pipeline;         // pipeline jobs (uses_pipeline): this rank's stages
-  std::unique_ptr<parallel::ReplicaGroups> params;  // flat buffers by replication group (dense, experts)
-  std::unique_ptr<parallel::AdamW> optimizer;
+  // Owns the parameters' storage, their gradient reduction (ZeRO 0-3) and AdamW.
+  std::unique_ptr<parallel::DataParallelOptimizer> optimizer;
 
   std::unique_ptr<runtime::MetricsWriter> metrics;        // rank 0
   std::unique_ptr<runtime::TensorBoardWriter> tensorboard;  // rank 0, when enabled

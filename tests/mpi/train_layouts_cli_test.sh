@@ -4,9 +4,9 @@
 #     --set parallel.tp=2 --set train.steps=20` logs the losses of the `-np 1` run (dp1 tp1) (the
 #     default job as it is, only the corpus path and output set, and its DualPipe pipeline
 #     turned into one stage with ${one_stage[@]}; see below for the tolerance);
-#  2. exact resume under dp2+tp2+ep2+zero1: a run checkpointed at step 4 and resumed to 8 logs
+#  2. exact resume under dp2+tp2+ep2+zero3: a run checkpointed at step 4 and resumed to 8 logs
 #     bit-identical metrics to a straight run to 8;
-#  3. resharding: that step-4 checkpoint (written by 4 ranks as dp2+tp2+ep2+zero1) resumed under
+#  3. resharding: that step-4 checkpoint (written by 4 ranks as dp2+tp2+ep2+zero3) resumed under
 #     dp4 (tp1, ep1, zero 0) and on one process continues the straight run's losses to 1e-5.
 # Usage: train_layouts_cli_test.sh TANDEM_BINARY SOURCE_DIR MPIEXEC...
 set -uo pipefail
@@ -51,7 +51,7 @@ fi
 small=(--set model.hidden_size=64 --set model.intermediate_size=128 --set model.moe_intermediate_size=32
        --set model.num_hidden_layers=2 --set data.seq_length=64 --set data.global_batch_size=8
        --set data.micro_batch_size=2 --set train.eval_interval=4 --set logging.log_interval=4)
-layout=(--set parallel.dp=2 --set parallel.tp=2 --set parallel.ep=2 --set parallel.zero=1)
+layout=(--set parallel.dp=2 --set parallel.tp=2 --set parallel.ep=2 --set parallel.zero=3)
 train "$work/straight" 4 "${small[@]}" "${layout[@]}" --set train.steps=8 --set checkpoint.interval=4 \
   --set checkpoint.keep_last=2 || fail "straight run exited $?"
 train "$work/resumed" 4 "${small[@]}" "${layout[@]}" --set train.steps=4 || fail "first half exited $?"
@@ -59,13 +59,13 @@ train "$work/resumed" 4 "${small[@]}" "${layout[@]}" --set train.steps=8 --set c
   fail "second half exited $?"
 if grep -q "resumed from .*step_00000004" "$work/resumed.log" &&
    diff <(metrics "$work/straight") <(metrics "$work/resumed") >/dev/null; then
-  ok "dp2+tp2+ep2+zero1: resume at step 4 reproduces steps 5-8 bit for bit"
+  ok "dp2+tp2+ep2+zero3: resume at step 4 reproduces steps 5-8 bit for bit"
 else
-  fail "dp2+tp2+ep2+zero1: the resumed run differs from the straight run"
+  fail "dp2+tp2+ep2+zero3: the resumed run differs from the straight run"
   diff <(metrics "$work/straight") <(metrics "$work/resumed") | head -5
 fi
 
-# 3. resharding: the dp2+tp2+ep2+zero1 checkpoint of step 4 continued under other layouts
+# 3. resharding: the dp2+tp2+ep2+zero3 checkpoint of step 4 continued under other layouts
 checkpoint=$work/straight/checkpoints/step_00000004
 for target in "dp4|4|--set parallel.dp=4" "one process|1|--set parallel.dp=1"; do
   IFS='|' read -r name ranks overrides <<<"$target"
@@ -76,7 +76,7 @@ for target in "dp4|4|--set parallel.dp=4" "one process|1|--set parallel.dp=1"; d
   diff=$(loss_diff "$out/metrics.jsonl" "$work/straight/metrics.jsonl")
   steps=$(grep -c '"step"' "$out/metrics.jsonl" 2>/dev/null)
   if grep -q "resumed from .*step_00000004" "$out.log" && [ "$steps" = 4 ] && within "$diff" 1e-5; then
-    ok "dp2+tp2+ep2+zero1 checkpoint resumed under $name: steps 5-8 within $diff of the straight run"
+    ok "dp2+tp2+ep2+zero3 checkpoint resumed under $name: steps 5-8 within $diff of the straight run"
   else
     fail "resharded resume under $name: $steps steps, worst relative loss difference $diff"
     grep -iE "error|resum" "$out.log" | head -3

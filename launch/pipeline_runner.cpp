@@ -93,10 +93,10 @@ std::vector<std::pair<std::string, at::Tensor>> PipelineRunner::named_buffers(bo
   const schedule::Placement& placement = executor_->schedule().placement;
   const parallel::GridCoord& coord = grid_.coord();
   const int pp_rank = static_cast<int>(coord.pp);
-  // The lowest pipeline rank holding `stage`.
+  // The primary holder of `stage` (ReplicaGradSync::is_primary's order: lowest chunk, then rank).
   auto first_holder = [&](int stage) {
-    for (int r = 0; r < placement.num_ranks(); ++r) {
-      for (int c = 0; c < placement.num_chunks(); ++c) {
+    for (int c = 0; c < placement.num_chunks(); ++c) {
+      for (int r = 0; r < placement.num_ranks(); ++r) {
         if (placement.stage_of(r, c) == stage) return r;
       }
     }

@@ -55,7 +55,7 @@ class PipelineRunner {
   std::vector<bool> primary_flags() const;  // [sharded_parameters() index]
   // Buffers (routing biases) under their global names: every local copy (what a checkpoint is
   // loaded into), or with `stored_only` those this rank writes into a checkpoint, so that the job
-  // writes each once: the copy of the lowest pipeline rank holding the stage, on the first data-
+  // writes each once: the primary copy of the stage (see ReplicaGradSync::is_primary), on the first data-
   // and tensor-parallel replica (buffers are identical over dp, tp and ep).
   std::vector<std::pair<std::string, at::Tensor>> named_buffers(bool stored_only) const;
 

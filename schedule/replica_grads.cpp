@@ -77,7 +77,7 @@ ReplicaGradSync::ReplicaGradSync(const Placement& placement, int rank,
     Slot primary = slots.front();
     for (const Slot& slot : slots) {
       if (slot.rank != rank_) peers.insert(slot.rank);
-      if (std::pair(slot.rank, slot.chunk) < std::pair(primary.rank, primary.chunk)) primary = slot;
+      if (std::pair(slot.chunk, slot.rank) < std::pair(primary.chunk, primary.rank)) primary = slot;
     }
     for (auto& [chunk, param] : entry.copies) {
       if (primary.rank != rank_ || primary.chunk != chunk) non_primary_[chunk].push_back(name);

@@ -50,8 +50,9 @@ class ReplicaGradSync {
   void finish();
 
   // Whether this rank's copy in `chunk` is the one that stands for the parameter `name` where
-  // each global parameter must count once (gradient norm, parameter counts): the copy of the
-  // lowest (pp rank, chunk) holding it.
+  // each global parameter must count once (gradient norm, parameter counts, checkpoints): the
+  // copy of the lowest (chunk, pp rank) holding it, so that under DualPipe every rank stands for
+  // the stage it holds as chunk 0 and the ranks share the writing of a checkpoint evenly.
   bool is_primary(int chunk, const std::string& name) const;
 
   struct Bucket;  // defined in the .cpp

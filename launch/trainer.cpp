@@ -40,12 +40,6 @@ namespace {
 using parallel::GroupKind;
 using parallel::ReduceOp;
 
-// What this build's trainer can run; everything else is a valid layout for check-config.
-void check_supported(const JobConfig& config) {
-  const auto& p = config.parallel;
-  check_pipeline_supported(config);
-}
-
 // run.device and train.precision resolved for this rank: auto means the GPU of this rank's
 // node-local index when one is usable, and bf16 autocast there (fp32 on the CPU).
 void resolve_placement(const JobConfig& config, const runtime::ProcessContext& process, at::Device& device,
@@ -154,7 +148,7 @@ parallel::DataParallelOptions optimizer_options(const JobConfig& config, std::ve
 Trainer::Trainer(JobConfig config, const runtime::ProcessContext& process, const runtime::SignalWatcher& signals)
     : state_(std::make_unique<State>(std::move(config), process, signals)) {
   State& s = *state_;
-  check_supported(s.config);
+  check_pipeline_supported(s.config);  // what the pipeline path cannot run yet
   const auto layout = parallel::GridLayout::create(process.world_size, s.config.parallel.pp, s.config.parallel.dp,
                                                    s.config.parallel.tp, s.config.parallel.ep, s.config.parallel.order);
   const int64_t dp_rank = layout.coord(process.rank).dp;

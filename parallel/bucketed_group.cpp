@@ -194,7 +194,14 @@ void BucketedGroup::launch_reduction(int64_t bucket) {
   if (options_.zero_stage <= 1) {
     const at::Tensor& grads = buckets_[bucket].full_grads;
     reduction.wire = wire_dtype == at::kFloat ? grads : grads.to(wire_dtype);
-    if (!trivial(options_.comm)) reduction.work = options_.comm->all_reduce_async(reduction.wire, ReduceOp::kSum);
+    if (options_.zero_stage == 1 && !trivial(options_.comm)) {
+      // ZeRO-1 updates only this rank's slice and gathers the parameters afterwards: the
+      // reduce-scattered slice is all it needs (half the volume of an all-reduce).
+      reduction.output = at::empty({spec.shard_numel}, reduction.wire.options());
+      reduction.work = options_.comm->reduce_scatter_async(reduction.output, reduction.wire, ReduceOp::kSum);
+    } else if (!trivial(options_.comm)) {
+      reduction.work = options_.comm->all_reduce_async(reduction.wire, ReduceOp::kSum);
+    }
   } else {
     // Pack the members' gradients (autograd's standalone tensors) and drop them: from here on
     // the bucket buffer is the only full copy, and it lives until the reduce-scatter is done.
@@ -224,7 +231,12 @@ void BucketedGroup::poll() {
 void BucketedGroup::finish(Reduction& reduction) {
   if (reduction.work) reduction.work->wait();
   const double scale = options_.grad_scale;
-  if (options_.zero_stage <= 1) {
+  if (reduction.output.defined() && options_.zero_stage == 1) {
+    // Only the slice holds the reduced values; the rest of the buffer keeps this rank's own sum.
+    at::Tensor slice = grad_slice(reduction.bucket);
+    slice.copy_(reduction.output);
+    if (scale != 1.0) slice.mul_(scale);
+  } else if (options_.zero_stage <= 1) {
     at::Tensor& grads = buckets_[reduction.bucket].full_grads;
     if (!reduction.wire.is_same(grads)) grads.copy_(reduction.wire);
     if (scale != 1.0) grads.mul_(scale);

@@ -7,7 +7,9 @@
 //    a negative key (embedding, final norm, head: not part of a decoder layer) stay gathered
 //    ("persistent"). A group of size 1 has nothing to shard over: ZeRO-3 acts as ZeRO-2 there.
 //  - gradients: ZeRO 0/1 keep a full fp32 gradient buffer per bucket and every .grad is a view
-//    of it (autograd accumulates in place); ZeRO 2/3 keep only the shard [shard] per rank:
+//    of it (autograd accumulates in place); ZeRO 0 all-reduces it, ZeRO 1 reduce-scatters it
+//    into this rank's slice of the buffer (the rest keeps the local sum: only the slice is
+//    used); ZeRO 2/3 keep only the shard [shard] per rank:
 //    autograd writes standalone .grad tensors, which a reduction packs into a transient bucket
 //    buffer and drops, and the reduce-scattered slice is added into the shard gradient.
 //  - AdamW moments: over the full buckets (ZeRO 0) or this rank's slices (ZeRO >= 1).
@@ -83,13 +85,13 @@ class BucketedGroup {
   // Start of a step: ZeRO 0/1 zero the full gradient buffers (and re-point any replaced .grad);
   // ZeRO 2/3 zero the shard gradients and drop every .grad.
   void zero_grad();
-  // Issues the bucket's reduction (all-reduce for ZeRO 0/1, reduce-scatter for 2/3) without
+  // Issues the bucket's reduction (all-reduce for ZeRO 0, reduce-scatter for 1/2/3) without
   // waiting. ZeRO 2/3 pack the members' .grad (undefined = zero) and drop them.
   void launch_reduction(int64_t bucket);
   // Tests the reductions in flight (MPI progresses inside such calls); never blocks.
   void poll();
   // Waits for every reduction in flight and applies scale / accumulation; afterwards the
-  // gradients (ZeRO 0/1: full; ZeRO 2/3: this rank's shard) hold the contract's values.
+  // gradients (ZeRO 0: full; ZeRO 1/2/3: this rank's slice) hold the contract's values.
   void complete_reductions();
   bool reductions_in_flight() const { return !in_flight_.empty(); }
 

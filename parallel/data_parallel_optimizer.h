@@ -28,7 +28,7 @@
 //     opt.begin_backward(/*final_backward=*/m == M - 1, /*weight_grads_deferred=*/false);
 //     forward; backward (hooks launch buckets as they fill)   [+ W queue, mark_ready()]
 //     opt.end_backward();        // launches what is left (ZeRO 2/3: and completes it)
-//   opt.finish_gradient_sync();  // waits; gradients now follow the contract
+//   opt.finish_gradient_sync();  // waits; gradients follow the contract (ZeRO >= 1: this rank's slice)
 //   double norm = opt.global_grad_norm();   // collective over world
 //   opt.step(lr, clip_scale(norm, max_norm));
 // ZeRO 0/1 accumulate micro-batches locally in full gradient buffers and reduce after the final

@@ -7,6 +7,7 @@
 // twice; the routed partial outputs join the shared experts' row-parallel partial sums.
 #include <cmath>
 
+#include "model/detail/fused_moe.h"
 #include "model/detail/moe.h"
 #include "parallel/expert_dispatch.h"
 #include "parallel/tp_mappings.h"
@@ -77,7 +78,10 @@ at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing&
       capacity_factor_ > 0 ? static_cast<int64_t>(std::ceil(capacity_factor_ * n * options_.top_k / num_experts)) : 0;
   const DispatchPlan plan = plan_dispatch(routing, num_experts, capacity);
   dropped_ += plan.dropped;
-  const at::Tensor permuted = rows.index_select(0, plan.token_index);  // [R, C]
+  // On a GPU the row movement is one kernel each way (model/kernels/); the CPU keeps LibTorch's.
+  const bool fused = rows.is_cuda();
+  const at::Tensor permuted = fused ? permute_tokens_differentiable(rows, plan.token_index)
+                                    : rows.index_select(0, plan.token_index);  // [R, C]
 
   // 3. Experts, through the all-to-alls when they live on other ranks.
   at::Tensor expert_out;  // [R, C] in `permuted` order
@@ -97,6 +101,7 @@ at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing&
   }
 
   // 4. Weight by gate and scatter-add back to this rank's rows.
+  if (fused) return unpermute_combine_differentiable(expert_out, plan.gate, plan.token_index, n, rows.scalar_type());  // [n, C]
   const at::Tensor weighted = expert_out * plan.gate.to(rows.scalar_type()).unsqueeze(1);  // [R, C]
   return at::zeros({n, rows.size(1)}, rows.options()).index_add(0, plan.token_index, weighted);  // [n, C]
 }

@@ -3,6 +3,7 @@
 // selection uses scores + bias, gate values use the scores alone.
 #include <limits>
 
+#include "model/detail/fused_moe.h"
 #include "model/detail/moe.h"
 #include "parallel/tp_mappings.h"
 #include "runtime/error.h"
@@ -46,12 +47,21 @@ at::Tensor group_limited_topk(const at::Tensor& selection, const RoutingOptions&
 Routing route(const at::Tensor& logits, const at::Tensor& bias, const RoutingOptions& o) {
   Routing r;
   r.scores = o.sigmoid ? at::sigmoid(logits) : at::softmax(logits, -1);  // [N, E]
-  const at::Tensor selection = r.scores.detach() + bias.to(r.scores.scalar_type());
-  r.topk_idx = group_limited_topk(selection, o);  // [N, K]
-  at::Tensor gates = r.scores.gather(1, r.topk_idx);  // [N, K]
-  if (o.norm_topk_prob) gates = gates / (gates.sum(-1, true) + 1e-20);
-  r.topk_weight = gates * o.routed_scaling_factor;
+  if (r.scores.is_cuda()) {
+    // One fused kernel for the selection (fp32 sigmoid scores; otherwise the same math below).
+    r.topk_idx = routing_topk(r.scores, bias, o).first;  // [N, K]
+  } else {
+    const at::Tensor selection = r.scores.detach() + bias.to(r.scores.scalar_type());
+    r.topk_idx = group_limited_topk(selection, o);  // [N, K]
+  }
+  r.topk_weight = gate_weights(r.scores, r.topk_idx, o);
   return r;
+}
+
+at::Tensor gate_weights(const at::Tensor& scores, const at::Tensor& topk_idx, const RoutingOptions& o) {
+  at::Tensor gates = scores.gather(1, topk_idx);  // [N, K]
+  if (o.norm_topk_prob) gates = gates / (gates.sum(-1, true) + 1e-20);
+  return gates * o.routed_scaling_factor;
 }
 
 at::Tensor expert_counts(const at::Tensor& topk_idx, int64_t num_experts) {

@@ -42,6 +42,9 @@ struct Routing {
 // score is the sum of its two best selection scores; one when a group has a single expert).
 // selection [N, E] -> [N, K] int64.
 at::Tensor group_limited_topk(const at::Tensor& selection, const RoutingOptions& options);
+// Gate values of the chosen experts from the unbiased scores: scores [N, E], topk_idx [N, K] ->
+// [N, K], normalised when norm_topk_prob, times routed_scaling_factor (differentiable in scores).
+at::Tensor gate_weights(const at::Tensor& scores, const at::Tensor& topk_idx, const RoutingOptions& options);
 // logits [N, E] in the compute dtype; bias [E] (never differentiated).
 Routing route(const at::Tensor& logits, const at::Tensor& bias, const RoutingOptions& options);
 // Tokens per expert: topk_idx [..., K] -> [E] int64.

@@ -1,0 +1,162 @@
+// The fused MoE kernels against the model's own LibTorch formulation on random inputs:
+// routing top-k against route() (model/routing.cpp) with the same expert choices and gate values
+// to 1e-6, permute against index_select (bit-exact, every row dtype and odd row sizes), and the
+// weighted combine against index_add (1e-6). Skips with the reason without a GPU.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "model/detail/fused_moe.h"
+#include "model/detail/moe.h"
+#include "runtime/device.h"
+
+namespace tandem::model::detail {
+namespace {
+
+#define TANDEM_SKIP_WITHOUT_GPU()                                                     \
+  do {                                                                                \
+    if (const std::string reason = runtime::gpu_unavailable_reason(); !reason.empty()) \
+      GTEST_SKIP() << reason;                                                         \
+  } while (0)
+
+const at::Device kGpu(at::kCUDA, 0);
+
+RoutingOptions options_for(int64_t experts, int64_t groups, int64_t kept_groups, int64_t top_k, bool normalise,
+                           double scale) {
+  RoutingOptions o;
+  o.num_experts = experts;
+  o.n_group = groups;
+  o.topk_group = kept_groups;
+  o.top_k = top_k;
+  o.sigmoid = true;
+  o.norm_topk_prob = normalise;
+  o.routed_scaling_factor = scale;
+  return o;
+}
+
+TEST(MoeKernels, RoutingTopkMatchesRoute) {
+  TANDEM_SKIP_WITHOUT_GPU();
+  ASSERT_TRUE(fused_moe_kernels_available());
+  // DeepSeek-V3's shape, a plain top-k without groups, one expert per group, no normalisation.
+  const std::vector<RoutingOptions> cases = {options_for(256, 8, 4, 8, true, 2.5), options_for(16, 1, 1, 4, true, 1.0),
+                                             options_for(64, 8, 3, 6, true, 1.0), options_for(8, 8, 4, 2, false, 1.5),
+                                             options_for(96, 4, 2, 5, true, 0.5)};
+  at::manual_seed(7);
+  for (const RoutingOptions& o : cases) {
+    const std::string what = fmt::format("E={} G={} topk_group={} K={}", o.num_experts, o.n_group, o.topk_group, o.top_k);
+    const at::Tensor logits = at::randn({1000, o.num_experts}, at::kFloat) * 2.0;
+    const at::Tensor bias = at::randn({o.num_experts}, at::kFloat) * 0.1;  // changes some choices
+    const Routing reference = route(logits, bias, o);                       // on the CPU
+    const auto [idx, weight] = routing_topk(reference.scores.to(kGpu), bias.to(kGpu), o);
+    ASSERT_TRUE(idx.is_cuda()) << what;
+    const at::Tensor idx_host = idx.cpu();
+    const int64_t mismatched_tokens = idx_host.ne(reference.topk_idx).any(1).sum().item<int64_t>();
+    EXPECT_EQ(mismatched_tokens, 0) << what << ": tokens whose experts differ from route()";
+    const double max_error = (weight.cpu() - reference.topk_weight).abs().max().item<double>();
+    EXPECT_LE(max_error, 1e-6) << what << ": gate values";
+    std::printf("routing %s: %lld/1000 tokens differ, max |gate error| %.3g\n", what.c_str(),
+                static_cast<long long>(mismatched_tokens), max_error);
+  }
+}
+
+TEST(MoeKernels, PermuteIsIndexSelectBitForBit) {
+  TANDEM_SKIP_WITHOUT_GPU();
+  at::manual_seed(11);
+  for (at::ScalarType dtype : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble, at::kByte}) {
+    for (int64_t width : {1, 3, 8, 129, 1024}) {  // row sizes down to 1 byte and unaligned widths
+      const at::Tensor rows = (at::randn({300, width}) * 50).abs().to(dtype).to(kGpu);  // >= 0: uint8 holds it
+      const at::Tensor index = at::randint(0, 300, {1700}, at::TensorOptions().dtype(at::kLong)).to(kGpu);
+      const at::Tensor got = permute_tokens(rows, index);
+      EXPECT_TRUE(at::equal(got, rows.index_select(0, index)))
+          << c10::toString(dtype) << " width " << width;
+    }
+  }
+}
+
+TEST(MoeKernels, CombineMatchesIndexAdd) {
+  TANDEM_SKIP_WITHOUT_GPU();
+  at::manual_seed(13);
+  constexpr int64_t kTokens = 512, kTopK = 6, kHidden = 200;
+  // Every token appears top_k times, in a random (expert-sorted-like) order.
+  const at::Tensor index = at::arange(kTokens, at::kLong).repeat_interleave(kTopK).index_select(
+      0, at::randperm(kTokens * kTopK, at::kLong));
+  const at::Tensor rows = at::randn({kTokens * kTopK, kHidden});
+  const at::Tensor gate = at::rand({kTokens * kTopK});
+  // The exact sum (float64 of the fp32 products) and the sum of magnitudes: an fp32 sum of K
+  // terms in any order is within K * 2^-24 * sum |terms| of it, well inside 1e-6 of that scale.
+  const at::Tensor products = (rows * gate.unsqueeze(1)).to(at::kDouble);
+  const at::Tensor exact = at::zeros({kTokens, kHidden}, at::kDouble).index_add(0, index, products);
+  const at::Tensor magnitude = at::zeros({kTokens, kHidden}, at::kDouble).index_add(0, index, products.abs());
+  const at::Tensor got = unpermute_combine(rows.to(kGpu), gate.to(kGpu), index.to(kGpu), kTokens).cpu();
+  const double worst = ((got.to(at::kDouble) - exact).abs() / magnitude.clamp_min(1e-30)).max().item<double>();
+  EXPECT_LE(worst, 1e-6) << "relative to the sum of magnitudes";
+  EXPECT_TRUE(at::allclose(got, exact.to(at::kFloat), 1e-6, 1e-6))
+      << "max |error| " << (got.to(at::kDouble) - exact).abs().max().item<double>();
+  std::printf("combine fp32: max error / sum|terms| = %.3g\n", worst);
+
+  // Without gates, on bf16 rows into an fp32 result: the fp32 sum of the bf16 values.
+  const at::Tensor half_rows = rows.to(at::kBFloat16);
+  const at::Tensor plain =
+      unpermute_combine(half_rows.to(kGpu), at::Tensor(), index.to(kGpu), kTokens, at::kFloat).cpu();
+  const at::Tensor plain_expected = at::zeros({kTokens, kHidden}).index_add(0, index, half_rows.to(at::kFloat));
+  EXPECT_EQ(plain.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::allclose(plain, plain_expected, 1e-6, 1e-5));
+}
+
+// The differentiable forms the MoE layer uses against LibTorch's own autograd through
+// index_select / index_add, on `device`: the same output and the same gradients for the token
+// rows and the gates.
+void expect_reference_gradients(const at::Device& device) {
+  at::manual_seed(17);
+  constexpr int64_t kTokens = 64, kRows = 64 * 4, kHidden = 24;
+  const auto options = at::TensorOptions().dtype(at::kFloat).device(device);
+  const at::Tensor index = at::randint(0, kTokens, {kRows}, at::TensorOptions().dtype(at::kLong)).to(device);
+  const at::Tensor probe = at::randn({kTokens, kHidden}, options);
+  const auto run = [&](bool fused) {
+    const at::Tensor rows = at::randn({kTokens, kHidden}, at::TensorOptions().dtype(at::kFloat))
+                                .to(device)
+                                .set_requires_grad(true);
+    const at::Tensor gate = at::rand({kRows}, at::TensorOptions().dtype(at::kFloat)).to(device).set_requires_grad(true);
+    const at::Tensor permuted = fused ? permute_tokens_differentiable(rows, index) : rows.index_select(0, index);
+    const at::Tensor expert_out = permuted * 1.5 + permuted.pow(2) * 0.25;  // a stand-in expert
+    const at::Tensor out = fused ? unpermute_combine_differentiable(expert_out, gate, index, kTokens, at::kFloat)
+                                 : at::zeros({kTokens, kHidden}, options).index_add(0, index, expert_out * gate.unsqueeze(1));
+    (out * probe).sum().backward();
+    return std::vector<at::Tensor>{out.detach().cpu(), rows.grad().cpu(), gate.grad().cpu()};
+  };
+  at::manual_seed(19);
+  const std::vector<at::Tensor> fused = run(true);
+  at::manual_seed(19);
+  const std::vector<at::Tensor> reference = run(false);
+  const char* names[] = {"output", "d rows", "d gate"};
+  for (size_t i = 0; i < fused.size(); ++i) {
+    EXPECT_TRUE(at::allclose(fused[i], reference[i], 1e-5, 1e-5))
+        << device << " " << names[i] << ": max |difference| " << (fused[i] - reference[i]).abs().max().item<double>();
+  }
+}
+
+TEST(MoeKernels, DifferentiableFormsMatchReferenceGradientsOnCpu) { expect_reference_gradients(at::kCPU); }
+
+TEST(MoeKernels, DifferentiableFormsMatchReferenceGradientsOnGpu) {
+  TANDEM_SKIP_WITHOUT_GPU();
+  expect_reference_gradients(kGpu);
+}
+
+TEST(MoeKernels, ReferencePathOnCpuIsTheModelMath) {
+  // No GPU needed: CPU tensors take the reference, which must be route()'s selection and gates.
+  const RoutingOptions o = options_for(32, 4, 2, 4, true, 2.0);
+  const at::Tensor logits = at::randn({50, 32});
+  const at::Tensor bias = at::randn({32}) * 0.1;
+  const Routing reference = route(logits, bias, o);
+  const auto [idx, weight] = routing_topk(reference.scores, bias, o);
+  EXPECT_TRUE(at::equal(idx, reference.topk_idx));
+  EXPECT_TRUE(at::allclose(weight, reference.topk_weight));
+  const at::Tensor rows = at::randn({50, 7});
+  const at::Tensor index = at::randint(0, 50, {120}, at::TensorOptions().dtype(at::kLong));
+  EXPECT_TRUE(at::equal(permute_tokens(rows, index), rows.index_select(0, index)));
+}
+
+}  // namespace
+}  // namespace tandem::model::detail

@@ -21,4 +21,11 @@ AutocastScope::~AutocastScope() {
   at::autocast::set_autocast_dtype(device_type_, previous_dtype_);
 }
 
+AutocastOffScope::AutocastOffScope(c10::DeviceType device_type)
+    : device_type_(device_type), previous_enabled_(at::autocast::is_autocast_enabled(device_type)) {
+  at::autocast::set_autocast_enabled(device_type_, false);
+}
+
+AutocastOffScope::~AutocastOffScope() { at::autocast::set_autocast_enabled(device_type_, previous_enabled_); }
+
 }  // namespace tandem::model

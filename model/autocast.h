@@ -27,4 +27,19 @@ class AutocastScope {
   c10::ScalarType previous_dtype_;
 };
 
+// The opposite, for work that must stay in fp32 inside an AutocastScope (the MoE router: its
+// logits decide the expert choice, MODEL.md): autocast is off on `device_type` while alive,
+// then back as it was. The cast cache is left alone (the enclosing scope owns it).
+class AutocastOffScope {
+ public:
+  explicit AutocastOffScope(c10::DeviceType device_type);
+  ~AutocastOffScope();
+  AutocastOffScope(const AutocastOffScope&) = delete;
+  AutocastOffScope& operator=(const AutocastOffScope&) = delete;
+
+ private:
+  c10::DeviceType device_type_;
+  bool previous_enabled_ = false;
+};
+
 }  // namespace tandem::model

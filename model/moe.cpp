@@ -1,12 +1,14 @@
 // The MoE layer: shared experts plus routed experts, token work grouped per expert. Forward
 // phases (moe.h): route in >= fp32 -> count load -> permute token rows into expert order ->
 // (ep > 1: all-to-all to the experts' ranks) -> one SwiGLU call per local expert on its contiguous
-// block -> (ep > 1: all-to-all back) -> weight by gate and scatter-add back to the tokens.
+// block (on a GPU: grouped GEMMs over all local experts at once) -> (ep > 1: all-to-all back) ->
+// weight by gate and scatter-add back to the tokens (on a GPU: fused kernels, model/kernels/).
 // Tensor parallelism: each tp rank routes its own rows (sequence slice under sequence
 // parallelism, else an even share of the replicated rows), so no token is routed or dispatched
 // twice; the routed partial outputs join the shared experts' row-parallel partial sums.
 #include <cmath>
 
+#include "model/autocast.h"
 #include "model/detail/fused_moe.h"
 #include "model/detail/moe.h"
 #include "parallel/expert_dispatch.h"
@@ -60,13 +62,40 @@ at::Tensor MoEImpl::run_experts(const at::Tensor& rows, const std::vector<int64_
   return outputs.empty() ? rows : at::cat(outputs, 0);  // [R, C]
 }
 
+bool MoEImpl::grouped_experts_for(const at::Tensor& rows) const {
+  const at::ScalarType dtype = rows.scalar_type();  // at::_grouped_mm takes no float64
+  const bool float_rows = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
+  if (!rows.is_cuda() || !float_rows || experts->size() == 0) return false;
+  const at::Tensor& first = experts->ptr(0)->as<SwiGLUImpl>()->gate_proj->weight;  // [I, C]
+  return grouped_linear_supported(first.size(1), first.size(0));
+}
+
+at::Tensor MoEImpl::run_experts_grouped(const at::Tensor& rows, const at::Tensor& offsets, ForwardContext& ctx) {
+  // No rows: as run_experts, hand the empty input on (a grouped GEMM of nothing is not needed).
+  if (rows.size(0) == 0) return rows;
+  std::vector<at::Tensor> gate_w, up_w, down_w;  // one [out, in] leaf per local expert
+  for (const auto& module : *experts) {
+    const auto* expert = module->as<SwiGLUImpl>();
+    gate_w.push_back(expert->gate_proj->weight);
+    up_w.push_back(expert->up_proj->weight);
+    down_w.push_back(expert->down_proj->weight);
+  }
+  const at::Tensor gate_out = grouped_split_linear(rows, gate_w, offsets, ctx.queue);  // [R, I]
+  const at::Tensor up_out = grouped_split_linear(rows, up_w, offsets, ctx.queue);      // [R, I]
+  return grouped_split_linear(at::silu(gate_out) * up_out, down_w, offsets, ctx.queue);  // [R, C]
+}
+
 at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing& routing) {
   const int64_t n = rows.size(0);
   const int64_t num_experts = options_.num_experts;
 
-  // 1. Route, in at least fp32 (MODEL.md).
+  // 1. Route, in at least fp32 (MODEL.md), autocast or not: the logits pick the experts.
   const at::ScalarType compute = at::promote_types(rows.scalar_type(), at::kFloat);
-  const at::Tensor logits = split_linear(rows.to(compute), gate->weight.to(compute), ctx.queue);  // [n, E]
+  at::Tensor logits;  // [n, E]
+  {
+    const AutocastOffScope fp32_router(rows.device().type());
+    logits = split_linear(rows.to(compute), gate->weight.to(compute), ctx.queue);
+  }
   routing = route(logits, gate->e_score_correction_bias, options_);
   if (is_training()) {
     torch::NoGradGuard no_grad;
@@ -76,7 +105,11 @@ at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing&
   // 2. Permute token rows into expert order. Capacity counts this rank's rows only.
   const int64_t capacity =
       capacity_factor_ > 0 ? static_cast<int64_t>(std::ceil(capacity_factor_ * n * options_.top_k / num_experts)) : 0;
-  const DispatchPlan plan = plan_dispatch(routing, num_experts, capacity);
+  const bool grouped = grouped_experts_for(rows);
+  const bool ep_exchange = ctx.ep && ctx.ep->size() > 1;
+  // The grouped GEMMs take the expert boundaries on the device: no host copy of the counts
+  // unless the all-to-all needs them.
+  const DispatchPlan plan = plan_dispatch(routing, num_experts, capacity, /*host_counts=*/!grouped || ep_exchange);
   dropped_ += plan.dropped;
   // On a GPU the row movement is one kernel each way (model/kernels/); the CPU keeps LibTorch's.
   const bool fused = rows.is_cuda();
@@ -86,22 +119,36 @@ at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing&
   // 3. Experts, through the all-to-alls when they live on other ranks.
   at::Tensor expert_out;  // [R, C] in `permuted` order
   // Both exchanges yield to ctx.overlap while in flight (at the same places without ep).
-  if (ctx.ep && ctx.ep->size() > 1) {
+  if (ep_exchange) {
     const auto layout = parallel::exchange_counts(plan.rows_per_expert, ctx.ep, rows.device());
     parallel::DispatchHandle dispatch = parallel::start_dispatch(permuted, layout, ctx.ep, ctx.overlap);
     parallel::yield_to_overlap(ctx.overlap);
-    const at::Tensor grouped = dispatch.wait();  // [R_recv, C] by local expert
-    parallel::CombineHandle combine = parallel::start_combine(
-        run_experts(grouped, layout->rows_per_local_expert, ctx), layout, ctx.ep, ctx.overlap);
+    const at::Tensor received = dispatch.wait();  // [R_recv, C] by local expert
+    at::Tensor local_out;                         // [R_recv, C]
+    if (grouped) {
+      const std::vector<int64_t>& counts = layout->rows_per_local_expert;
+      std::vector<int32_t> ends(counts.size());
+      int64_t end = 0;
+      for (size_t i = 0; i < counts.size(); ++i) ends[i] = static_cast<int32_t>(end += counts[i]);
+      const at::Tensor offsets = at::tensor(ends, at::TensorOptions().dtype(at::kInt)).to(rows.device());
+      local_out = run_experts_grouped(received, offsets, ctx);
+    } else {
+      local_out = run_experts(received, layout->rows_per_local_expert, ctx);
+    }
+    parallel::CombineHandle combine = parallel::start_combine(local_out, layout, ctx.ep, ctx.overlap);
     parallel::yield_to_overlap(ctx.overlap);
     expert_out = combine.wait();
   } else {
-    const at::Tensor grouped = parallel::exchange_point(permuted, ctx.overlap);
-    expert_out = parallel::exchange_point(run_experts(grouped, plan.rows_per_expert, ctx), ctx.overlap);
+    const at::Tensor local = parallel::exchange_point(permuted, ctx.overlap);  // [R, C]
+    expert_out = parallel::exchange_point(grouped ? run_experts_grouped(local, plan.expert_offsets, ctx)
+                                                  : run_experts(local, plan.rows_per_expert, ctx),
+                                          ctx.overlap);
   }
 
   // 4. Weight by gate and scatter-add back to this rank's rows.
-  if (fused) return unpermute_combine_differentiable(expert_out, plan.gate, plan.token_index, n, rows.scalar_type());  // [n, C]
+  if (fused) {
+    return unpermute_combine_differentiable(expert_out, plan.gate, plan.token_index, n, rows.scalar_type());  // [n, C]
+  }
   const at::Tensor weighted = expert_out * plan.gate.to(rows.scalar_type()).unsqueeze(1);  // [R, C]
   return at::zeros({n, rows.size(1)}, rows.options()).index_add(0, plan.token_index, weighted);  // [n, C]
 }

@@ -65,7 +65,10 @@ at::Tensor gate_weights(const at::Tensor& scores, const at::Tensor& topk_idx, co
 }
 
 at::Tensor expert_counts(const at::Tensor& topk_idx, int64_t num_experts) {
-  return at::bincount(topk_idx.reshape({-1}), {}, num_experts).to(at::kLong);  // [E]
+  // A scatter-add, not bincount: bincount reads the largest index on the host (a GPU sync).
+  const at::Tensor flat = topk_idx.reshape({-1});  // [N*K]
+  return at::zeros({num_experts}, flat.options().dtype(at::kLong))
+      .scatter_add_(0, flat, at::ones_like(flat, flat.options().dtype(at::kLong)));  // [E]
 }
 
 at::Tensor sequence_balance_loss(const at::Tensor& scores, const at::Tensor& topk_idx, const RoutingOptions& o,
@@ -126,14 +129,17 @@ at::Tensor attach_aux_loss(const at::Tensor& hidden, const at::Tensor& aux, doub
   return AttachAuxLoss::apply(hidden, aux, loss_scale);
 }
 
-DispatchPlan plan_dispatch(const Routing& routing, int64_t num_experts, int64_t capacity) {
+DispatchPlan plan_dispatch(const Routing& routing, int64_t num_experts, int64_t capacity, bool host_counts) {
   const int64_t k = routing.topk_idx.size(1);
   const at::Tensor flat_expert = routing.topk_idx.reshape({-1});                  // [N*K]
   const at::Tensor order = at::argsort(flat_expert, /*stable=*/true, 0, false);   // rows grouped by expert
   DispatchPlan plan;
   plan.token_index = at::floor_divide(order, k);                                  // [N*K]
   plan.gate = routing.topk_weight.reshape({-1}).index_select(0, order);           // [N*K]
-  const at::Tensor counts = expert_counts(routing.topk_idx, num_experts).cpu();   // [E]
+  const at::Tensor device_counts = expert_counts(routing.topk_idx, num_experts);  // [E]
+  plan.expert_offsets = at::cumsum(device_counts, 0).to(at::kInt);                // [E]
+  if (!host_counts && capacity <= 0) return plan;
+  const at::Tensor counts = device_counts.cpu();  // [E]
   const int64_t* c = counts.data_ptr<int64_t>();
   plan.rows_per_expert.assign(c, c + num_experts);
   if (capacity > 0) {
@@ -149,6 +155,8 @@ DispatchPlan plan_dispatch(const Routing& routing, int64_t num_experts, int64_t 
       plan.dropped += std::max<int64_t>(rows - capacity, 0);
       rows = std::min(rows, capacity);
     }
+    const at::Tensor kept_counts = at::tensor(plan.rows_per_expert, at::TensorOptions().dtype(at::kLong));  // [E]
+    plan.expert_offsets = at::cumsum(kept_counts, 0).to(order.device(), at::kInt);
   }
   return plan;
 }

@@ -1,10 +1,13 @@
-// The B/W-split linear layer and its queue. The autograd function computes dX = dY W in its
-// backward and either returns dW = dY^T X to autograd (queue absent or not deferring) or
-// queues that product, to be accumulated into W.grad later. Both paths run the same kernels on
-// the same saved tensors, so deferring changes when dW is computed, never its bits.
+// The B/W-split linear layer (and its grouped form for routed experts) and its queue. The
+// autograd function computes dX = dY W in its backward and either returns dW = dY^T X to
+// autograd (queue absent or not deferring) or queues that product, to be accumulated into
+// W.grad later. Both paths run the same kernels on the same saved tensors, so deferring changes
+// when dW is computed, never its bits.
 #include <torch/torch.h>
 
 #include <ATen/autocast_mode.h>
+
+#include <algorithm>
 
 #include "model/detail/layers.h"
 #include "runtime/error.h"
@@ -150,7 +153,90 @@ struct SplitLinearFunction : torch::autograd::Function<SplitLinearFunction> {
   }
 };
 
+// Rows of `input` in groups (group g ends at row offsets[g]), group g times weights[g]^T, as
+// one grouped GEMM each way (at::_grouped_mm: CUTLASS on Hopper for bf16, a loop of mm
+// otherwise). The weight gradients of all groups are one more grouped GEMM, deferred into the
+// queue like SplitLinearFunction's. Inputs: input, offsets, queue, then the weights (a list).
+struct GroupedSplitLinearFunction : torch::autograd::Function<GroupedSplitLinearFunction> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& input, const at::Tensor& offsets,
+                            std::shared_ptr<WeightGradQueue> queue, at::TensorList weights) {
+    const c10::DeviceType device_type = input.device().type();
+    const bool autocast = at::autocast::is_autocast_enabled(device_type);
+    const at::ScalarType dtype = autocast ? at::autocast::get_autocast_dtype(device_type) : input.scalar_type();
+    std::vector<at::Tensor> cast;  // each [out, in], in the compute dtype (autocast's cached copies)
+    cast.reserve(weights.size());
+    for (const at::Tensor& w : weights) cast.push_back(autocast ? at::autocast::cached_cast(dtype, w, device_type) : w);
+    const at::Tensor stacked = at::stack(cast);                                   // [G, out, in]
+    const at::Tensor x = (autocast ? input.to(dtype) : input).contiguous();       // [R, in]
+    std::vector<at::Tensor> saved = {x, stacked, offsets};
+    saved.insert(saved.end(), weights.begin(), weights.end());  // the leaves a deferred W lands in
+    ctx->save_for_backward(saved);
+    if (queue) {
+      ctx->saved_data["queue"] = c10::IValue::make_capsule(c10::make_intrusive<QueueCapsule>(std::move(queue)));
+    }
+    return at::_grouped_mm(x, stacked.transpose(1, 2), offsets);  // [R, in] x [G, in, out] -> [R, out]
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& x = saved[0];        // [R, in]
+    const at::Tensor& stacked = saved[1];  // [G, out, in]
+    const at::Tensor& offsets = saved[2];
+    const std::vector<at::Tensor> leaves(saved.begin() + 3, saved.end());
+    const at::Tensor grad_out = grad_outputs[0].to(stacked.scalar_type()).contiguous();  // [R, out]
+    // Returned: one slot per forward argument (input, offsets, queue, weights...). Asked: one
+    // edge per tensor argument (input, offsets, weights...; the queue is not a tensor).
+    constexpr size_t kFirstWeightSlot = 3;
+    constexpr size_t kFirstWeightEdge = 2;
+    torch::autograd::variable_list grads(kFirstWeightSlot + leaves.size());
+    if (ctx->needs_input_grad(0)) grads[0] = at::_grouped_mm(grad_out, stacked, offsets);  // [R, in]
+    bool any_weight = false;
+    for (size_t g = 0; g < leaves.size(); ++g) any_weight = any_weight || ctx->needs_input_grad(kFirstWeightEdge + g);
+    if (!any_weight) return grads;
+    // dW_g = dY_g^T X_g for every group at once: [out, R] x [R, in] grouped along R -> [G, out, in].
+    auto weight_grads = [grad_out, x, offsets] { return at::_grouped_mm(grad_out.t(), x, offsets); };
+    std::shared_ptr<WeightGradQueue> queue;
+    if (auto it = ctx->saved_data.find("queue"); it != ctx->saved_data.end()) {
+      queue = c10::static_intrusive_pointer_cast<QueueCapsule>(it->second.toCapsule())->queue;
+    }
+    const bool all_leaves = std::all_of(leaves.begin(), leaves.end(), [](const at::Tensor& w) { return w.is_leaf(); });
+    if (queue && queue->deferring() && all_leaves) {
+      queue->push([leaves, weight_grads] {
+        const at::Tensor all = weight_grads();
+        for (size_t g = 0; g < leaves.size(); ++g) accumulate_grad(leaves[g], all[static_cast<int64_t>(g)]);
+      });
+    } else {
+      const at::Tensor all = weight_grads();
+      for (size_t g = 0; g < leaves.size(); ++g) grads[kFirstWeightSlot + g] = all[static_cast<int64_t>(g)];
+    }
+    return grads;
+  }
+};
+
 }  // namespace
+
+bool grouped_linear_supported(int64_t in_features, int64_t out_features) {
+  // _grouped_mm wants row strides in multiples of 16 bytes: 8 elements cover bf16 and wider.
+  return in_features % 8 == 0 && out_features % 8 == 0;
+}
+
+at::Tensor grouped_split_linear(const at::Tensor& input, at::TensorList weights, const at::Tensor& offsets,
+                                const std::shared_ptr<WeightGradQueue>& queue) {
+  TANDEM_CHECK(input.dim() == 2 && !weights.empty(), "grouped linear: input [{}] and {} weights",
+               fmt::join(input.sizes(), ", "), weights.size());
+  TANDEM_CHECK(offsets.dim() == 1 && offsets.numel() == static_cast<int64_t>(weights.size()) &&
+                   offsets.scalar_type() == at::kInt && offsets.device() == input.device(),
+               "grouped linear: offsets must be [{}] int32 on {}, got [{}] {} on {}", weights.size(),
+               input.device().str(), fmt::join(offsets.sizes(), ", "), c10::toString(offsets.scalar_type()),
+               offsets.device().str());
+  for (const at::Tensor& w : weights) {
+    TANDEM_CHECK(w.dim() == 2 && w.sizes() == weights[0].sizes() && w.size(1) == input.size(1),
+                 "grouped linear: every weight must be [out, {}] of one shape, got [{}] and [{}]", input.size(1),
+                 fmt::join(w.sizes(), ", "), fmt::join(weights[0].sizes(), ", "));
+  }
+  return GroupedSplitLinearFunction::apply(input, offsets, queue, weights);
+}
 
 at::Tensor split_linear(const at::Tensor& input, const at::Tensor& weight,
                         const std::shared_ptr<WeightGradQueue>& queue) {

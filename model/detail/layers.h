@@ -48,6 +48,16 @@ struct ForwardContext {
 at::Tensor split_linear(const at::Tensor& input, const at::Tensor& weight,
                         const std::shared_ptr<WeightGradQueue>& queue);
 
+// Routed experts' linear as one grouped GEMM: rows of `input` come in G contiguous groups, group
+// g ending at row offsets[g] (int32 [G] on input's device, non-decreasing, the last = R), and
+// group g is multiplied by weights[g]^T. Same B/W split and autocast behaviour as split_linear.
+// input [R, in], weights G x [out, in] (leaves) -> [R, out]. No host synchronisation on a GPU in
+// bf16 (the fp32 path of at::_grouped_mm reads the offsets on the host).
+at::Tensor grouped_split_linear(const at::Tensor& input, at::TensorList weights, const at::Tensor& offsets,
+                                const std::shared_ptr<WeightGradQueue>& queue);
+// Whether grouped_split_linear takes these widths (multiples of 8: 16-byte rows in bf16).
+bool grouped_linear_supported(int64_t in_features, int64_t out_features);
+
 // Into a tensor-parallel region: the full-sequence, replicated input of column-parallel layers,
 // whose gradients are partial over tp. Sequence parallel: all-gather along T (backward
 // reduce-scatter); else copy_to_tp (backward all-reduce). Identity when tp = 1. x [B, T(/tp), C].

@@ -71,11 +71,14 @@ at::Tensor attach_aux_loss(const at::Tensor& hidden, const at::Tensor& aux, doub
 struct DispatchPlan {
   at::Tensor token_index;                // [R] int64, R = N*K minus dropped rows
   at::Tensor gate;                       // [R] gate values (differentiable)
-  std::vector<int64_t> rows_per_expert;  // [E], sums to R
+  std::vector<int64_t> rows_per_expert;  // [E], sums to R (empty unless host counts were asked)
+  at::Tensor expert_offsets;             // [E] int32 on the routing device: end row of each expert
   int64_t dropped = 0;                   // rows over capacity (0 without a capacity factor)
 };
 // capacity <= 0: no dropping; else each expert keeps its first `capacity` rows in token order.
-DispatchPlan plan_dispatch(const Routing& routing, int64_t num_experts, int64_t capacity);
+// `host_counts`: fill rows_per_expert (one device-to-host copy); a capacity needs them, so it
+// implies them. Without, nothing here waits for the device.
+DispatchPlan plan_dispatch(const Routing& routing, int64_t num_experts, int64_t capacity, bool host_counts = true);
 
 class RouterImpl : public torch::nn::Module {
  public:
@@ -116,6 +119,11 @@ class MoEImpl : public torch::nn::Module {
   at::Tensor routed(const at::Tensor& rows, ForwardContext& ctx, Routing& routing);
   // Runs local expert i on rows [offset, offset + counts[i]) of `rows`; [R, C] -> [R, C].
   at::Tensor run_experts(const at::Tensor& rows, const std::vector<int64_t>& counts, ForwardContext& ctx);
+  // The same as grouped GEMMs (one per projection for all local experts), expert i's rows ending
+  // at offsets[i] (int32 [local experts] on the rows' device); used on the GPU.
+  at::Tensor run_experts_grouped(const at::Tensor& rows, const at::Tensor& offsets, ForwardContext& ctx);
+  // Whether the experts run as grouped GEMMs for rows on this device (widths allowing).
+  bool grouped_experts_for(const at::Tensor& rows) const;
 
   RoutingOptions options_;
   int64_t first_local_expert_ = 0;

@@ -1,14 +1,21 @@
 // The fused MoE kernels against the model's own LibTorch formulation on random inputs:
 // routing top-k against route() (model/routing.cpp) with the same expert choices and gate values
 // to 1e-6, permute against index_select (bit-exact, every row dtype and odd row sizes), and the
-// weighted combine against index_add (1e-6). Skips with the reason without a GPU.
+// weighted combine against index_add (1e-6). Then the GPU MoE layer as a whole (kernels plus
+// grouped expert GEMMs) against the CPU layer in fp32, its bf16 forward and backward under CUDA's
+// sync debug mode (no host synchronisation), and the bf16 grouped GEMM against fp32 products.
+// Skips with the reason without a GPU.
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <gtest/gtest.h>
+#include <torch/torch.h>
 
 #include <string>
 #include <vector>
 
+#include "model/autocast.h"
 #include "model/detail/fused_moe.h"
+#include "model/detail/layers.h"
 #include "model/detail/moe.h"
 #include "runtime/device.h"
 
@@ -142,6 +149,141 @@ TEST(MoeKernels, DifferentiableFormsMatchReferenceGradientsOnCpu) { expect_refer
 TEST(MoeKernels, DifferentiableFormsMatchReferenceGradientsOnGpu) {
   TANDEM_SKIP_WITHOUT_GPU();
   expect_reference_gradients(kGpu);
+}
+
+// The whole MoE layer on the GPU (fused routing, permute and combine kernels, grouped expert
+// GEMMs) against the same layer on the CPU (LibTorch ops, one SwiGLU per expert), fp32.
+ModelConfig small_moe_config() {
+  ModelConfig c;
+  c.hidden_size = 32;
+  c.moe_intermediate_size = 16;  // multiples of 8: the grouped path takes them
+  c.n_routed_experts = 8;
+  c.n_shared_experts = 1;
+  c.num_experts_per_tok = 3;
+  c.n_group = 4;
+  c.topk_group = 2;
+  c.routed_scaling_factor = 2.5;
+  c.validate();
+  return c;
+}
+
+MoE make_moe(const ModelConfig& c, const at::Device& device) {
+  MoE moe(c, 1);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(23);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : moe->parameters()) p.normal_(0.0, 0.3, gen);
+    moe->gate->e_score_correction_bias.copy_(at::randn({c.n_routed_experts}, gen) * 0.1);
+  }
+  moe->to(device);
+  moe->move_load_to(device);
+  return moe;
+}
+
+TEST(MoeKernels, MoeLayerOnGpuMatchesCpu) {
+  TANDEM_SKIP_WITHOUT_GPU();
+  const ModelConfig c = small_moe_config();
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(29);
+  const at::Tensor x_values = at::randn({2, 96, c.hidden_size}, gen);
+  const at::Tensor probe = at::randn({2, 96, c.hidden_size}, gen);
+  auto run = [&](const at::Device& device) {
+    MoE moe = make_moe(c, device);
+    const at::Tensor x = x_values.to(device).requires_grad_();
+    ForwardContext ctx;
+    const at::Tensor y = moe->forward(x, ctx);
+    (y * probe.to(device)).sum().backward();
+    std::vector<at::Tensor> results = {y.detach().cpu(), x.grad().cpu(), moe->load().cpu()};
+    for (const auto& p : moe->parameters()) results.push_back(p.grad().defined() ? p.grad().cpu() : at::zeros_like(p).cpu());
+    return results;
+  };
+  const std::vector<at::Tensor> gpu = run(kGpu);
+  const std::vector<at::Tensor> cpu = run(at::kCPU);
+  ASSERT_EQ(gpu.size(), cpu.size());
+  EXPECT_TRUE(at::equal(gpu[2], cpu[2])) << "expert loads differ: the GPU routed other experts";
+  double worst = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    if (i == 2) continue;
+    const double scale = std::max(cpu[i].abs().max().item<double>(), 1e-12);
+    worst = std::max(worst, (gpu[i] - cpu[i]).abs().max().item<double>() / scale);
+  }
+  std::printf("MoE layer fp32, GPU vs CPU: max relative difference %.3g over output and %zu gradients\n", worst,
+              gpu.size() - 2);
+  EXPECT_LT(worst, 1e-5);
+}
+
+TEST(MoeKernels, MoeLayerInBf16NeverWaitsForTheHost) {
+  TANDEM_SKIP_WITHOUT_GPU();
+  // bf16 autocast takes at::_grouped_mm's CUTLASS path; with ep = 1 nothing in the layer's
+  // forward or backward may synchronise with the host (CUDA's sync debug mode turns any
+  // synchronising copy or .item() into an error).
+  const ModelConfig c = small_moe_config();
+  MoE moe = make_moe(c, kGpu);
+  const at::Tensor x = at::randn({2, 96, c.hidden_size}, at::TensorOptions().device(kGpu)).requires_grad_();
+  at::Tensor y;
+  auto& sync_mode = c10::cuda::warning_state();
+  sync_mode.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  try {
+    ForwardContext ctx;
+    {
+      const AutocastScope autocast(at::kCUDA, at::kBFloat16);
+      y = moe->forward(x, ctx);
+    }
+    y.to(at::kFloat).sum().backward();
+  } catch (const std::exception& error) {
+    sync_mode.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+    FAIL() << "the MoE layer synchronised with the host: " << error.what();
+  }
+  sync_mode.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  EXPECT_EQ(y.scalar_type(), at::kFloat);  // the token rows' dtype, as on the CPU path
+  EXPECT_TRUE(at::isfinite(x.grad()).all().item<bool>());
+  for (const auto& p : moe->parameters()) {
+    ASSERT_TRUE(p.grad().defined());
+    EXPECT_EQ(p.grad().scalar_type(), at::kFloat);
+  }
+  // The routed experts received gradient through the grouped GEMMs.
+  EXPECT_GT(moe->experts[0]->as<SwiGLUImpl>()->down_proj->weight.grad().abs().sum().item<double>() +
+                moe->experts[1]->as<SwiGLUImpl>()->down_proj->weight.grad().abs().sum().item<double>(),
+            0.0);
+}
+
+TEST(MoeKernels, GroupedLinearBf16MatchesPerGroupFp32) {
+  TANDEM_SKIP_WITHOUT_GPU();
+  // The CUTLASS grouped GEMM (bf16, Hopper) against fp32 per-group products of the same bf16
+  // values, with an empty group; output and weight gradients to bf16 accuracy.
+  constexpr int64_t kIn = 256, kOut = 128;
+  const std::vector<int64_t> rows = {300, 0, 129, 77};
+  std::vector<int32_t> ends;
+  int64_t total = 0;
+  for (int64_t r : rows) ends.push_back(static_cast<int32_t>(total += r));
+  const at::Tensor offsets = at::tensor(ends, at::TensorOptions().dtype(at::kInt)).to(kGpu);
+  at::manual_seed(31);
+  const at::Tensor x = at::randn({total, kIn}).to(at::kBFloat16);
+  std::vector<at::Tensor> weights;
+  for (size_t g = 0; g < rows.size(); ++g) {
+    weights.push_back((at::randn({kOut, kIn}) * 0.05).to(at::kBFloat16).to(kGpu).requires_grad_());
+  }
+  const at::Tensor y = grouped_split_linear(x.to(kGpu), weights, offsets, nullptr);  // [R, out]
+  y.to(at::kFloat).pow(2).sum().backward();
+  int64_t offset = 0;
+  double worst_out = 0, worst_grad = 0;
+  for (size_t g = 0; g < rows.size(); ++g) {
+    const at::Tensor xg = x.narrow(0, offset, rows[g]).to(at::kFloat);
+    const at::Tensor wg = weights[g].detach().cpu().to(at::kFloat);
+    const at::Tensor yg = xg.mm(wg.t());
+    const at::Tensor got = y.narrow(0, offset, rows[g]).detach().cpu().to(at::kFloat);
+    const at::Tensor grad = weights[g].grad().cpu().to(at::kFloat);
+    const at::Tensor expected_grad = (2 * got).t().mm(xg);  // d/dW of sum(y^2) with the bf16 y
+    if (rows[g] > 0) worst_out = std::max(worst_out, ((got - yg).abs().max() / yg.abs().max()).item<double>());
+    if (rows[g] == 0) {
+      EXPECT_EQ(grad.abs().max().item<double>(), 0.0) << "an empty group's gradient must be exactly zero";
+    } else {
+      worst_grad = std::max(worst_grad, ((grad - expected_grad).abs().max() / expected_grad.abs().max()).item<double>());
+    }
+    offset += rows[g];
+  }
+  std::printf("grouped GEMM bf16: output rel error %.3g, weight-gradient rel error %.3g\n", worst_out, worst_grad);
+  EXPECT_LT(worst_out, 1e-2);
+  EXPECT_LT(worst_grad, 2e-2);
 }
 
 TEST(MoeKernels, ReferencePathOnCpuIsTheModelMath) {

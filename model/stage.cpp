@@ -9,6 +9,8 @@
 // the MTP modules run on the gathered (replicated) hidden states without sequence parallelism.
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "model/detail/stage_impl.h"
 #include "model/init.h"
 #include "model/sharding.h"
@@ -113,8 +115,20 @@ detail::ForwardContext Stage::Impl::make_context() const {
 }
 
 detail::RopeTables Stage::Impl::rope_tables(int64_t length, at::ScalarType dtype, at::Device device) const {
+  const std::lock_guard lock(rope_mutex);
+  auto same_kind = [&](const detail::RopeTables& t) {
+    return t.cos.scalar_type() == dtype && t.cos.device() == device;
+  };
+  auto cached = std::find_if(rope_cache.begin(), rope_cache.end(), same_kind);
+  if (cached != rope_cache.end() && cached->cos.size(0) >= length) return *cached;  // layers narrow to T
   const int64_t rope_dim = config.attention_type == "gqa" ? config.gqa_head_dim() : config.qk_rope_head_dim;
-  return detail::make_rope_tables(config, rope_dim, length, dtype, device);
+  detail::RopeTables tables = detail::make_rope_tables(config, rope_dim, length, dtype, device);
+  if (cached != rope_cache.end()) {
+    *cached = tables;
+  } else {
+    rope_cache.push_back(tables);
+  }
+  return tables;
 }
 
 StageOutput Stage::Impl::forward(const StageInput& input) {

@@ -2,6 +2,7 @@
 // several Impls over the same module objects (sharing parameters), Stage::build fresh ones.
 #pragma once
 
+#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,6 +16,8 @@ namespace tandem::model {
 struct Stage::Impl {
   ModelConfig config;
   StageSpec spec;
+  mutable std::mutex rope_mutex;                  // guards rope_cache
+  mutable std::vector<detail::RopeTables> rope_cache;  // one per (dtype, device)
   ParallelGroups groups;
   std::shared_ptr<WeightGradQueue> queue = std::make_shared<WeightGradQueue>();
   parallel::OverlapHookPtr overlap;  // see Stage::set_overlap_hook
@@ -39,6 +42,9 @@ struct Stage::Impl {
   bool sequence_parallel() const { return groups.sequence_parallel && groups.tp_size() > 1; }
   int64_t vocab_start() const { return groups.tp_rank() * (config.vocab_size / groups.tp_size()); }
   const at::Tensor& head_weight() const { return head ? head->weight : embed->weight; }
+  // Rotary tables of at least `length` positions. Built once per dtype and device (for the
+  // longest length asked so far) and then reused: building them copies from the host, which would
+  // make every forward wait for the GPU. Thread-safe (DualPipe runs two forwards at once).
   detail::RopeTables rope_tables(int64_t length, at::ScalarType dtype, at::Device device) const;
   // MoE layers of this stage (main layers, then MTP blocks) with their global layer index.
   std::vector<std::pair<int64_t, detail::MoE>> moe_layers() const;

@@ -3,13 +3,15 @@
 // to 1e-6, permute against index_select (bit-exact, every row dtype and odd row sizes), and the
 // weighted combine against index_add (1e-6). Then the GPU MoE layer as a whole (kernels plus
 // grouped expert GEMMs) against the CPU layer in fp32, its bf16 forward and backward under CUDA's
-// sync debug mode (no host synchronisation), and the bf16 grouped GEMM against fp32 products.
+// sync debug mode (no host synchronisation; also a whole model's micro-batch), and the bf16
+// grouped GEMM against fp32 products.
 // Skips with the reason without a GPU.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -17,6 +19,7 @@
 #include "model/detail/fused_moe.h"
 #include "model/detail/layers.h"
 #include "model/detail/moe.h"
+#include "model/model.h"
 #include "runtime/device.h"
 
 namespace tandem::model::detail {
@@ -244,6 +247,41 @@ TEST(MoeKernels, MoeLayerInBf16NeverWaitsForTheHost) {
   EXPECT_GT(moe->experts[0]->as<SwiGLUImpl>()->down_proj->weight.grad().abs().sum().item<double>() +
                 moe->experts[1]->as<SwiGLUImpl>()->down_proj->weight.grad().abs().sum().item<double>(),
             0.0);
+}
+
+TEST(MoeKernels, ModelMicroBatchNeverWaitsForTheHost) {
+  TANDEM_SKIP_WITHOUT_GPU();
+  // A whole model (MLA attention, dense and MoE layers, an MTP module, the loss): after a first
+  // micro-batch (which builds the cached rotary tables), forward and backward of the next one in
+  // bf16 issue no host synchronisation, so the CPU can run ahead of the GPU for a whole step.
+  ModelConfig c;  // the small defaults: 320 tokens, width 256, 8 experts
+  c.num_hidden_layers = 2;
+  c.validate();
+  Model model(c, 5);
+  model.to(kGpu);
+  model.train(true);
+  const at::Tensor tokens = at::randint(0, c.vocab_size, {2, 65}, at::TensorOptions().dtype(at::kLong)).to(kGpu);
+  auto micro_batch = [&] {
+    LossPieces pieces;
+    {
+      const AutocastScope autocast(at::kCUDA, at::kBFloat16);
+      pieces = model.forward_loss(tokens);
+    }
+    pieces.loss.backward();
+    return pieces.loss.detach();
+  };
+  micro_batch();
+  auto& sync_mode = c10::cuda::warning_state();
+  sync_mode.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_ERROR);
+  at::Tensor loss;
+  try {
+    loss = micro_batch();
+  } catch (const std::exception& error) {
+    sync_mode.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+    FAIL() << "a micro-batch synchronised with the host: " << error.what();
+  }
+  sync_mode.set_sync_debug_mode(c10::cuda::SyncDebugMode::L_DISABLED);
+  EXPECT_TRUE(std::isfinite(loss.item<double>()));
 }
 
 TEST(MoeKernels, GroupedLinearBf16MatchesPerGroupFp32) {

@@ -1,5 +1,9 @@
 // `tandem train JOB.yaml [--set key=value ...]`: set-up on every rank (config, data, layout),
 // the set-up agreement, then the process grid and the training loop (launch/trainer.h).
+// Communication (parallel.backend): MPI, with device tensors staged through the host on GPU runs
+// (mpi, and auto for now); or on GPU runs NCCL for device tensors and MPI for host ones
+// (nccl: parallel/device_routed_communicator.h), except the pipeline group, whose executor needs
+// MPI's tag matching (NCCL matches point-to-point messages in issue order).
 #include <CLI/CLI.hpp>
 
 #include <chrono>
@@ -8,7 +12,9 @@
 #include "launch/command.h"
 #include "launch/config_loader.h"
 #include "launch/trainer.h"
+#include "parallel/device_routed_communicator.h"
 #include "parallel/host_staged_communicator.h"
+#include "parallel/nccl_communicator.h"
 #include "parallel/process_grid.h"
 #include "runtime/log.h"
 #include "runtime/process_context.h"
@@ -21,6 +27,29 @@ struct TrainOptions {
   std::vector<std::string> overrides;
   int64_t comm_timeout_s = 300;
 };
+
+// The communicator factory for this run (see the file comment).
+parallel::CommunicatorFactory communicator_factory(const std::string& backend, std::chrono::seconds timeout,
+                                                   bool gpu) {
+  parallel::CommunicatorFactory mpi = parallel::mpi_communicator_factory(timeout);
+  if (!gpu) {
+    TANDEM_CHECK_CONFIG(backend != "nccl",
+                        "parallel.backend: nccl needs a GPU run (run.device cuda, or auto with a GPU); this run is on "
+                        "the CPU, use mpi or auto");
+    return mpi;
+  }
+  parallel::CommunicatorFactory staged = parallel::host_staged_factory(mpi);
+  if (backend != "nccl") return staged;
+  TANDEM_CHECK_CONFIG(parallel::nccl_backend_available(),
+                      "parallel.backend: nccl, but this build has no NCCL backend (configure with the CUDA toolkit "
+                      "and NCCL); use mpi");
+  parallel::CommunicatorFactory routed =
+      parallel::device_routed_factory(std::move(mpi), parallel::nccl_communicator_factory(timeout));
+  return [staged = std::move(staged), routed = std::move(routed)](parallel::GroupKind kind, MPI_Comm comm,
+                                                                  const std::string& name) {
+    return kind == parallel::GroupKind::kPipeline ? staged(kind, comm, name) : routed(kind, comm, name);
+  };
+}
 }  // namespace
 
 CommandRunner add_train_command(CLI::App& app) {
@@ -36,9 +65,9 @@ CommandRunner add_train_command(CLI::App& app) {
     JobConfig config = load_job_config(options->job_path, options->overrides, env.process.world_size);
     runtime::init_logging(env.process, {config.logging.level, config.logging.all_ranks, ""});
     Trainer trainer(config, env.process, env.signals);
+    const parallel::CommunicatorFactory factory = communicator_factory(
+        config.parallel.backend, std::chrono::seconds(options->comm_timeout_s), trainer.uses_gpu());
     env.setup.pass();
-    parallel::CommunicatorFactory factory = parallel::mpi_communicator_factory(std::chrono::seconds(options->comm_timeout_s));
-    if (trainer.uses_gpu()) factory = parallel::host_staged_factory(std::move(factory));
     const parallel::ProcessGrid grid(
         parallel::GridLayout::create(env.process.world_size, config.parallel.pp, config.parallel.dp,
                                      config.parallel.tp, config.parallel.ep, config.parallel.order),

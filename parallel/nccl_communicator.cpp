@@ -277,7 +277,8 @@ void NcclCommunicator::throw_failure(std::string_view op, const char* file, int 
 
 void NcclCommunicator::watchdog_loop() {
   cudaSetDevice(device_);  // event queries must not create a context on device 0
-  const auto period = std::min<std::chrono::milliseconds>(kWatchdogPeriod, std::max(timeout_ / 4, std::chrono::milliseconds(1)));
+  const auto period =
+      std::min<std::chrono::milliseconds>(kWatchdogPeriod, std::max(timeout_ / 4, std::chrono::milliseconds(1)));
   std::unique_lock<std::mutex> lock(watch_mutex_);
   while (!stop_watchdog_) {
     watch_wake_.wait_for(lock, period);

@@ -1,0 +1,251 @@
+// Single-device training-step benchmark of tandem's own path: the job's model (model::Model),
+// fp32 master weights with AdamW through parallel::DataParallelOptimizer (as `tandem train`, here
+// over groups of size 1), bf16 autocast on the GPU, global-norm clipping and the routing-bias update, on one fixed random token batch that
+// lives on the device (data loading is not measured; tests/bench/reference_model.py does the
+// same). Prints one JSON line: tokens/s, step time, MFU (ModelSize's training FLOPs over
+// hardware.gpu_tflops), peak allocated device memory, and the final loss.
+// `--model-json PATH` also writes what the PyTorch reference needs to build the same model and
+// step (architecture, batch, precision, optimizer), so both sides read one resolved config.
+// Host synchronisation per step: the gradient norm (clipping needs it on the host, as in the
+// trainer); nothing per layer. Usage: see kUsage.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "launch/config_loader.h"
+#include "model/autocast.h"
+#include "model/init.h"
+#include "model/model.h"
+#include "model/model_size.h"
+#include "parallel/adamw.h"
+#include "parallel/data_parallel_optimizer.h"
+#include "runtime/device.h"
+#include "runtime/error.h"
+
+#ifdef TANDEM_HAVE_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace tandem::bench {
+namespace {
+
+constexpr const char* kUsage =
+    "usage: tandem_train_bench JOB.yaml [--steps N] [--warmup N] [--set key=value]... [--label NAME]\n"
+    "                          [--model-json PATH] [--describe]\n"
+    "Runs N timed optimizer steps (after warm-up) of the job's model with micro_batch_size x seq_length\n"
+    "tokens per step on run.device and prints one JSON line of throughput, MFU and peak memory.\n"
+    "--describe: only resolve the job, write --model-json and print the parameter and FLOP counts.\n";
+
+struct Options {
+  std::string config_path;
+  std::vector<std::string> overrides;
+  int64_t steps = 10;
+  int64_t warmup = 3;
+  std::string label;
+  std::string model_json;
+  bool describe = false;
+};
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      TANDEM_CHECK_KIND(kInput, i + 1 < argc, "{} needs a value\n{}", arg, kUsage);
+      return argv[++i];
+    };
+    if (arg == "--steps") {
+      o.steps = std::stoll(value());
+    } else if (arg == "--warmup") {
+      o.warmup = std::stoll(value());
+    } else if (arg == "--set") {
+      o.overrides.push_back(value());
+    } else if (arg == "--label") {
+      o.label = value();
+    } else if (arg == "--model-json") {
+      o.model_json = value();
+    } else if (arg == "--describe") {
+      o.describe = true;
+    } else if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else {
+      TANDEM_CHECK_KIND(kInput, o.config_path.empty() && arg.rfind("--", 0) != 0, "unexpected argument '{}'\n{}",
+                        arg, kUsage);
+      o.config_path = arg;
+    }
+  }
+  TANDEM_CHECK_KIND(kInput, !o.config_path.empty(), "no job file given\n{}", kUsage);
+  TANDEM_CHECK_KIND(kInput, o.steps >= 1 && o.warmup >= 0, "--steps must be >= 1 and --warmup >= 0");
+  return o;
+}
+
+at::Device pick_device(const std::string& wanted) {
+  const bool gpu_usable = runtime::gpu_unavailable_reason().empty() && at::hasCUDA();
+  TANDEM_CHECK_CONFIG(wanted != "cuda" || gpu_usable, "run.device: cuda, but no GPU is usable ({})",
+                      runtime::gpu_unavailable_reason());
+  if (wanted == "cuda" || (wanted == "auto" && gpu_usable)) {
+    return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(runtime::select_device_for_local_rank(0)));
+  }
+  return at::Device(at::kCPU);
+}
+
+void synchronize(const at::Device& device) {
+#ifdef TANDEM_HAVE_CUDA
+  if (device.is_cuda()) at::cuda::getCurrentCUDAStream(device.index()).synchronize();
+#else
+  static_cast<void>(device);
+#endif
+}
+
+std::string device_name(const at::Device& device) {
+#ifdef TANDEM_HAVE_CUDA
+  if (device.is_cuda()) return at::cuda::getDeviceProperties(device.index())->name;
+#endif
+  return "cpu";
+}
+
+// Peak bytes allocated through LibTorch's caching allocator since the start (CUDA); 0 on CPU.
+double peak_memory_gib(const at::Device& device) {
+#ifdef TANDEM_HAVE_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+    const auto aggregate = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    return static_cast<double>(stats.allocated_bytes[aggregate].peak) / (1024.0 * 1024.0 * 1024.0);
+  }
+#else
+  static_cast<void>(device);
+#endif
+  return 0.0;
+}
+
+// MFU's denominator on a CPU run (smoke tests): the configured per-core peak times the threads.
+double cpu_peak_flops(const launch::JobConfig& job) {
+  return job.hardware.cpu_gflops_per_core * 1e9 * at::get_num_threads();
+}
+
+// The resolved model, batch and optimizer as JSON for tests/bench/reference_model.py.
+void write_model_json(const std::string& path, const launch::JobConfig& job, bool bf16, double flops_per_token,
+                      const model::ModelSize& size) {
+  const model::ModelConfig& m = job.model;
+  std::ofstream out(path);
+  TANDEM_CHECK_KIND(kIo, out.good(), "cannot write {}", path);
+  out << fmt::format(
+      "{{\"attention_type\": \"{}\", \"vocab_size\": {}, \"hidden_size\": {}, \"num_hidden_layers\": {}, "
+      "\"intermediate_size\": {}, \"moe_intermediate_size\": {}, \"num_attention_heads\": {}, "
+      "\"num_key_value_heads\": {}, \"head_dim\": {}, \"n_routed_experts\": {}, \"n_shared_experts\": {}, "
+      "\"num_experts_per_tok\": {}, \"n_group\": {}, \"topk_group\": {}, \"routed_scaling_factor\": {}, "
+      "\"norm_topk_prob\": {}, \"scoring_func\": \"{}\", \"first_k_dense_replace\": {}, \"rms_norm_eps\": {}, "
+      "\"rope_theta\": {}, \"tie_word_embeddings\": {}, \"num_nextn_predict_layers\": {}, \"aux_loss_alpha\": {}, "
+      "\"bias_update_speed\": {}, \"initializer_range\": {}, \"rope_scaling\": \"{}\", "
+      "\"micro_batch_size\": {}, \"seq_length\": {}, \"bf16\": {}, \"lr\": {}, \"beta1\": {}, \"beta2\": {}, "
+      "\"eps\": {}, \"weight_decay\": {}, \"grad_clip\": {}, \"seed\": {}, \"flops_per_token\": {}, "
+      "\"peak_flops\": {}, \"cpu_peak_flops\": {}, \"total_params\": {}}}\n",
+      m.attention_type, m.vocab_size, m.hidden_size, m.num_hidden_layers, m.intermediate_size,
+      m.moe_intermediate_size, m.num_attention_heads, m.num_key_value_heads, m.gqa_head_dim(), m.n_routed_experts,
+      m.n_shared_experts, m.num_experts_per_tok, m.n_group, m.topk_group, m.routed_scaling_factor,
+      m.norm_topk_prob ? "true" : "false", m.scoring_func, m.first_k_dense_replace, m.rms_norm_eps, m.rope_theta,
+      m.tie_word_embeddings ? "true" : "false", m.num_nextn_predict_layers, m.aux_loss_alpha, m.bias_update_speed,
+      m.initializer_range, m.rope_scaling.type, job.data.micro_batch_size, job.data.seq_length,
+      bf16 ? "true" : "false", job.optim.lr, job.optim.beta1, job.optim.beta2, job.optim.eps,
+      job.optim.weight_decay, job.optim.grad_clip, job.run.seed, flops_per_token,
+      job.hardware.gpu_tflops * 1e12, cpu_peak_flops(job), size.model_params());
+}
+
+int run(const Options& options) {
+  const launch::JobConfig job = launch::load_job_config(options.config_path, options.overrides, 1);
+  // --describe touches no device: it reports what a run on run.device would be.
+  const at::Device device = options.describe ? at::Device(job.run.device == "cpu" ? at::kCPU : at::kCUDA)
+                                             : pick_device(job.run.device);
+  const bool bf16 = job.train.precision == "bf16" || (job.train.precision == "auto" && device.is_cuda());
+  const model::ModelSize size = model::compute_model_size(job.model);
+  const int64_t batch = job.data.micro_batch_size;
+  const int64_t seq = job.data.seq_length;
+  const double flops_per_token = size.train_flops_per_token(seq);
+  if (!options.model_json.empty()) write_model_json(options.model_json, job, bf16, flops_per_token, size);
+  if (options.describe) {
+    std::printf("{\"label\": \"%s\", \"params\": %lld, \"activated_params\": %lld, \"flops_per_token\": %.6g}\n",
+                options.label.c_str(), static_cast<long long>(size.model_params()),
+                static_cast<long long>(size.activated_params), flops_per_token);
+    return 0;
+  }
+
+  // As the trainer: built on the CPU (init is a pure function of seed and name), then moved.
+  model::Model model(job.model, static_cast<uint64_t>(job.run.seed));
+  model.to(device);
+  model.train(true);
+  parallel::DataParallelOptions optimizer_options;
+  optimizer_options.adamw = parallel::AdamWConfig{job.optim.beta1, job.optim.beta2, job.optim.eps, job.optim.weight_decay};
+  optimizer_options.decays = [](const std::string& name) {
+    return !model::is_norm_weight(name) && name.find(".bias") == std::string::npos;
+  };
+  parallel::DataParallelOptimizer optimizer(model.sharded_parameters(), parallel::DataParallelGroups{},
+                                            optimizer_options);
+  // One fixed batch of random tokens on the device: [B, T+1] (inputs and shifted labels).
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(job.run.seed));
+  const at::Tensor tokens = at::randint(0, job.model.vocab_size, {batch, seq + 1}, gen,
+                                        at::TensorOptions().dtype(at::kLong)).to(device);
+
+  at::Tensor last_loss;
+  auto step = [&] {
+    optimizer.zero_grad();
+    model::LossPieces pieces;
+    {
+      const model::AutocastScope autocast(device.type(), at::kBFloat16, bf16);
+      pieces = model.forward_loss(tokens, 1.0);
+    }
+    optimizer.begin_backward(/*final_backward=*/true);
+    torch::autograd::backward({pieces.loss}, {at::ones({}, pieces.loss.options())});
+    optimizer.end_backward();
+    optimizer.finish_gradient_sync();
+    const double grad_norm = optimizer.global_grad_norm();  // the step's one host sync
+    optimizer.step(job.optim.lr, parallel::clip_scale(grad_norm, job.optim.grad_clip));
+    if (job.model.n_routed_experts > 0) {
+      model.update_routing_bias(model.expert_load());
+      model.reset_expert_load();
+    }
+    last_loss = pieces.lm_loss.detach();
+  };
+  for (int64_t i = 0; i < options.warmup; ++i) step();
+  synchronize(device);
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < options.steps; ++i) step();
+  synchronize(device);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  const double tokens_per_s = static_cast<double>(options.steps * batch * seq) / seconds;
+  const double peak_flops = device.is_cuda() ? job.hardware.gpu_tflops * 1e12 : cpu_peak_flops(job);
+  std::printf(
+      "{\"impl\": \"tandem\", \"label\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"params\": %lld, "
+      "\"tokens_per_step\": %lld, \"steps\": %lld, \"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"mfu\": %.5f, "
+      "\"peak_mem_gib\": %.3f, \"final_loss\": %.5f}\n",
+      options.label.c_str(), device_name(device).c_str(), bf16 ? "bf16" : "fp32",
+      static_cast<long long>(size.model_params()), static_cast<long long>(batch * seq),
+      static_cast<long long>(options.steps), 1e3 * seconds / static_cast<double>(options.steps), tokens_per_s,
+      flops_per_token * tokens_per_s / peak_flops, peak_memory_gib(device), last_loss.item<double>());
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace
+}  // namespace tandem::bench
+
+int main(int argc, char** argv) {
+  try {
+    return tandem::bench::run(tandem::bench::parse(argc, argv));
+  } catch (const tandem::Error& error) {
+    std::fprintf(stderr, "tandem_train_bench: %s\n", error.what());
+    return tandem::exit_code_for(error.kind());
+  } catch (const std::exception& error) {
+    std::fprintf(stderr, "tandem_train_bench: %s\n", error.what());
+    return 1;
+  }
+}

@@ -6,7 +6,7 @@
 # tokens/s of both, the tandem/PyTorch ratio, MFU (the model's training FLOPs over
 # hardware.gpu_tflops) and peak allocated memory. Results (JSON lines, the table) go to --out.
 #
-#   tests/bench/run_gpu_bench.sh                 # on the GPU machine, after ./bootstrap.sh build
+#   tests/bench/run_gpu_bench.sh                 # on the GPU machine, after ./bootstrap.sh test (which builds)
 #   tests/bench/run_gpu_bench.sh --smoke         # tiny models on the CPU: checks the plumbing
 #
 # Options: --bench PATH (tandem_train_bench; default build/bin), --python PY (default
@@ -41,7 +41,7 @@ done
 # shellcheck source=tests/bench/bench_python.sh
 . "$here/bench_python.sh"
 [ -n "$python" ] || python=$(bench_python "$root")
-[ -x "$bench" ] || { echo "run_gpu_bench.sh: $bench not built (./bootstrap.sh build)" >&2; exit 2; }
+[ -x "$bench" ] || { echo "run_gpu_bench.sh: $bench not built (./bootstrap.sh test builds it, or cmake --build build --target tandem_train_bench)" >&2; exit 2; }
 
 device=cuda
 check_loss=()

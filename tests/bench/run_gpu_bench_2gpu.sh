@@ -10,7 +10,7 @@
 # A layout the trainer refuses (exit 2, e.g. a build whose `tandem train` runs dp only) becomes a
 # row marked unsupported instead of stopping the script. Prints ONE table.
 #
-#   tests/bench/run_gpu_bench_2gpu.sh            # on a 2-GPU machine, after ./bootstrap.sh build
+#   tests/bench/run_gpu_bench_2gpu.sh            # on a 2-GPU machine, after ./bootstrap.sh test (which builds)
 #   tests/bench/run_gpu_bench_2gpu.sh --dry-run  # print the commands only
 #
 # Options: --tandem PATH (build/bin/tandem), --mpirun CMD (mpirun), --python PY, --steps N (12),

@@ -6,7 +6,8 @@
 #     and reproduce the one-rank bf16 losses closely;
 #  4. a DualPipe pipeline over 2 ranks on the GPU(s) (activations and gradients between stages
 #     as device tensors, bf16 autocast on both threads of the overlapped pairs) follows the
-#     one-rank fp32 and bf16 runs.
+#     one-rank fp32 and bf16 runs;
+#  5. dp2 under ZeRO 1, 2 and 3 in fp32 follows the one-rank fp32 run.
 # Skips (exit 77) without a GPU or without the corpus.
 # Usage: train_gpu_test.sh TANDEM_BINARY SOURCE_DIR MPIEXEC...
 set -uo pipefail
@@ -72,5 +73,18 @@ worst=$(paste <(field "$work/pp16" loss) <(field "$work/bf16" loss) |
 if [ "$(field "$work/pp16" loss | wc -l)" -eq 40 ] && awk -v w="$worst" 'BEGIN { exit !(w < 3e-2) }'; then
   ok "dualpipe pp2 bf16 on GPU: worst relative loss difference vs one rank $worst"
 else fail "dualpipe pp2 bf16 differs from one rank: worst $worst ($(tail -2 "$work/pp16.log"))"; fi
+
+# 5. ZeRO 1/2/3 under dp2 on the GPU(s), fp32: the data-parallel optimizer's sharded state,
+# reduce-scattered gradients and (ZeRO-3) parameters released and re-gathered in device memory
+# follow the one-rank fp32 run
+for zero in 1 2 3; do
+  train "$work/zero$zero" 2 --set train.steps=8 --set train.precision=fp32 --set parallel.zero="$zero" ||
+    fail "dp2 zero $zero exited $? ($(tail -2 "$work/zero$zero.log"))"
+  worst=$(paste <(field "$work/zero$zero" loss) <(field "$work/gpu32" loss) |
+          awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > w) w = d } END { printf "%.3g", w + 0 }')
+  if [ "$(field "$work/zero$zero" loss | wc -l)" -eq 8 ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-3) }'; then
+    ok "dp2 zero $zero fp32 on GPU: worst relative loss difference vs one rank $worst ($(grep -m1 -o 'rank 0: parameters [^)]*' "$work/zero$zero.log"))"
+  else fail "dp2 zero $zero fp32 differs from one rank: worst $worst"; fi
+done
 
 [ $failures -eq 0 ] || { echo "$failures check(s) failed; logs:"; for f in "$work"/*.log; do echo "== $f"; tail -n 5 "$f"; done; exit 1; }

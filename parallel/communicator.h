@@ -69,6 +69,8 @@ class Communicator {
   // output_splits of rank j, entry i (the caller exchanges counts first when it does not know).
   virtual WorkHandle all_to_all_async(at::Tensor output, at::Tensor input, std::vector<int64_t> output_splits,
                                       std::vector<int64_t> input_splits, OpOptions options = {}) = 0;
+  // A send's buffer belongs to the operation until its Work's wait(): on a GPU backend the data is
+  // read on the communication stream, so writing it earlier on another stream races the send.
   virtual WorkHandle send_async(at::Tensor tensor, int peer, int tag = 0, OpOptions options = {}) = 0;
   virtual WorkHandle recv_async(at::Tensor tensor, int peer, int tag = 0, OpOptions options = {}) = 0;
   virtual WorkHandle barrier_async() = 0;

@@ -210,9 +210,12 @@ TEST_F(NcclCommunicatorGpuTest, SendRecvAroundTheRing) {
     at::Tensor incoming = at::zeros({6}, at::TensorOptions().dtype(dtype).device(device_));
     if (rank_ % 2 == 0 || size_ == 1) {
       auto send = comm_->send_async(outgoing, next, /*tag=*/3);
-      outgoing.fill_(99);  // after the send was issued: the message must not see it
-      comm_->recv(incoming, previous, 3);
+      // The buffer is the send's until wait() (which orders the caller's stream after it; it does
+      // not block the host, so the peer's recv can still match). Overwriting it then must not
+      // change what a send to oneself delivers: that message is a snapshot taken by the send.
       send->wait();
+      outgoing.fill_(99);
+      comm_->recv(incoming, previous, 3);
     } else {
       comm_->recv(incoming, previous, 3);
       comm_->send(outgoing, next, 3);
@@ -220,7 +223,7 @@ TEST_F(NcclCommunicatorGpuTest, SendRecvAroundTheRing) {
     if (size_ > 1) {
       expect_equal(incoming, indices(6) + previous * 7, c10::toString(dtype));
     } else {
-      // To oneself the data was snapshot at issue time, before the overwrite.
+      // To oneself the data was snapshot by the send, before the overwrite.
       expect_equal(incoming, indices(6), c10::toString(dtype));
     }
   }

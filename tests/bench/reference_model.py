@@ -12,6 +12,7 @@ clipping, torch.optim.AdamW, routing-bias update; the same fixed random batch ev
 Prints one JSON line with the same keys as tandem_train_bench.
 
 Usage: reference_model.py --model-json PATH [--steps N] [--warmup N] [--device cuda|cpu] [--label NAME]
+                          [--profile TRACE.json]
        reference_model.py --model-json PATH --count-params   (builds on the meta device, no memory)
 """
 import argparse
@@ -208,6 +209,8 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--label", default="")
     parser.add_argument("--count-params", action="store_true", help="print the parameter count and exit")
+    parser.add_argument("--profile", default="", help="after timing, record one step with torch.profiler "
+                        "and write it as a Chrome trace to this path")
     args = parser.parse_args()
     with open(args.model_json) as f:
         cfg = json.load(f)
@@ -255,6 +258,14 @@ def main():
         loss = step()
     sync()
     seconds = time.perf_counter() - start
+    if args.profile:  # after timing: the profiler's overhead stays out of the figures
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as prof:
+            step()
+            sync()
+        prof.export_chrome_trace(args.profile)
     tokens_per_s = args.steps * batch * seq / seconds
     peak_flops = cfg["peak_flops"] if device.type == "cuda" else cfg["cpu_peak_flops"]
     result = {

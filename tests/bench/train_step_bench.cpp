@@ -11,11 +11,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/profiler_kineto.h>
 
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -39,10 +42,12 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: tandem_train_bench JOB.yaml [--steps N] [--warmup N] [--set key=value]... [--label NAME]\n"
-    "                          [--model-json PATH] [--describe]\n"
+    "                          [--model-json PATH] [--describe] [--profile TRACE.json]\n"
     "Runs N timed optimizer steps (after warm-up) of the job's model with micro_batch_size x seq_length\n"
     "tokens per step on run.device and prints one JSON line of throughput, MFU and peak memory.\n"
-    "--describe: only resolve the job, write --model-json and print the parameter and FLOP counts.\n";
+    "--describe: only resolve the job, write --model-json and print the parameter and FLOP counts.\n"
+    "--profile: after the timed steps, record one more step with the Kineto profiler (host ops and\n"
+    "device kernels) and write it as a Chrome trace (tests/bench/profile_summary.py reads it).\n";
 
 struct Options {
   std::string config_path;
@@ -52,6 +57,7 @@ struct Options {
   std::string label;
   std::string model_json;
   bool describe = false;
+  std::string profile_path;
 };
 
 Options parse(int argc, char** argv) {
@@ -72,6 +78,8 @@ Options parse(int argc, char** argv) {
       o.label = value();
     } else if (arg == "--model-json") {
       o.model_json = value();
+    } else if (arg == "--profile") {
+      o.profile_path = value();
     } else if (arg == "--describe") {
       o.describe = true;
     } else if (arg == "--help" || arg == "-h") {
@@ -130,6 +138,23 @@ double peak_memory_gib(const at::Device& device) {
 // MFU's denominator on a CPU run (smoke tests): the configured per-core peak times the threads.
 double cpu_peak_flops(const launch::JobConfig& job) {
   return job.hardware.cpu_gflops_per_core * 1e9 * at::get_num_threads();
+}
+
+// Records one call of `step` with Kineto (host ops, and device kernels on a GPU) and saves it as
+// a Chrome trace: where a step's time goes, kernel by kernel, for the performance work.
+template <typename Step>
+void profile_one_step(Step& step, const at::Device& device, const std::string& path) {
+  namespace profiler = torch::autograd::profiler;
+  using torch::profiler::impl::ActivityType;
+  const torch::profiler::impl::ProfilerConfig config(torch::profiler::impl::ProfilerState::KINETO);
+  std::set<ActivityType> activities{ActivityType::CPU};
+  if (device.is_cuda()) activities.insert(ActivityType::CUDA);
+  profiler::prepareProfiler(config, activities);
+  profiler::enableProfiler(config, activities);
+  step();
+  synchronize(device);
+  const std::unique_ptr<profiler::ProfilerResult> result = profiler::disableProfiler();
+  result->save(path);
 }
 
 // The resolved model, batch and optimizer as JSON for tests/bench/reference_model.py.
@@ -220,6 +245,9 @@ int run(const Options& options) {
   for (int64_t i = 0; i < options.steps; ++i) step();
   synchronize(device);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  // Profiled after timing so the profiler's own overhead never enters the figures.
+  if (!options.profile_path.empty()) profile_one_step(step, device, options.profile_path);
 
   const double tokens_per_s = static_cast<double>(options.steps * batch * seq) / seconds;
   const double peak_flops = device.is_cuda() ? job.hardware.gpu_tflops * 1e12 : cpu_peak_flops(job);

@@ -7,10 +7,8 @@
 
 #ifdef TANDEM_HAVE_CUDA
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 
-#include "model/kernels/moe_kernels.h"
-#include "runtime/cuda_check.h"
+#include "model/detail/kernel_launch.h"
 #endif
 
 namespace tandem::model::detail {
@@ -24,21 +22,6 @@ bool fused_moe_kernels_available() {
 }
 
 namespace {
-
-#ifdef TANDEM_HAVE_CUDA
-void* current_stream(const at::Tensor& on) {
-  return c10::cuda::getCurrentCUDAStream(on.device().index()).stream();
-}
-
-// A launch's status (moe_kernels.h returns cudaError_t as int) as tandem::Error naming the kernel.
-#define TANDEM_KERNEL_CHECK(launch, kernel)                                                              \
-  do {                                                                                                   \
-    const int tandem_kernel_status_ = (launch);                                                          \
-    if (tandem_kernel_status_ != 0) [[unlikely]]                                                         \
-      ::tandem::runtime::detail::throw_cuda_error(static_cast<cudaError_t>(tandem_kernel_status_), kernel, \
-                                                  __FILE__, __LINE__);                                   \
-  } while (0)
-#endif
 
 void check_index(const at::Tensor& token_index, const char* what) {
   TANDEM_CHECK(token_index.dim() == 1 && token_index.scalar_type() == at::kLong,

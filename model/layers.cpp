@@ -4,16 +4,14 @@
 #include <cmath>
 #include <numbers>
 
+#include "model/detail/fused_dense.h"
 #include "model/detail/layers.h"
 #include "runtime/error.h"
 
 namespace tandem::model::detail {
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  const at::ScalarType compute = at::promote_types(x.scalar_type(), at::kFloat);
-  const at::Tensor xf = x.to(compute);                                    // [..., d]
-  const at::Tensor inv_rms = at::rsqrt(xf.pow(2).mean(-1, true) + eps);  // [..., 1]
-  return (xf * inv_rms).to(x.scalar_type()) * weight;
+  return rms_norm_fused_or_composite(x, weight, eps);
 }
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
@@ -33,7 +31,7 @@ SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t width) {
 }
 
 at::Tensor SwiGLUImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
-  const at::Tensor hidden = at::silu(gate_proj->forward(x, ctx)) * up_proj->forward(x, ctx);  // [..., width]
+  const at::Tensor hidden = swiglu_gate_differentiable(gate_proj->forward(x, ctx), up_proj->forward(x, ctx));  // [..., width]
   return down_proj->forward(hidden, ctx);
 }
 
@@ -94,21 +92,6 @@ RopeTables make_rope_tables(const ModelConfig& c, int64_t rope_dim, int64_t leng
   return {(at::cos(angles) * amplitude).to(to), (at::sin(angles) * amplitude).to(to)};
 }
 
-at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope) {
-  const int64_t t = x.size(-2);
-  const int64_t d = x.size(-1);
-  TANDEM_CHECK(rope.cos.size(0) >= t && rope.cos.size(1) * 2 == d, "rotary tables [{}, {}] do not fit x [..., {}, {}]",
-               rope.cos.size(0), rope.cos.size(1), t, d);
-  const at::Tensor cos = rope.cos.narrow(0, 0, t);  // [T, d/2]
-  const at::Tensor sin = rope.sin.narrow(0, 0, t);
-  std::vector<int64_t> pair_shape = x.sizes().vec();
-  pair_shape.back() = d / 2;
-  pair_shape.push_back(2);
-  const at::Tensor pairs = x.reshape(pair_shape);  // [..., T, d/2, 2]
-  const at::Tensor even = pairs.select(-1, 0);     // [..., T, d/2]
-  const at::Tensor odd = pairs.select(-1, 1);
-  const at::Tensor rotated = at::stack({even * cos - odd * sin, even * sin + odd * cos}, -1);  // [..., T, d/2, 2]
-  return rotated.flatten(-2);                                                                  // [..., T, d]
-}
+at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope) { return rotary_differentiable(x, rope); }
 
 }  // namespace tandem::model::detail

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "model/autocast.h"
+#include "model/detail/fused_dense.h"
 #include "model/detail/fused_moe.h"
 #include "model/detail/moe.h"
 #include "parallel/expert_dispatch.h"
@@ -82,7 +83,7 @@ at::Tensor MoEImpl::run_experts_grouped(const at::Tensor& rows, const at::Tensor
   }
   const at::Tensor gate_out = grouped_split_linear(rows, gate_w, offsets, ctx.queue);  // [R, I]
   const at::Tensor up_out = grouped_split_linear(rows, up_w, offsets, ctx.queue);      // [R, I]
-  return grouped_split_linear(at::silu(gate_out) * up_out, down_w, offsets, ctx.queue);  // [R, C]
+  return grouped_split_linear(swiglu_gate_differentiable(gate_out, up_out), down_w, offsets, ctx.queue);  // [R, C]
 }
 
 at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing& routing) {

@@ -86,9 +86,14 @@ struct QueueCapsule : torch::CustomClassHolder {
 
 at::Tensor flatten_rows(const at::Tensor& t) { return t.reshape({-1, t.size(-1)}); }  // [..., n] -> [M, n]
 
-// dW = dY^T X (the product aten's linear backward computes for the weight of x W^T).
-at::Tensor weight_grad(const at::Tensor& grad_out2d, const at::Tensor& input2d) {
-  return grad_out2d.t().mm(input2d);  // [out, M] x [M, in] -> [out, in]
+// dW = dY^T X (the product aten's linear backward computes for the weight of x W^T), in
+// `grad_dtype`, the master weight's type. On the GPU a bf16 product is written as fp32 by the
+// GEMM itself: no bf16 rounding of the gradient and no separate cast pass over it.
+at::Tensor weight_grad(const at::Tensor& grad_out2d, const at::Tensor& input2d, at::ScalarType grad_dtype) {
+  if (grad_out2d.is_cuda() && grad_dtype == at::kFloat && grad_out2d.scalar_type() == at::kBFloat16) {
+    return at::mm(grad_out2d.t(), input2d, at::kFloat);  // [out, M] x [M, in] -> [out, in]
+  }
+  return grad_out2d.t().mm(input2d);
 }
 
 // Adds `grad` to `param`.grad the way AccumulateGrad does (first gradient taken as is).
@@ -143,10 +148,10 @@ struct SplitLinearFunction : torch::autograd::Function<SplitLinearFunction> {
       // shard) hands its gradient back to autograd now.
       if (queue && queue->deferring() && weight_leaf.is_leaf()) {
         queue->push([weight_leaf, grad_out2d, input2d = flatten_rows(input)] {
-          accumulate_grad(weight_leaf, weight_grad(grad_out2d, input2d));
+          accumulate_grad(weight_leaf, weight_grad(grad_out2d, input2d, weight_leaf.scalar_type()));
         });
       } else {
-        grad_weight = weight_grad(grad_out2d, flatten_rows(input));
+        grad_weight = weight_grad(grad_out2d, flatten_rows(input), weight_leaf.scalar_type());
       }
     }
     return {grad_input, grad_weight, at::Tensor()};

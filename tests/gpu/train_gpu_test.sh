@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # `tandem train` on a GPU, end to end, on the default job's corpus with a small model:
 #  1. run.device auto picks the GPU and bf16 autocast (fp32 master weights); the loss falls;
-#  2. fp32 on the GPU follows the CPU fp32 trajectory (same math on another device);
+#  2. fp32 on the GPU follows the CPU fp32 trajectory to 1e-4 over 20 steps (same math on
+#     another device);
 #  3. two ranks (dp2) on the GPU(s) communicate device tensors (host-staged MPI without NCCL)
 #     and reproduce the one-rank bf16 losses closely;
 #  4. a DualPipe pipeline over 2 ranks on the GPU(s) (activations and gradients between stages
 #     as device tensors, bf16 autocast on both threads of the overlapped pairs) follows the
-#     one-rank fp32 and bf16 runs;
+#     one-rank fp32 run, and in bf16 the one-rank run with the same micro-batches;
 #  5. dp2 under ZeRO 1, 2 and 3 in fp32 follows the one-rank fp32 run.
 # Skips (exit 77) without a GPU or without the corpus.
 # Usage: train_gpu_test.sh TANDEM_BINARY SOURCE_DIR MPIEXEC...
@@ -40,15 +41,15 @@ if awk -v a="$first" -v b="$last" 'BEGIN { exit !(b < a - 1.5) }'; then
   ok "bf16 on GPU: lm loss $first -> $last in 40 steps ($(field "$work/bf16" tokens_per_s | tail -1) tokens/s)"
 else fail "bf16 loss did not fall enough: $first -> $last"; fi
 
-# 2. fp32 on GPU vs fp32 on CPU, 8 steps
-train "$work/gpu32" 1 --set train.steps=8 --set train.precision=fp32 || fail "gpu fp32 exited $?"
-train "$work/cpu32" 1 --set train.steps=8 --set run.device=cpu || fail "cpu fp32 exited $?"
+# 2. fp32 on GPU vs fp32 on CPU, 20 steps
+train "$work/gpu32" 1 --set train.steps=20 --set train.precision=fp32 || fail "gpu fp32 exited $?"
+train "$work/cpu32" 1 --set train.steps=20 --set run.device=cpu || fail "cpu fp32 exited $?"
 grep -q "device cuda:0 | fp32" "$work/gpu32.log" || fail "fp32 run not on the GPU: $(grep -m1 'device ' "$work/gpu32.log")"
 grep -q "device cpu | fp32" "$work/cpu32.log" || fail "cpu run not on the CPU in fp32: $(grep -m1 'device ' "$work/cpu32.log")"
 worst=$(paste <(field "$work/gpu32" loss) <(field "$work/cpu32" loss) |
         awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > w) w = d } END { printf "%.3g", w + 0 }')
-if [ "$(field "$work/gpu32" loss | wc -l)" -eq 8 ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-3) }'; then
-  ok "fp32 GPU vs CPU: worst relative loss difference over 8 steps $worst"
+if [ "$(field "$work/gpu32" loss | wc -l)" -eq 20 ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-4) }'; then
+  ok "fp32 GPU vs CPU: worst relative loss difference over 20 steps $worst"
 else fail "fp32 GPU and CPU trajectories differ: worst $worst"; fi
 
 # 3. dp2 on the GPU(s): device tensors through the communicators
@@ -62,13 +63,16 @@ else fail "dp2 differs from one rank: worst $worst"; fi
 # 4. DualPipe pp2 (micro-batches of 4: DualPipe needs M >= 2 * pp), fp32 then bf16
 pipeline=(--set parallel.pp=2 --set parallel.pipeline.schedule=dualpipe --set data.micro_batch_size=4)
 train "$work/pp32" 2 "${pipeline[@]}" --set train.steps=8 --set train.precision=fp32 || fail "pp2 fp32 exited $?"
-worst=$(paste <(field "$work/pp32" loss) <(field "$work/gpu32" loss) |
+worst=$(paste <(field "$work/pp32" loss) <(head -8 <(field "$work/gpu32" loss)) |
         awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > w) w = d } END { printf "%.3g", w + 0 }')
 if [ "$(field "$work/pp32" loss | wc -l)" -eq 8 ] && awk -v w="$worst" 'BEGIN { exit !(w < 1e-3) }'; then
   ok "dualpipe pp2 fp32 on GPU: worst relative loss difference vs one rank $worst"
 else fail "dualpipe pp2 fp32 differs from one rank: worst $worst ($(tail -2 "$work/pp32.log"))"; fi
+# bf16 against one rank with the same micro-batches of 4: the same products in bf16, so the
+# difference is the pipeline's alone (micro-batches of 8 round differently and drift apart).
 train "$work/pp16" 2 "${pipeline[@]}" --set train.steps=40 || fail "pp2 bf16 exited $?"
-worst=$(paste <(field "$work/pp16" loss) <(field "$work/bf16" loss) |
+train "$work/bf16mb4" 1 --set data.micro_batch_size=4 --set train.steps=40 || fail "bf16 micro-batch 4 exited $?"
+worst=$(paste <(field "$work/pp16" loss) <(field "$work/bf16mb4" loss) |
         awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > w) w = d } END { printf "%.3g", w + 0 }')
 if [ "$(field "$work/pp16" loss | wc -l)" -eq 40 ] && awk -v w="$worst" 'BEGIN { exit !(w < 3e-2) }'; then
   ok "dualpipe pp2 bf16 on GPU: worst relative loss difference vs one rank $worst"

@@ -18,6 +18,7 @@
 #include <torch/version.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <thread>
 
 #include "launch/config_loader.h"
@@ -186,9 +187,12 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
   const JobConfig& config = s.config;
   const bool root = s.process.is_root();
 
-  // One core's worth of intra-op threads per rank on this node: more only oversubscribes.
+  // OMP_NUM_THREADS when the launcher set it (docs/launching.md), else one core's worth of
+  // intra-op threads per rank on this node: more only oversubscribes.
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int threads = std::max(1, cores / std::max(1, s.process.local_size));
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  const int omp_threads = omp ? std::atoi(omp) : 0;
+  const int threads = omp_threads > 0 ? omp_threads : std::max(1, cores / std::max(1, s.process.local_size));
   at::set_num_threads(threads);
   runtime::log_rank_placement(s.process, config.run.device, threads);
 
@@ -209,7 +213,11 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
   // the data-parallel optimizer takes over their storage, bucketed by replication group (dense
   // over dp, experts over expert-dp) and sharded over those replicas under ZeRO. ZeRO-3 gathers
   // each decoder layer's parameters around its use through the model's layer hooks.
-  const model::ParallelGroups groups = model_groups(grid, config.parallel.sequence_parallel);
+  model::ParallelGroups groups = model_groups(grid, config.parallel.sequence_parallel);
+  if (!config.logging.trace_steps.empty() && groups.ep_size() > 1) {
+    s.exchanges = std::make_shared<parallel::ExchangeRecorder>();
+    groups.ep = parallel::make_recording_communicator(groups.ep, s.exchanges);
+  }
   // A pipeline rank holds its stages; copies of a parameter on several pipeline slots are kept in
   // sync by the executor, and only the primary copy counts in norms and checkpoints.
   std::vector<parallel::ShardedParam> trained;
@@ -265,6 +273,8 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     const int64_t step = s.step + 1;
     const double lr = learning_rate(config.optim, step, config.train.steps);
     s.optimizer->zero_grad();
+    const bool trace_exchanges = s.exchanges && is_traced_step(config, step);
+    if (trace_exchanges) s.exchanges->set_enabled(true);
 
     at::Tensor losses;
     if (s.pipeline) {
@@ -289,6 +299,7 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     // The reductions share dp and the other groups with the collectives below: done first (the
     // pipeline path launches all of them here, after the schedule's last backward).
     s.optimizer->finish_gradient_sync();
+    if (trace_exchanges) write_exchange_trace(s, step);
 
     // Losses: every tp (and pp) rank of a dp rank holds the same values; average over dp. Expert
     // loads: each rank counted the tokens it routed through its layers; the world together routed

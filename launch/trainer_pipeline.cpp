@@ -5,7 +5,10 @@
 // shared with pp = 1.
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "launch/detail/trainer_state.h"
+#include "runtime/file_util.h"
 #include "runtime/log.h"
 
 namespace tandem::launch {
@@ -40,9 +43,9 @@ void check_pipeline_supported(const JobConfig& config) {
 void warn_untraced_steps(const JobConfig& config) {
   const std::vector<int64_t>& steps = config.logging.trace_steps;
   if (steps.empty()) return;
-  if (!uses_pipeline(config)) {
-    TANDEM_LOG_WARN("train", "logging.trace_steps: this job runs no pipeline (pp = 1, schedule {}), so there is no op "
-                    "timeline to trace", config.parallel.pipeline.schedule);
+  if (!uses_pipeline(config) && config.parallel.ep <= 1) {
+    TANDEM_LOG_WARN("train", "logging.trace_steps: this job runs no pipeline (pp = 1, schedule {}) and no expert "
+                    "parallelism, so there is no op timeline or all-to-all to trace", config.parallel.pipeline.schedule);
     return;
   }
   std::vector<int64_t> late;
@@ -53,6 +56,20 @@ void warn_untraced_steps(const JobConfig& config) {
     TANDEM_LOG_WARN("train", "logging.trace_steps: step(s) {} come after the last step ({}) and will not be traced",
                     fmt::join(late, ", "), config.train.steps);
   }
+}
+
+bool is_traced_step(const JobConfig& config, int64_t step) {
+  const std::vector<int64_t>& steps = config.logging.trace_steps;
+  return std::find(steps.begin(), steps.end(), step) != steps.end();
+}
+
+void write_exchange_trace(Trainer::State& s, int64_t step) {
+  s.exchanges->set_enabled(false);
+  const std::vector<parallel::ExchangeSpan> spans = s.exchanges->take();
+  const std::string dir = fmt::format("{}/traces/step{}/exchanges", s.config.run.output_dir, step);
+  runtime::make_directories(dir);
+  runtime::write_file_atomic(fmt::format("{}/rank{}.json", dir, s.process.rank),
+                             parallel::exchange_trace_json(spans, s.process.rank, step));
 }
 
 at::Tensor pipeline_forward_backward(Trainer::State& s, int64_t step) {

@@ -27,6 +27,9 @@ enum class ReduceOp { kSum, kAvg, kMax, kMin };
 
 struct OpOptions {
   void* stream = nullptr;  // cudaStream_t to run on (NCCL); null = the communicator's comm stream
+  // What the operation is for ("dispatch", "combine", ...), read by tracing decorators
+  // (exchange_recorder.h); backends ignore it. A string literal: it is kept, not copied.
+  const char* label = nullptr;
 };
 
 // Handle of an operation in flight. Not copyable; destroying an unfinished Work waits for it

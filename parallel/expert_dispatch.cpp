@@ -122,7 +122,7 @@ namespace {
 // rows [R_in, ...] -> all-to-all with the given splits -> [R_out, ...].
 TransportHandle start_all_to_all(const at::Tensor& input, const std::vector<int64_t>& out_splits,
                                  const std::vector<int64_t>& in_splits, const CommunicatorPtr& ep,
-                                 at::Tensor after_order) {
+                                 at::Tensor after_order, const char* label) {
   TANDEM_CHECK(input.size(0) == sum(in_splits), "exchange of {} rows with splits summing to {}", input.size(0),
                sum(in_splits));
   std::vector<int64_t> shape = input.sizes().vec();
@@ -130,7 +130,9 @@ TransportHandle start_all_to_all(const at::Tensor& input, const std::vector<int6
   if (trivial(ep)) return TransportHandle(nullptr, input, std::move(after_order));
   at::Tensor send = input.contiguous();
   at::Tensor recv = at::empty(shape, send.options());
-  WorkHandle work = ep->all_to_all_async(recv, send, out_splits, in_splits);
+  OpOptions options;
+  options.label = label;  // names the exchange in traced steps (exchange_recorder.h)
+  WorkHandle work = ep->all_to_all_async(recv, send, out_splits, in_splits, options);
   return TransportHandle(std::move(work), recv, std::move(after_order));
 }
 
@@ -139,7 +141,7 @@ TransportHandle start_all_to_all(const at::Tensor& input, const std::vector<int6
 TransportHandle start_to_experts(const at::Tensor& rows, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep) {
   TANDEM_CHECK(rows.dim() >= 1 && rows.size(0) == layout->num_send_rows(), "dispatching {} rows, the layout sends {}",
                rows.dim() >= 1 ? rows.size(0) : -1, layout->num_send_rows());
-  return start_all_to_all(rows.detach(), layout->recv_splits, layout->send_splits, ep, layout->expert_order);
+  return start_all_to_all(rows.detach(), layout->recv_splits, layout->send_splits, ep, layout->expert_order, "dispatch");
 }
 
 TransportHandle start_to_senders(const at::Tensor& grouped, const DispatchLayoutPtr& layout,
@@ -148,7 +150,7 @@ TransportHandle start_to_senders(const at::Tensor& grouped, const DispatchLayout
                "combining {} rows, the layout received {}", grouped.dim() >= 1 ? grouped.size(0) : -1,
                layout->num_recv_rows());
   const at::Tensor arrival = grouped.detach().index_select(0, layout->arrival_order);  // [R_recv, ...]
-  return start_all_to_all(arrival, layout->send_splits, layout->recv_splits, ep, at::Tensor());
+  return start_all_to_all(arrival, layout->send_splits, layout->recv_splits, ep, at::Tensor(), "combine");
 }
 
 // --- counts ---------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ CountsHandle start_count_exchange(const std::vector<int64_t>& rows_per_expert, c
   const int64_t local = num_experts / ep_size;
   const at::Tensor send = to_tensor(rows_per_expert).to(device);  // [E], experts of rank j contiguous
   std::vector<int64_t> splits(ep_size, local);
-  return CountsHandle(start_all_to_all(send, splits, splits, ep, at::Tensor()), ep_size, local, rows_per_expert,
+  return CountsHandle(start_all_to_all(send, splits, splits, ep, at::Tensor(), "counts"), ep_size, local, rows_per_expert,
                       device);
 }
 

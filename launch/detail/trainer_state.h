@@ -14,6 +14,7 @@
 #include "launch/trainer.h"
 #include "model/model.h"
 #include "parallel/data_parallel_optimizer.h"
+#include "parallel/exchange_recorder.h"
 #include "parallel/process_grid.h"
 #include "runtime/gpt_sampler.h"
 #include "runtime/indexed_dataset.h"
@@ -39,6 +40,9 @@ struct Trainer::State {
   std::unique_ptr<PipelineRunner> pipeline;         // pipeline jobs (uses_pipeline): this rank's stages
   // Owns the parameters' storage, their gradient reduction (ZeRO 0-3) and AdamW.
   std::unique_ptr<parallel::DataParallelOptimizer> optimizer;
+  // ep > 1 with logging.trace_steps: records the model's expert all-to-alls during traced steps
+  // (its ep communicator is wrapped by make_recording_communicator); null otherwise.
+  parallel::ExchangeRecorderPtr exchanges;
 
   std::unique_ptr<runtime::MetricsWriter> metrics;        // rank 0
   std::unique_ptr<runtime::TensorBoardWriter> tensorboard;  // rank 0, when enabled
@@ -61,8 +65,14 @@ at::Tensor next_micro_batch(const Trainer::State& state, runtime::GptSampler& sa
 // The pipeline path (trainer_pipeline.cpp), for jobs where uses_pipeline(config).
 // What this build's pipeline path cannot run, rejected at set-up with the key and the reason.
 void check_pipeline_supported(const JobConfig& config);
-// Warns about logging.trace_steps that will not be traced (no pipeline, or after train.steps).
+// Warns about logging.trace_steps that will not be traced (no pipeline and no expert
+// parallelism, or after train.steps).
 void warn_untraced_steps(const JobConfig& config);
+// Whether logging.trace_steps names `step`.
+bool is_traced_step(const JobConfig& config, int64_t step);
+// After a traced step with state.exchanges: writes this rank's expert all-to-alls of the step to
+// run.output_dir/traces/stepN/exchanges/rankR.json (parallel::exchange_trace_json).
+void write_exchange_trace(Trainer::State& state, int64_t step);
 // One step's forward and backward through the schedule over this dp rank's next micro-batches:
 // returns [loss, lm, mtp, aux], means over those micro-batches (fp64, CPU, equal on every rank of
 // the pipeline); every gradient of the step is complete on this rank, summed over the pipeline's

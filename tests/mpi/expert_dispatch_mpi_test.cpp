@@ -10,8 +10,12 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include <array>
+#include <chrono>
+#include <string>
+#include <thread>
 #include <vector>
 
+#include "parallel/exchange_recorder.h"
 #include "parallel/expert_dispatch.h"
 #include "tests/common/mpi_test_env.h"
 
@@ -169,6 +173,62 @@ TEST_F(ExpertDispatchTest, ExpertCountsReduceToTheGlobalTotal) {
   at::Tensor expected = at::zeros_like(local);
   for (int64_t src = 0; src < size_; ++src) expected += at::tensor(route(src, size_).rows_per_expert, kI64);
   EXPECT_TRUE(at::equal(all_reduce_expert_counts(local, *ep_), expected));
+}
+
+
+// Stands in for the other half of a DualPipe pair: computes (sleeps) while the exchange is in flight.
+class SleepingHook final : public OverlapHook {
+ public:
+  void on_in_flight() override { std::this_thread::sleep_for(std::chrono::milliseconds(20)); }
+};
+
+TEST_F(ExpertDispatchTest, RecordedExchangesCarryLabelsPeerBytesAndTheTimeHandedToOverlap) {
+  auto recorder = std::make_shared<ExchangeRecorder>();
+  const CommunicatorPtr ep = make_recording_communicator(ep_, recorder);
+  const Routed routed = route(rank_, size_);
+  const at::Tensor x = tokens_of(rank_, size_).requires_grad_();
+  const at::Tensor permuted = x.index_select(0, routed.token_index);
+
+  // Off: nothing recorded, results untouched.
+  const DispatchLayoutPtr layout = exchange_counts(routed.rows_per_expert, ep, at::kCPU);
+  EXPECT_TRUE(recorder->take().empty());
+
+  recorder->set_enabled(true);
+  const auto hook = std::make_shared<SleepingHook>();
+  const DispatchLayoutPtr again = exchange_counts(routed.rows_per_expert, ep, at::kCPU);
+  DispatchHandle dispatching = start_dispatch(permuted, layout, ep, hook);
+  yield_to_overlap(hook);
+  const at::Tensor grouped = dispatching.wait();
+  const at::Tensor back = combine(run_experts(grouped, *layout, rank_), layout, ep);
+  back.sum().backward();  // the combine's backward moves rows to the experts, the dispatch's back
+  recorder->set_enabled(false);
+  const std::vector<ExchangeSpan> spans = recorder->take();
+
+  std::vector<std::string> labels;
+  for (const ExchangeSpan& s : spans) labels.push_back(s.label);
+  EXPECT_EQ(labels, (std::vector<std::string>{"counts", "dispatch", "combine", "dispatch", "combine"}));
+  ASSERT_EQ(spans.size(), 5U);
+  const int64_t row_bytes = kWidth * 8;
+  const int64_t to_peers = layout->num_send_rows() - layout->send_splits[rank_];
+  const int64_t from_peers = layout->num_recv_rows() - layout->recv_splits[rank_];
+  EXPECT_EQ(spans[1].bytes_sent, to_peers * row_bytes);
+  EXPECT_EQ(spans[1].bytes_received, from_peers * row_bytes);
+  EXPECT_EQ(spans[2].bytes_sent, from_peers * row_bytes);  // combine: the reverse direction
+  EXPECT_EQ(spans[2].bytes_received, to_peers * row_bytes);
+  EXPECT_EQ(spans[0].bytes_sent, (size_ - 1) * kLocalExperts * 8);  // int64 counts per peer
+  for (const ExchangeSpan& s : spans) {
+    EXPECT_LE(s.issued_ms, s.posted_ms) << s.label;
+    EXPECT_LE(s.posted_ms, s.wait_begin_ms) << s.label;
+    EXPECT_LE(s.wait_begin_ms, s.end_ms) << s.label;
+  }
+  // The dispatch handed the rank to the hook between issue and wait; the others waited at once.
+  EXPECT_GE(spans[1].wait_begin_ms - spans[1].posted_ms, 19.0);
+  EXPECT_LT(spans[2].wait_begin_ms - spans[2].posted_ms, 19.0);
+
+  const std::string json = exchange_trace_json(spans, rank_, 7);
+  EXPECT_NE(json.find("\"format\": \"tandem-exchanges\", \"rank\": " + std::to_string(rank_) + ", \"step\": 7"),
+            std::string::npos);
+  EXPECT_NE(json.find("\"cat\": \"blocked\""), std::string::npos);
 }
 
 }  // namespace

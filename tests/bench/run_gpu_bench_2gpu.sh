@@ -53,13 +53,12 @@ config=$root/configs/bench/moe_1b.yaml
 mkdir -p "$out"
 run() { if [ "$dry" = 1 ]; then echo "+ $*"; else "$@"; fi; }
 
-# A corpus for `tandem train` (the benchmark measures compute and communication, not the text):
-# the repository's own sources and docs, byte-tokenized. The GPU machine has no network.
+# A corpus for `tandem train`: the repository's own sources and docs (bench_python.sh).
 corpus=$out/corpus
-if [ ! -f "$corpus.idx" ]; then
-  mapfile -t texts < <(cd "$root" && git ls-files '*.md' '*.cpp' '*.h' '*.py' 2>/dev/null | sed "s|^|$root/|")
-  [ ${#texts[@]} -gt 0 ] || mapfile -t texts < <(find "$root/docs" "$root/model" -name '*.md' -o -name '*.cpp')
-  run "$tandem" preprocess --input "${texts[@]}" --output "$corpus" --split-on file
+if [ "$dry" = 1 ]; then
+  echo "+ $tandem preprocess --input <the repository's sources and docs> --output $corpus --split-on file"
+else
+  bench_corpus "$root" "$tandem" "$corpus"
 fi
 
 # name | ranks | overrides (micro_batch_size 4, 4 micro-batches per data-parallel rank and step)

@@ -96,14 +96,8 @@ mkdir -p "$out/svg"
 results=$out/results.jsonl
 [ "$dry" = 1 ] || : > "$results"
 
-# A corpus for `tandem train` (the benchmark measures compute and communication, not the text):
-# the repository's own sources and docs, byte-tokenized (the GPU machine has no network).
 corpus=$out/corpus
-if [ "$dry" = 0 ] && [ ! -f "$corpus.idx" ]; then
-  mapfile -t texts < <(cd "$root" && git ls-files '*.md' '*.cpp' '*.h' '*.py' 2>/dev/null | sed "s|^|$root/|")
-  [ ${#texts[@]} -gt 0 ] || mapfile -t texts < <(find "$root/docs" "$root/model" -name '*.md' -o -name '*.cpp')
-  "$tandem" preprocess --input "${texts[@]}" --output "$corpus" --split-on file > "$out/corpus.log" 2>&1
-fi
+[ "$dry" = 1 ] || bench_corpus "$root" "$tandem" "$corpus"
 
 # train NAME RANKS OVERRIDES...: one `tandem train` run into $out/NAME; returns its exit status.
 train() {

@@ -25,17 +25,9 @@ import re
 import statistics
 import sys
 
+from trace_overlap import union  # merged intervals (this directory is on sys.path when run as a script)
+
 EXCHANGE_LABELS = ("dispatch", "combine")
-
-
-def union(intervals):
-    merged = []
-    for start, end in sorted(intervals):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([start, end])
-    return merged
 
 
 def uncovered(start, end, cover):

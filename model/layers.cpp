@@ -1,6 +1,8 @@
 // RMSNorm, SwiGLU and rotary embedding with YaRN (MODEL.md). Numerics: norm statistics and
 // rotary tables are computed in at least fp32 (tables in float64, then cast), so a bf16 model
 // does not lose the rotary phase at long positions.
+#include <ATen/autocast_mode.h>
+
 #include <cmath>
 #include <numbers>
 
@@ -11,7 +13,14 @@
 namespace tandem::model::detail {
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  return rms_norm_fused_or_composite(x, weight, eps);
+  const at::Tensor out = rms_norm_fused_or_composite(x, weight, eps);
+  // Under autocast every reader of a norm's output is a matmul that would cast it to the compute
+  // type anyway (q/k/v, gate/up, the router's input, the head): cast once here instead of once
+  // per reader, and the readers' input gradients come back summed in that type rather than
+  // cast to fp32 one by one (on the dense 1B step ~5 casts per layer each way).
+  const c10::DeviceType device_type = x.device().type();
+  if (at::autocast::is_autocast_enabled(device_type)) return out.to(at::autocast::get_autocast_dtype(device_type));
+  return out;
 }
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {

@@ -105,6 +105,11 @@ TEST(DenseKernels, RmsNormOnGpuMatchesCompositeForwardAndBackward) {
   const auto want = value_and_grads(norm, {x, weight}, grad, at::kCPU, at::kFloat);
   const auto got = value_and_grads(norm, {x, weight}, grad, kGpu, at::kFloat);
   for (size_t i = 0; i < want.size(); ++i) EXPECT_LT(max_relative(got[i], want[i]), 1e-5) << "output/grad " << i;
+  // Under bf16 autocast the output is cast once, to bf16 (fp32 statistics, then one rounding).
+  const AutocastScope autocast(at::kCUDA, at::kBFloat16);
+  const at::Tensor cast = rms_norm(x.to(kGpu, at::kFloat), weight.to(kGpu, at::kFloat), 1e-6);
+  EXPECT_EQ(cast.scalar_type(), at::kBFloat16);
+  EXPECT_LT(max_relative(cast, want[0]), 4e-3);  // one bf16 rounding: at most 2^-8 relative
 }
 
 TEST(DenseKernels, Bf16LinearWritesAnFp32WeightGradientWithoutBf16Rounding) {

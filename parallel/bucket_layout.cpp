@@ -63,4 +63,19 @@ std::vector<ElementRun> selected_runs(const BucketSpec& bucket, const std::vecto
   return runs;
 }
 
+std::vector<FlaggedRun> partition_by_runs(int64_t numel, const std::vector<ElementRun>& selected) {
+  std::vector<FlaggedRun> runs;
+  int64_t covered = 0;  // [0, covered) is in `runs`
+  for (const ElementRun& run : selected) {
+    TANDEM_CHECK(run.begin >= covered && run.length > 0 && run.begin + run.length <= numel,
+                 "selected run [{}, {}) is empty, out of order or outside [0, {})", run.begin, run.begin + run.length,
+                 numel);
+    if (run.begin > covered) runs.push_back({covered, run.begin - covered, false});
+    runs.push_back({run.begin, run.length, true});
+    covered = run.begin + run.length;
+  }
+  if (covered < numel) runs.push_back({covered, numel - covered, false});
+  return runs;
+}
+
 }  // namespace tandem::parallel

@@ -53,4 +53,17 @@ struct ElementRun {
 std::vector<ElementRun> selected_runs(const BucketSpec& bucket, const std::vector<int64_t>& numels,
                                       const std::vector<bool>& selected, ElementRun window);
 
+// A run together with whether it lies inside a selection.
+struct FlaggedRun {
+  int64_t begin = 0;
+  int64_t length = 0;
+  bool selected = false;
+};
+
+// [0, numel) cut at the edges of `selected` (sorted, disjoint, non-empty runs inside [0, numel),
+// as selected_runs returns them): the runs in order, alternating between inside and outside,
+// together covering every element once (the fused AdamW launches one segment per run, each
+// either decayed or not). Throws tandem::Error when `selected` is unsorted or out of range.
+std::vector<FlaggedRun> partition_by_runs(int64_t numel, const std::vector<ElementRun>& selected);
+
 }  // namespace tandem::parallel

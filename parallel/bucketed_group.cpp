@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "parallel/fused_optimizer.h"
 #include "runtime/error.h"
 
 namespace tandem::parallel {
@@ -267,6 +268,12 @@ at::Tensor BucketedGroup::grad_slice(int64_t bucket) const {
 
 at::Tensor BucketedGroup::local_norm_squared() const {
   torch::autograd::AutoGradMode no_grad(false);
+  if (fused_optimizer_applies(exp_avg_)) {
+    // One deterministic pass over every counted run (fp64 partials), no float64 copies.
+    std::vector<TensorRuns> parts;
+    for (int64_t b = 0; b < num_buckets(); ++b) parts.push_back({grad_slice(b), &buckets_[b].norm_runs});
+    return fused_sum_squares(parts, exp_avg_.device());
+  }
   at::Tensor total = at::zeros({}, exp_avg_.options().dtype(at::kDouble));
   for (int64_t b = 0; b < num_buckets(); ++b) {
     const at::Tensor slice = grad_slice(b);
@@ -316,15 +323,20 @@ void BucketedGroup::step(const AdamWConfig& config, const AdamWStepScalars& scal
   for (int64_t b = 0; b < num_buckets(); ++b) {
     at::Tensor param = optimizer_param(b);
     at::Tensor grad = z == 0 ? buckets_[b].full_grads : grad_slice(b);
-    if (grad_scale != 1.0) grad = grad * grad_scale;
     at::Tensor m = exp_avg_.narrow(0, optimizer_offset(b), optimizer_numel(b));
     at::Tensor v = exp_avg_sq_.narrow(0, optimizer_offset(b), optimizer_numel(b));
-    adamw_update_moments_(grad, m, v, config);
-    for (const ElementRun& run : buckets_[b].decay_runs) {
-      at::Tensor decayed = param.narrow(0, run.begin, run.length);
-      adamw_apply_decay_(decayed, config, scalars);
+    if (fused_optimizer_applies(param)) {
+      // One pass per bucket (the composite below makes ~9), scaling the gradient as it reads it.
+      fused_adamw_step_(param, grad, m, v, buckets_[b].decay_runs, config, scalars, grad_scale);
+    } else {
+      if (grad_scale != 1.0) grad = grad * grad_scale;
+      adamw_update_moments_(grad, m, v, config);
+      for (const ElementRun& run : buckets_[b].decay_runs) {
+        at::Tensor decayed = param.narrow(0, run.begin, run.length);
+        adamw_apply_decay_(decayed, config, scalars);
+      }
+      adamw_apply_step_(param, m, v, config, scalars);
     }
-    adamw_apply_step_(param, m, v, config, scalars);
     // Every replica needs the updated full bucket back (ZeRO-3: only the persistent ones; the
     // others are gathered again before their next use). The slice is copied because the
     // all-gather's input may not overlap its output.

@@ -97,13 +97,15 @@ class BucketedGroup {
 
   // Sum of squares of this rank's slice of every bucket's reduced gradient, members with
   // counts_in_norm only, as a 0-dim float64 tensor (summing over the communicator gives the
-  // group's total once). Call after complete_reductions().
+  // group's total once). Call after complete_reductions(). On CUDA: one fused, deterministic pass
+  // (fused_optimizer.h), the result on the device without a host synchronisation.
   at::Tensor local_norm_squared() const;
 
   // AdamW on this rank's part (ZeRO 0: all of it), gradients multiplied by `grad_scale` first,
   // then the full parameters brought back: all-gather per bucket for ZeRO 1/2 and for ZeRO-3's
   // persistent buckets (collective over the communicator, blocking at the end). ZeRO-3 releases
-  // gathered layer buckets first (their values become stale).
+  // gathered layer buckets first (their values become stale). On CUDA each bucket's update is one
+  // fused kernel pass following the CPU composite's fp32 operation order (fused_optimizer.h).
   void step(const AdamWConfig& config, const AdamWStepScalars& scalars, double grad_scale);
 
   // --- ZeRO-3 parameter gathering (no-ops for persistent buckets) -----------------------------

@@ -1,8 +1,11 @@
 // Bucket planning: reverse order, size cap, oversized parameters alone, key breaks, padding to
-// the shard count, shard/full offsets, and the runs of selected members inside a window.
+// the shard count, shard/full offsets, the runs of selected members inside a window, and the
+// cut of an optimizer extent into decayed / not-decayed segments (the fused AdamW's launches).
 #include "parallel/bucket_layout.h"
 
 #include <gtest/gtest.h>
+
+#include "runtime/error.h"
 
 namespace tandem::parallel {
 namespace {
@@ -74,6 +77,46 @@ TEST(BucketLayout, SelectedRunsMergeNeighboursAndClipToTheWindow) {
   EXPECT_EQ(last[0].length, 4);
   // Members 2 and 0 (not adjacent): two runs in the full window.
   EXPECT_EQ(selected_runs(b, numels, {true, false, true}, {0, 12}).size(), 2u);
+}
+
+// Flags of [0, numel) element by element, from a partition (checks coverage on the way).
+std::vector<int> flags_of(const std::vector<FlaggedRun>& runs, int64_t numel) {
+  std::vector<int> flags(numel, -1);
+  int64_t next = 0;
+  for (const FlaggedRun& run : runs) {
+    EXPECT_EQ(run.begin, next) << "runs must be in order and leave no gap";
+    EXPECT_GT(run.length, 0);
+    for (int64_t i = run.begin; i < run.begin + run.length; ++i) flags[i] = run.selected ? 1 : 0;
+    next = run.begin + run.length;
+  }
+  EXPECT_EQ(next, numel);
+  return flags;
+}
+
+TEST(BucketLayout, PartitionByRunsCoversTheExtentAlternatingFlags) {
+  // The decay runs of a ZeRO-1 slice of a real bucket: members 2 (3 el, no decay: a norm
+  // weight), 1 (4 el, decayed), 0 (5 el, decayed) over 2 shards; rank 1's slice [6, 12).
+  const std::vector<int64_t> numels{5, 4, 3};
+  const BucketLayout layout = plan_buckets(numels, {0, 0, 0}, 100, 2);
+  const BucketSpec& b = layout.buckets[0];
+  const std::vector<bool> decays{true, true, false};
+  for (const ElementRun window : {ElementRun{0, 6}, ElementRun{6, 6}, ElementRun{0, 12}}) {
+    const auto runs = partition_by_runs(window.length, selected_runs(b, numels, decays, window));
+    const std::vector<int> flags = flags_of(runs, window.length);
+    for (int64_t i = 0; i < window.length; ++i) {
+      EXPECT_EQ(flags[i], window.begin + i >= 3 ? 1 : 0) << "element " << window.begin + i;
+    }
+    for (size_t r = 1; r < runs.size(); ++r) EXPECT_NE(runs[r].selected, runs[r - 1].selected);
+  }
+  // Edge cases: nothing selected, everything selected, a run at each end, an empty extent.
+  EXPECT_EQ(flags_of(partition_by_runs(5, {}), 5), (std::vector<int>{0, 0, 0, 0, 0}));
+  EXPECT_EQ(flags_of(partition_by_runs(3, {{0, 3}}), 3), (std::vector<int>{1, 1, 1}));
+  EXPECT_EQ(flags_of(partition_by_runs(7, {{0, 2}, {5, 2}}), 7), (std::vector<int>{1, 1, 0, 0, 0, 1, 1}));
+  EXPECT_EQ(partition_by_runs(7, {{0, 2}, {5, 2}}).size(), 3u);
+  EXPECT_TRUE(partition_by_runs(0, {}).empty());
+  // Runs out of order or past the end are refused rather than updating elements twice.
+  EXPECT_THROW(partition_by_runs(7, {{4, 2}, {1, 2}}), Error);
+  EXPECT_THROW(partition_by_runs(7, {{5, 3}}), Error);
 }
 
 }  // namespace

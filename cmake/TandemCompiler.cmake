@@ -48,3 +48,13 @@ function(tandem_add_library name)
     target_precompile_headers(${name} PRIVATE ${ARG_PCH})
   endif()
 endfunction()
+
+# tandem_add_kernel_library(NAME DIR): a static library of the torch-free CUDA kernels DIR/*.cu,
+# compiled for tandem's GPU target (${TANDEM_CUDA_GENCODE}); call only when TANDEM_HAVE_CUDA.
+function(tandem_add_kernel_library name dir)
+  file(GLOB sources CONFIGURE_DEPENDS ${dir}/*.cu)
+  add_library(${name} STATIC ${sources})
+  target_include_directories(${name} PUBLIC $<BUILD_INTERFACE:${TANDEM_SOURCE_ROOT}>)
+  target_link_libraries(${name} PUBLIC CUDA::cudart)
+  target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:${TANDEM_CUDA_GENCODE}>)
+endfunction()

@@ -53,16 +53,30 @@ __device__ __forceinline__ void adamw_quad(float4& p, const float4& g, float4& m
   adamw_element(p.w, g.w, m.w, v.w, decay, s);
 }
 
-__global__ void __launch_bounds__(kThreads) adamw_kernel(const SegmentTable<AdamWSegment> table, const AdamWScalars s) {
+// Calls quad(segment, i) for every aligned group of 4 elements [i, i + 4) of the block's chunks
+// where the segment is vectorizable, element(segment, i) for every other element; each thread
+// visits a fixed set of indices in a fixed order.
+template <typename Segment, typename Quad, typename Element>
+__device__ __forceinline__ void for_each_of_block(const SegmentTable<Segment>& table, Quad&& quad, Element&& element) {
   for (int64_t chunk = blockIdx.x; chunk < table.total_chunks(); chunk += gridDim.x) {
     const int index = segment_of(table, chunk);
-    const AdamWSegment seg = table.segments[index];
+    const Segment seg = table.segments[index];
     const int64_t begin = (chunk - table.first_chunk[index]) * kChunk;
     const int64_t end = min(begin + kChunk, seg.numel);
     int64_t scalar_begin = begin;
     if (vectorizable(seg)) {
       const int64_t quads_end = begin + (end - begin) / 4 * 4;
-      for (int64_t i = begin + 4 * threadIdx.x; i < quads_end; i += 4 * kThreads) {
+      for (int64_t i = begin + 4 * threadIdx.x; i < quads_end; i += 4 * kThreads) quad(seg, i);
+      scalar_begin = quads_end;
+    }
+    for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kThreads) element(seg, i);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) adamw_kernel(const SegmentTable<AdamWSegment> table, const AdamWScalars s) {
+  for_each_of_block(
+      table,
+      [&](const AdamWSegment& seg, int64_t i) {
         float4 p = *reinterpret_cast<const float4*>(seg.param + i);
         const float4 g = *reinterpret_cast<const float4*>(seg.grad + i);
         float4 m = *reinterpret_cast<const float4*>(seg.exp_avg + i);
@@ -71,13 +85,10 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(const SegmentTable<Adam
         *reinterpret_cast<float4*>(seg.param + i) = p;
         *reinterpret_cast<float4*>(seg.exp_avg + i) = m;
         *reinterpret_cast<float4*>(seg.exp_avg_sq + i) = v;
-      }
-      scalar_begin = quads_end;
-    }
-    for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kThreads) {
-      adamw_element(seg.param[i], seg.grad[i], seg.exp_avg[i], seg.exp_avg_sq[i], seg.decay, s);
-    }
-  }
+      },
+      [&](const AdamWSegment& seg, int64_t i) {
+        adamw_element(seg.param[i], seg.grad[i], seg.exp_avg[i], seg.exp_avg_sq[i], seg.decay, s);
+      });
 }
 
 __device__ __forceinline__ double square(float x) {
@@ -104,22 +115,13 @@ __device__ double block_sum(double value) {
 __global__ void __launch_bounds__(kThreads)
     sum_squares_kernel(const SegmentTable<FloatSegment> table, double* partials, bool accumulate) {
   double acc = 0.0;
-  for (int64_t chunk = blockIdx.x; chunk < table.total_chunks(); chunk += gridDim.x) {
-    const int index = segment_of(table, chunk);
-    const FloatSegment seg = table.segments[index];
-    const int64_t begin = (chunk - table.first_chunk[index]) * kChunk;
-    const int64_t end = min(begin + kChunk, seg.numel);
-    int64_t scalar_begin = begin;
-    if (vectorizable(seg)) {
-      const int64_t quads_end = begin + (end - begin) / 4 * 4;
-      for (int64_t i = begin + 4 * threadIdx.x; i < quads_end; i += 4 * kThreads) {
+  for_each_of_block(
+      table,
+      [&](const FloatSegment& seg, int64_t i) {
         const float4 x = *reinterpret_cast<const float4*>(seg.data + i);
         acc += square(x.x) + square(x.y) + square(x.z) + square(x.w);
-      }
-      scalar_begin = quads_end;
-    }
-    for (int64_t i = scalar_begin + threadIdx.x; i < end; i += kThreads) acc += square(seg.data[i]);
-  }
+      },
+      [&](const FloatSegment& seg, int64_t i) { acc += square(seg.data[i]); });
   const double total = block_sum(acc);
   if (threadIdx.x == 0) partials[blockIdx.x] = accumulate ? partials[blockIdx.x] + total : total;
 }

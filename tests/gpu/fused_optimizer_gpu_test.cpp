@@ -24,15 +24,10 @@
 #include "parallel/bucketed_group.h"
 #include "parallel/fused_optimizer.h"
 #include "runtime/device.h"
+#include "tests/common/gpu_skip.h"
 
 namespace tandem::parallel {
 namespace {
-
-#define TANDEM_SKIP_WITHOUT_GPU()                                                     \
-  do {                                                                                \
-    if (const std::string reason = runtime::gpu_unavailable_reason(); !reason.empty()) \
-      GTEST_SKIP() << reason;                                                         \
-  } while (0)
 
 const at::Device kGpu(at::kCUDA, 0);
 const AdamWConfig kConfig{0.9, 0.95, 1e-8, 0.1};

@@ -5,7 +5,8 @@
 //    LibTorch composite of parallel/adamw.cpp), in place of ~9 elementwise passes;
 //  - sum of squares of fp32 segments in fp64 (the gradient-norm contribution), deterministic: a
 //    fixed grid accumulates per-block partials in a fixed order and one block adds them up, so
-//    the same segments give the same bits run to run (no floating-point atomics).
+//    the same segments give the same bits run to run (no floating-point atomics; the split into
+//    vector and scalar parts follows the addresses modulo 16, fixed for a bucket's buffers).
 // Many segments go into one launch (their table travels in the kernel's parameters, no host to
 // device copy). Every launch is asynchronous on `stream` (a cudaStream_t; null = the legacy
 // default stream) and returns the cudaError_t of the first failing launch as an int (0 =

@@ -13,15 +13,10 @@
 #include "model/detail/layers.h"
 #include "model/model_config.h"
 #include "runtime/device.h"
+#include "tests/common/gpu_skip.h"
 
 namespace tandem::model::detail {
 namespace {
-
-#define TANDEM_SKIP_WITHOUT_GPU()                                                     \
-  do {                                                                                \
-    if (const std::string reason = runtime::gpu_unavailable_reason(); !reason.empty()) \
-      GTEST_SKIP() << reason;                                                         \
-  } while (0)
 
 const at::Device kGpu(at::kCUDA, 0);
 

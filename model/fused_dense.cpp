@@ -30,21 +30,25 @@ at::Tensor rotary_composite(const at::Tensor& x, const at::Tensor& cos, const at
 }
 
 #ifdef TANDEM_HAVE_CUDA
-// x [..., T, d] contiguous on the GPU, tables fp32 [>= T, d/2] -> rotated, in x's dtype.
+// x [..., T, d] on the GPU, tables fp32 [>= T, d/2] -> rotated, in x's dtype and layout. A
+// heads-first view of [B, T, H, d] memory (what attention's q/k are) is rotated where it lies
+// (the kernel maps rows to positions through `heads`): no contiguous copy either way.
 at::Tensor rotary_kernel(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, bool inverse) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor in = x.contiguous();
-  at::Tensor out = at::empty_like(in);
   kernels::RowType type{};
-  TANDEM_CHECK(kernel_row_type(in, type), "rotary kernel: unsupported dtype {}", c10::toString(in.scalar_type()));
-  const int64_t positions = in.size(-2);
-  const int64_t width = in.size(-1);
-  const int64_t rows = positions == 0 ? 0 : in.numel() / (positions * width);
+  TANDEM_CHECK(kernel_row_type(x, type), "rotary kernel: unsupported dtype {}", c10::toString(x.scalar_type()));
+  const int64_t positions = x.size(-2);
+  const int64_t width = x.size(-1);
+  const bool tokens_major = x.dim() >= 3 && !x.is_contiguous() && x.transpose(-3, -2).is_contiguous();
+  const at::Tensor in = tokens_major ? x.transpose(-3, -2) : x.contiguous();  // memory order
+  const int64_t heads = tokens_major ? x.size(-3) : 1;
+  at::Tensor out = at::empty_like(in, at::MemoryFormat::Contiguous);
+  const int64_t rows = width == 0 ? 0 : in.numel() / width;
   TANDEM_KERNEL_CHECK(kernels::launch_rotary(in.data_ptr(), out.data_ptr(), type, cos.data_ptr<float>(),
-                                             sin.data_ptr<float>(), rows, positions, width, inverse,
+                                             sin.data_ptr<float>(), rows, positions, heads, width, inverse,
                                              current_stream(in)),
                       "kernels::launch_rotary");
-  return out;
+  return tokens_major ? out.transpose(-3, -2) : out;
 }
 
 struct RotaryFunction : torch::autograd::Function<RotaryFunction> {

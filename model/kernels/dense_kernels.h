@@ -18,14 +18,15 @@
 
 namespace tandem::model::kernels {
 
-// x, out: [rows, positions, width] of `type` (rows = batch x heads, any leading shape folded),
-// width even; cos, sin: fp32 [>= positions, width / 2] (row p for position p).
-// out[r, p, 2i]   = x[2i] cos[p, i] - x[2i+1] sin[p, i]
-// out[r, p, 2i+1] = x[2i] sin[p, i] + x[2i+1] cos[p, i]
+// x, out: `rows` rows of `width` elements of `type`, width even, laid out as [outer, positions,
+// heads, width] (heads = 1 for [..., positions, width]): row r is at position (r / heads) %
+// positions. cos, sin: fp32 [>= positions, width / 2] (row p for position p).
+// out[r, 2i]   = x[r, 2i] cos[p, i] - x[r, 2i+1] sin[p, i]
+// out[r, 2i+1] = x[r, 2i] sin[p, i] + x[r, 2i+1] cos[p, i]
 // inverse = true rotates by the negated angle (sin -> -sin): the backward of the above.
 // out may equal x (in place).
 int launch_rotary(const void* x, void* out, RowType type, const float* cos, const float* sin, int64_t rows,
-                  int64_t positions, int64_t width, bool inverse, void* stream);
+                  int64_t positions, int64_t heads, int64_t width, bool inverse, void* stream);
 
 // out = silu(gate) * up over n elements of `type`.
 int launch_swiglu_forward(const void* gate, const void* up, void* out, RowType type, int64_t n, void* stream);

@@ -70,13 +70,27 @@ TEST(DenseKernels, RotaryMatchesCompositeForwardAndBackward) {
   EXPECT_LT(max_relative(apply_rope(strided, rope), apply_rope(strided.cpu(), make_rope_tables(c, d, t, at::kFloat,
                                                                                                at::kCPU))),
             1e-6);
+  // Widths whose pair count is not a multiple of 4 take the one-pair-per-thread path.
+  for (const int64_t narrow : {int64_t{6}, int64_t{10}}) {
+    const at::Tensor small = at::randn({2, 3, t, narrow}, at::kFloat);
+    const at::Tensor on_gpu = apply_rope(small.to(kGpu), make_rope_tables(c, narrow, t, at::kFloat, kGpu));
+    const at::Tensor on_cpu = apply_rope(small, make_rope_tables(c, narrow, t, at::kFloat, at::kCPU));
+    EXPECT_LT(max_relative(on_gpu, on_cpu), 1e-6) << "width " << narrow;
+  }
 }
 
 TEST(DenseKernels, SwiGLUGateMatchesCompositeForwardAndBackward) {
   TANDEM_SKIP_WITHOUT_GPU();
+  // 4 x 999: not a multiple of the 16-byte vector, so the element-wise path runs too (below).
   const at::Tensor gate = 3 * at::randn({4, 1000}, at::kDouble);
   const at::Tensor up = at::randn({4, 1000}, at::kDouble);
   const at::Tensor grad = at::randn({4, 1000}, at::kDouble);
+  {
+    const at::Tensor g = gate.narrow(1, 0, 999).contiguous(), u = up.narrow(1, 0, 999).contiguous();
+    const at::Tensor fused = swiglu_gate_differentiable(g.to(kGpu, at::kBFloat16), u.to(kGpu, at::kBFloat16));
+    const at::Tensor composite = at::silu(g.to(kGpu, at::kBFloat16)) * u.to(kGpu, at::kBFloat16);
+    EXPECT_LT(max_relative(fused, composite), 1e-2);
+  }
   auto fused = [](const std::vector<at::Tensor>& in) { return swiglu_gate_differentiable(in[0], in[1]); };
   auto composite = [](const std::vector<at::Tensor>& in) { return at::silu(in[0]) * in[1]; };
   const auto want = value_and_grads(composite, {gate, up}, grad, at::kCPU, at::kFloat);

@@ -3,6 +3,7 @@
 #include "parallel/process_grid.h"
 
 #include <algorithm>
+#include <vector>
 
 #include <mpi.h>
 
@@ -16,6 +17,22 @@ CommunicatorFactory mpi_communicator_factory(std::chrono::milliseconds timeout) 
   return [timeout](GroupKind, MPI_Comm group_comm, const std::string& name) {
     return make_mpi_communicator(group_comm, name, timeout);
   };
+}
+
+bool group_shares_a_device(MPI_Comm group_comm, int device) {
+  // Device indices only mean the same GPU on one host: compare within each host's part of the group.
+  MPI_Comm host = MPI_COMM_NULL;
+  TANDEM_MPI_CHECK(MPI_Comm_split_type(group_comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &host));
+  int host_size = 0;
+  TANDEM_MPI_CHECK(MPI_Comm_size(host, &host_size));
+  std::vector<int> devices(static_cast<size_t>(host_size));
+  TANDEM_MPI_CHECK(MPI_Allgather(&device, 1, MPI_INT, devices.data(), 1, MPI_INT, host));
+  MPI_Comm_free(&host);
+  std::sort(devices.begin(), devices.end());
+  int shared_here = std::adjacent_find(devices.begin(), devices.end()) != devices.end() ? 1 : 0;
+  int shared_anywhere = 0;
+  TANDEM_MPI_CHECK(MPI_Allreduce(&shared_here, &shared_anywhere, 1, MPI_INT, MPI_MAX, group_comm));
+  return shared_anywhere != 0;
 }
 
 ProcessGrid::ProcessGrid(GridLayout layout, const runtime::ProcessContext& process, const CommunicatorFactory& factory)

@@ -29,6 +29,12 @@ using CommunicatorFactory = std::function<CommunicatorPtr(GroupKind kind, MPI_Co
 // The MPI backend for every group, with `timeout` on each wait.
 CommunicatorFactory mpi_communicator_factory(std::chrono::milliseconds timeout);
 
+// True when two ranks of `group_comm` on one host use the same GPU (`device`: this rank's CUDA
+// device index), on any host of the group; the same answer on every member. NCCL refuses such a
+// group, so a run with several ranks per GPU (e.g. 4 ranks on 2 GPUs) keeps those groups on
+// another backend. Collective over `group_comm` (the caller keeps it).
+bool group_shares_a_device(MPI_Comm group_comm, int device);
+
 class ProcessGrid {
  public:
   ProcessGrid(GridLayout layout, const runtime::ProcessContext& process, const CommunicatorFactory& factory);

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <map>
+
 #include "tests/common/mpi_test_env.h"
 #include "parallel/process_grid.h"
 #include "runtime/error.h"
@@ -42,6 +44,30 @@ TEST(ProcessGrid, GroupsMatchTheLayoutForEveryFactorisation) {
       }
     }
   }
+}
+
+// Four ranks on two GPUs (device = local rank % 2, as runtime::select_device_for_local_rank picks
+// them) as pp2 x dp2 x ep2 in the default order: the dp, ep and dp*tp groups pair the two GPUs
+// (NCCL can serve them) while the world and the pipeline pairs hold two ranks of one GPU (NCCL
+// refuses those; `tandem train` keeps them host-staged). The run_gpu_bench_2gpu.sh layout.
+TEST(ProcessGrid, FourRanksOnTwoGpusShareADeviceOnlyInWorldAndPipelineGroups) {
+  const auto& env = test::MpiTestEnv::get();
+  if (env.world_size() != 4) GTEST_SKIP() << "needs 4 ranks";
+  const GridLayout layout = GridLayout::create(4, 2, 2, 1, 2, "tp-dp-pp");
+  const int device = env.process().local_rank % 2;
+  std::map<GroupKind, bool> shares;
+  const CommunicatorFactory mpi = mpi_communicator_factory(test::MpiTestEnv::kCommTimeout);
+  const ProcessGrid grid(layout, env.process(), [&](GroupKind kind, MPI_Comm comm, const std::string& name) {
+    shares[kind] = group_shares_a_device(comm, device);
+    return mpi(kind, comm, name);
+  });
+  EXPECT_TRUE(shares.at(GroupKind::kWorld));
+  EXPECT_TRUE(shares.at(GroupKind::kPipeline));
+  for (GroupKind kind : {GroupKind::kTensor, GroupKind::kData, GroupKind::kExpert, GroupKind::kExpertData,
+                         GroupKind::kDataTensor}) {
+    EXPECT_FALSE(shares.at(kind)) << group_kind_name(kind) << " on rank " << env.rank();
+  }
+  EXPECT_EQ(grid.ep().size(), 2);
 }
 
 }  // namespace

@@ -23,6 +23,7 @@
 
 #include "launch/config_loader.h"
 #include "launch/detail/trainer_state.h"
+#include "launch/kernel_trace.h"
 #include "launch/lr_schedule.h"
 #include "launch/memory_estimate.h"
 #include "model/autocast.h"
@@ -275,6 +276,10 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     s.optimizer->zero_grad();
     const bool trace_exchanges = s.exchanges && is_traced_step(config, step);
     if (trace_exchanges) s.exchanges->set_enabled(true);
+    std::optional<KernelTrace> kernels;
+    if (config.logging.trace_kernels && is_traced_step(config, step)) {
+      kernels.emplace(s.device.is_cuda() ? s.device.index() : -1);
+    }
 
     at::Tensor losses;
     if (s.pipeline) {
@@ -300,6 +305,9 @@ int Trainer::run(const parallel::ProcessGrid& grid) {
     // pipeline path launches all of them here, after the schedule's last backward).
     s.optimizer->finish_gradient_sync();
     if (trace_exchanges) write_exchange_trace(s, step);
+    if (kernels) {
+      kernels->save(fmt::format("{}/traces/step{}/kernels/rank{}.json", config.run.output_dir, step, s.process.rank));
+    }
 
     // Losses: every tp (and pp) rank of a dp rank holds the same values; average over dp. Expert
     // loads: each rank counted the tokens it routed through its layers; the world together routed

@@ -54,6 +54,7 @@ struct LoggingConfig {
   int64_t log_interval = 1;
   bool tensorboard = true;
   std::vector<int64_t> trace_steps;  // steps whose op timeline is written as a Chrome trace
+  bool trace_kernels = false;        // also record those steps with the Kineto profiler
 
   template <class V>
   void visit(V& v) {
@@ -64,6 +65,9 @@ struct LoggingConfig {
     v("trace_steps", trace_steps,
       {.doc = "Optimizer steps whose per-rank pipeline op timeline is recorded, next to its re-simulation "
               "(run.output_dir/traces/stepN); pipeline jobs only; steps after train.steps are not traced"});
+    v("trace_kernels", trace_kernels,
+      {.doc = "Also record each of the trace_steps with the Kineto profiler: host ops and, on GPUs, every device "
+              "kernel per stream, as a Chrome trace per rank (run.output_dir/traces/stepN/kernels/rankR.json)"});
   }
 };
 

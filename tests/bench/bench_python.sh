@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the benchmark scripts: bench_python ROOT prints the Python to use, in this order: $PYTHON, the
-# GPU machine's /opt/torch/.venv, the repository's .venv, python3. bench_corpus builds a corpus.
+# GPU machine's /opt/torch/.venv, the repository's .venv, python3. bench_corpus builds a corpus;
+# bench_launcher sets up mpirun.
 bench_python() {
   local candidate
   for candidate in "${PYTHON:-}" /opt/torch/.venv/bin/python "$1/.venv/bin/python" python3; do
@@ -19,4 +20,17 @@ bench_corpus() {
   mapfile -t texts < <(cd "$root" && git ls-files '*.md' '*.cpp' '*.h' '*.py' 2>/dev/null | sed "s|^|$root/|")
   [ ${#texts[@]} -gt 0 ] || mapfile -t texts < <(find "$root/docs" "$root/model" -name '*.md' -o -name '*.cpp')
   "$tandem" preprocess --input "${texts[@]}" --output "$prefix" --split-on file > "$prefix.log" 2>&1
+}
+
+# bench_launcher MPIRUN: sets the array `launcher` to MPIRUN's words, plus for Open MPI: ranks not
+# pinned (--bind-to none: each rank runs its own threads), more ranks than cores allowed
+# (--oversubscribe: plumbing checks on small machines, where timings mean nothing) and, as root
+# (the GPU machines), --allow-run-as-root, which Open MPI otherwise demands.
+bench_launcher() {
+  read -ra launcher <<< "$1"
+  if "${launcher[0]}" --version 2>/dev/null | grep -q "Open MPI\|OpenRTE"; then
+    launcher+=(--oversubscribe --bind-to none)
+    [ "$(id -u)" = 0 ] && launcher+=(--allow-run-as-root)
+  fi
+  return 0
 }

@@ -8,7 +8,8 @@ implementations must agree on the parameter count (the same architecture) and th
 step (the same batch), else this exits non-zero: a ratio of different models means nothing.
 
 Scaling (run_gpu_bench_2gpu.sh, --scaling): lines with "label", "gpus", "tokens_per_s" and
-optionally "a2a_hidden"; the row labelled `--baseline` is the 1-GPU run, and each other row gets
+optionally "ranks" (when several share a GPU), "a2a_hidden" (exchange timeline), "a2a_hidden_gpu"
+(NCCL kernels under compute kernels) and "peak_gib"; the row labelled `--baseline` is the 1-GPU run, and each other row gets
 its scaling efficiency = tokens/s / (gpus * baseline tokens/s).
 """
 import argparse
@@ -69,12 +70,21 @@ def scaling_table(rows, baseline_label):
     if not base:
         return [], [f"no baseline row labelled {baseline_label}"]
     base_tps = base[0]["tokens_per_s"]
-    lines = ["| layout | GPUs | tokens/s | scaling efficiency | all-to-all hidden |", "|---|---:|---:|---:|---:|"]
+    if base_tps <= 0:
+        return [], [f"the baseline {baseline_label} has no throughput (did it fail?)"]
+    lines = ["| layout | GPUs | ranks | tokens/s | scaling efficiency | all-to-all hidden (exchange timeline) | "
+             "all-to-all hidden (GPU kernels) | peak GiB (largest GPU) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def pct(value):
+        return "-" if value is None else f"{100 * value:.1f}%"
+
     for r in rows:
         efficiency = r["tokens_per_s"] / (r["gpus"] * base_tps)
-        hidden = r.get("a2a_hidden")
-        lines.append(f"| {r['label']} | {r['gpus']} | {fmt(r['tokens_per_s'])} | {100 * efficiency:.1f}% | "
-                     f"{'-' if hidden is None else f'{100 * hidden:.1f}%'} |")
+        peak = r.get("peak_gib")
+        lines.append(f"| {r['label']} | {r['gpus']} | {r.get('ranks', r['gpus'])} | {fmt(r['tokens_per_s'])} | "
+                     f"{100 * efficiency:.1f}% | {pct(r.get('a2a_hidden'))} | {pct(r.get('a2a_hidden_gpu'))} | "
+                     f"{'-' if peak is None else f'{peak:.1f}'} |")
     return lines, []
 
 

@@ -73,14 +73,8 @@ if [ "$dry" = 0 ]; then
   done
 fi
 
-# Launcher: Open MPI refuses root without --allow-run-as-root (the GPU machine runs as root); ranks
-# are not pinned (--bind-to none: OMP_NUM_THREADS threads each), and more ranks than cores is
-# allowed (--oversubscribe: a check of the plumbing on a small machine; timings then mean nothing).
-read -ra launcher <<< "$mpirun"
-if "${launcher[0]}" --version 2>/dev/null | grep -q "Open MPI\|OpenRTE"; then
-  launcher+=(--oversubscribe --bind-to none)
-  [ "$(id -u)" = 0 ] && launcher+=(--allow-run-as-root)
-fi
+# Launcher (bench_python.sh): ranks not pinned, each with OMP_NUM_THREADS threads.
+bench_launcher "$mpirun"
 launcher+=(-x "OMP_NUM_THREADS=$threads")
 case $device in
   cpu) device_sets=(--set run.device=cpu --set parallel.backend=mpi --set train.precision=fp32) ;;

@@ -6,6 +6,8 @@ tokens_per_s over the steps after --skip), the per-rank measured and simulated b
 table `tandem simulate --measured` printed, --compare), and the expert all-to-all statistics of
 the traced step (from traces/stepN/exchanges/rank*.json, --exchanges; see `exchange_stats`).
 `exchanges`: the all-to-all statistics of one traced step as a JSON line.
+`chrome`: one Chrome trace of a traced step's exchanges on every rank (see `exchange_chrome_trace`).
+`kernels`: a Kineto trace of `tandem train` (logging.trace_kernels) cut down to its device side.
 `table`: one Markdown table per part (a: pipeline schedules, b: expert all-to-all, c: combined
 layout) from result lines, plus a check line per rule of issue 11 that the numbers allow.
 
@@ -87,6 +89,41 @@ def parse_compare(path):
     return ranks, overall
 
 
+def median_tokens_per_s(metrics_path, skip):
+    """(median tokens/s over metrics.jsonl's steps after the first `skip`, steps counted); all
+    steps when there are no more than `skip`."""
+    with open(metrics_path) as f:
+        steps = [json.loads(line) for line in f if line.strip()]
+    timed = [s["tokens_per_s"] for s in steps[skip:]] or [s["tokens_per_s"] for s in steps]
+    return statistics.median(timed), len(timed)
+
+
+def exchange_chrome_trace(directory):
+    """One Chrome trace (Perfetto opens it) of a traced step's exchanges on every rank: the rank
+    files' events (pid = rank; tracks `exchange` = issued..done, `blocked` = waiting), with each
+    rank named; None without files."""
+    files = sorted(glob.glob(os.path.join(directory, "rank*.json")))
+    if not files:
+        return None
+    events = []
+    for path in files:
+        with open(path) as f:
+            data = json.load(f)
+        events.append({"name": "process_name", "ph": "M", "pid": data["rank"], "args": {"name": f"rank {data['rank']}"}})
+        events += data["traceEvents"]
+    return {"displayTimeUnit": "ms", "traceEvents": events}
+
+
+def device_events_only(path):
+    """A Kineto Chrome trace cut down to its device side (kernels, copies, memsets, and the
+    metadata naming processes and streams), which is a fraction of the whole trace's size."""
+    with open(path) as f:
+        data = json.load(f)
+    keep = ("kernel", "gpu_memcpy", "gpu_memset")
+    data["traceEvents"] = [e for e in data["traceEvents"] if e.get("cat") in keep or e.get("ph") == "M"]
+    return data
+
+
 def cmd_result(args):
     row = {"part": args.part, "label": args.label, "ranks": args.ranks, "schedule": args.schedule,
            "layout": args.layout}
@@ -94,11 +131,7 @@ def cmd_result(args):
         row["error"] = args.error
         print(json.dumps(row))
         return
-    with open(args.metrics) as f:
-        steps = [json.loads(line) for line in f if line.strip()]
-    timed = [s["tokens_per_s"] for s in steps[args.skip:]] or [s["tokens_per_s"] for s in steps]
-    row["tokens_per_s"] = statistics.median(timed)
-    row["steps_timed"] = len(timed)
+    row["tokens_per_s"], row["steps_timed"] = median_tokens_per_s(args.metrics, args.skip)
     if args.compare and os.path.exists(args.compare):
         row["bubble_ranks"], row["bubble"] = parse_compare(args.compare)
     if args.svg:
@@ -229,6 +262,12 @@ def main():
     r.add_argument("--error", help="the run failed: record this instead")
     e = sub.add_parser("exchanges", help="all-to-all statistics of one traced step")
     e.add_argument("directory")
+    c = sub.add_parser("chrome", help="one Chrome trace of a traced step's exchanges on every rank")
+    c.add_argument("directory")
+    c.add_argument("--out", required=True)
+    k = sub.add_parser("kernels", help="a Kineto trace cut down to its device kernels")
+    k.add_argument("trace")
+    k.add_argument("--out", required=True)
     t = sub.add_parser("table", help="Markdown tables from result lines")
     t.add_argument("results", nargs="+")
     args = parser.parse_args()
@@ -236,6 +275,15 @@ def main():
         cmd_result(args)
     elif args.command == "exchanges":
         print(json.dumps(exchange_stats(args.directory)))
+    elif args.command == "kernels":
+        with open(args.out, "w") as f:
+            json.dump(device_events_only(args.trace), f)
+    elif args.command == "chrome":
+        trace = exchange_chrome_trace(args.directory)
+        if trace is None:
+            sys.exit(f"scale_report.py chrome: no rank*.json in {args.directory}")
+        with open(args.out, "w") as f:
+            json.dump(trace, f)
     else:
         cmd_table(args)
 

@@ -9,6 +9,13 @@ the result is sum(hidden) / sum(communication) over all files. Prints one JSON l
 {"a2a_ms": ..., "hidden_ms": ..., "a2a_hidden": fraction or null}; null when no file holds a
 communication event (the trace did not record the exchanges, e.g. an executor timeline of
 whole F/B ops only).
+
+With --cat kernel only device kernels count (Kineto traces of `tandem train` with
+logging.trace_kernels, traces/stepN/kernels/rankR.json): communication = the NCCL kernels the
+--comm pattern names (NCCL runs an all-to-all as grouped send/receive: ncclDevKernel_SendRecv),
+compute = every other kernel of that process (--not-compute nccl leaves out the other
+collectives' kernels), so the result is the part of the all-to-all kernels' time during which
+the same GPU also ran this rank's compute kernels.
 """
 import argparse
 import json
@@ -38,11 +45,11 @@ def covered(intervals, cover):
     return total
 
 
-def events(path):
+def events(path, category=None):
     with open(path) as f:
         data = json.load(f)
     items = data["traceEvents"] if isinstance(data, dict) else data
-    return [e for e in items if e.get("ph") == "X" and "dur" in e]
+    return [e for e in items if e.get("ph") == "X" and "dur" in e and (category is None or e.get("cat") == category)]
 
 
 def main():
@@ -50,14 +57,23 @@ def main():
     parser.add_argument("traces", nargs="+")
     parser.add_argument("--comm", default=r"all_to_all|alltoall|dispatch|combine",
                         help="regex naming communication events")
+    parser.add_argument("--cat", default=None, help="only events of this category (e.g. kernel: device kernels)")
+    parser.add_argument("--not-compute", default=None,
+                        help="regex naming events that are neither communication nor compute (e.g. nccl: the "
+                             "other collectives' kernels)")
     args = parser.parse_args()
     comm_name = re.compile(args.comm, re.IGNORECASE)
+    neither = re.compile(args.not_compute, re.IGNORECASE) if args.not_compute else None
     comm_total = hidden_total = 0.0
     for path in args.traces:
         comm, compute = [], []
-        for e in events(path):
+        for e in events(path, args.cat):
             interval = (float(e["ts"]), float(e["ts"]) + float(e["dur"]))
-            (comm if comm_name.search(str(e.get("name", ""))) else compute).append(interval)
+            name = str(e.get("name", ""))
+            if comm_name.search(name):
+                comm.append(interval)
+            elif not (neither and neither.search(name)):
+                compute.append(interval)
         comm_union = union(comm)
         comm_total += sum(end - start for start, end in comm_union)
         hidden_total += covered(comm_union, union(compute))

@@ -26,8 +26,9 @@ PlacementReport check_rank_placement(const PlacementInputs& in) {
           in.host, in.cuda_visible_devices));
     } else if (in.ranks_on_node > in.gpus_visible) {
       report.warnings.push_back(fmt::format(
-          "host {}: {} ranks but only {} GPU(s): ranks would share GPUs (local rank % {}), which NCCL refuses and "
-          "which halves each rank's memory; start one rank per GPU (srun --ntasks-per-node={} or mpirun --map-by "
+          "host {}: {} ranks but only {} GPU(s): ranks share GPUs (local rank % {}), which halves each rank's memory "
+          "and keeps every group with two ranks on one GPU on host-staged MPI (NCCL refuses such groups); start "
+          "one rank per GPU (srun --ntasks-per-node={} or mpirun --map-by "
           "ppr:{}:node)",
           in.host, in.ranks_on_node, in.gpus_visible, in.gpus_visible, in.gpus_visible, in.gpus_visible));
     } else if (in.ranks_on_node < in.gpus_visible) {

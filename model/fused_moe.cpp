@@ -93,16 +93,13 @@ at::Tensor unpermute_combine(const at::Tensor& expert_rows, const at::Tensor& ga
 #ifdef TANDEM_HAVE_CUDA
   const auto dtype = expert_rows.scalar_type();
   const at::ScalarType result_dtype = out_dtype.value_or(dtype);
-  const bool supported = dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
-  if (expert_rows.is_cuda() && token_index.is_cuda() && supported) {
+  kernels::RowType type{};
+  if (expert_rows.is_cuda() && token_index.is_cuda() && kernel_row_type(expert_rows, type)) {
     const c10::cuda::CUDAGuard guard(expert_rows.device());
     const at::Tensor rows = expert_rows.contiguous();
     const at::Tensor index = token_index.contiguous();
     const at::Tensor weights = gate.defined() ? gate.detach().to(at::kFloat).contiguous() : at::Tensor();
     at::Tensor out = at::zeros({num_tokens, rows.size(1)}, rows.options().dtype(at::kFloat));
-    const kernels::RowType type = dtype == at::kFloat      ? kernels::RowType::kFloat32
-                                  : dtype == at::kBFloat16 ? kernels::RowType::kBFloat16
-                                                           : kernels::RowType::kFloat16;
     TANDEM_KERNEL_CHECK(kernels::launch_unpermute_combine(rows.data_ptr(), type,
                                                           weights.defined() ? weights.data_ptr<float>() : nullptr,
                                                           index.data_ptr<int64_t>(), out.data_ptr<float>(),

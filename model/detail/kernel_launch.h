@@ -16,7 +16,7 @@ inline void* current_stream(const at::Tensor& on) {
   return c10::cuda::getCurrentCUDAStream(on.device().index()).stream();
 }
 
-// The storage type of a tensor for the kernels' RowType, or nullopt when they do not handle it.
+// Sets `type` to the tensor's storage type as the kernels' RowType; false when they do not handle it.
 inline bool kernel_row_type(const at::Tensor& t, kernels::RowType& type) {
   switch (t.scalar_type()) {
     case at::kFloat:

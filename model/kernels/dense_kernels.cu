@@ -50,18 +50,9 @@ __device__ __forceinline__ __half to_type<__half>(float v) {
 
 // Rounds v to T and back: reproduces an intermediate that the composite path stores in T.
 template <typename T>
-__device__ __forceinline__ float round_to(float v);
-template <>
-__device__ __forceinline__ float round_to<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ float round_to<__nv_bfloat16>(float v) {
-  return __bfloat162float(__float2bfloat16(v));
-}
-template <>
-__device__ __forceinline__ float round_to<__half>(float v) {
-  return __half2float(__float2half(v));
+__device__ __forceinline__ float round_to(float v) {
+  const T stored = to_type<T>(v);
+  return load(&stored, 0);
 }
 
 // kVec elements moved as one aligned access where kVec * sizeof(T) is 16 bytes (the callers

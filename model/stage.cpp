@@ -269,7 +269,7 @@ void Stage::Impl::end_layer(int64_t layer, const std::vector<at::Tensor>& output
 namespace {
 
 // Every split must be even: heads, kv heads (gqa), MLP and shared-expert widths and the
-// vocabulary over tp, routed experts over ep (launch/job_config.cpp checks the same up front).
+// vocabulary over tp, routed experts over ep (launch/config/job_config.cpp checks the same up front).
 void check_supported_groups(const ModelConfig& c, const ParallelGroups& groups) {
   const int64_t tp = groups.tp_size();
   const int64_t ep = groups.ep_size();

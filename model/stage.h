@@ -51,7 +51,7 @@ struct StageSpec {
 bool stage_holds_embedding(const ModelConfig& config, const StageSpec& spec);
 
 // Splits the N decoder layers into `num_stages` contiguous ranges, as even as possible, the
-// earlier stages taking the remainder (launch/memory_estimate.cpp uses the same rule).
+// earlier stages taking the remainder (launch/plan/memory_estimate.cpp uses the same rule).
 std::vector<StageSpec> partition_layers(const ModelConfig& config, int64_t num_stages);
 // Explicit sizes (sum must be N; entries may be 0). Throws config::KeyError otherwise.
 std::vector<StageSpec> partition_layers(const ModelConfig& config, const std::vector<int64_t>& layers_per_stage);

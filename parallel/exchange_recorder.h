@@ -15,7 +15,7 @@
 //                    was not itself blocked in another exchange's wait
 //   achieved bandwidth = bytes sent to peers / (end - issued) of non-overlapped exchanges.
 // Times are ms on std::chrono::steady_clock since its epoch, the clock of the pipeline executor's
-// op timelines (schedule/executor.h), so both can be drawn together.
+// op timelines (schedule/executor/executor.h), so both can be drawn together.
 // Cost: off (the default), all_to_all_async forwards with one atomic load; on, one small record
 // per exchange. Everything else is forwarded untouched. Thread-safe: the pair runner's two
 // threads may record into one recorder.

@@ -29,7 +29,7 @@
 // of the part after it (which leaves .grad on that leaf), calls start_to_senders (for a dispatch)
 // or start_to_experts (for a combine) on that gradient, does other work, waits, and continues with
 // torch::autograd::backward({input_of_the_exchange}, {transported_gradient}).
-// An executor that overlaps inside plain autograd instead (schedule/pair_runner.h) passes an
+// An executor that overlaps inside plain autograd instead (schedule/executor/pair_runner.h) passes an
 // OverlapHook to start_dispatch / start_combine: the backward transport then calls it between its
 // start and its wait, so the other micro-batch's work runs while the gradient is on the wire.
 #pragma once

@@ -1,5 +1,5 @@
 // Per-rank bytes of parameters, gradients and AdamW state under ZeRO stage 0-3: the formula that
-// check-config prints (launch/memory_estimate.cpp) and that the data-parallel optimizer's measured
+// check-config prints (launch/plan/memory_estimate.cpp) and that the data-parallel optimizer's measured
 // buffers follow (tests/mpi/data_parallel_mpi_test.cpp checks one against the other).
 //  params    = w * P, or at ZeRO-3 w * (P_persistent + (P - P_persistent) / N) (decoder layers are
 //              gathered one at a time, plus one prefetched: transient, not counted here)

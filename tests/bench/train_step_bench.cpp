@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/config_loader.h"
+#include "launch/config/config_loader.h"
 #include "model/autocast.h"
 #include "model/init.h"
 #include "model/model.h"

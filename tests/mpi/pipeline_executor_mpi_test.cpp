@@ -21,7 +21,7 @@
 #include "model/stage.h"
 #include "parallel/param_sharding.h"
 #include "parallel/process_grid.h"
-#include "schedule/executor.h"
+#include "schedule/executor/executor.h"
 #include "schedule/generators.h"
 #include "tests/common/mpi_test_env.h"
 #include "tests/unit/model/tiny_config.h"

@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "export_test_util.h"
-#include "launch/checkpoint_inspect.h"
+#include "launch/export/checkpoint_inspect.h"
 #include "runtime_test_util.h"
 #include "schedule/json_io.h"
 

@@ -5,7 +5,7 @@
 #include <fstream>
 #include <set>
 
-#include "launch/config_loader.h"
+#include "launch/config/config_loader.h"
 
 namespace tandem::launch {
 namespace {

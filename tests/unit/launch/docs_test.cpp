@@ -7,7 +7,7 @@
 #include <regex>
 #include <set>
 
-#include "launch/config_loader.h"
+#include "launch/config/config_loader.h"
 #include "runtime/file_util.h"
 
 namespace tandem::launch {

@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "launch/config_loader.h"
+#include "launch/config/config_loader.h"
 #include "model/model.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/checkpoint_tensors.h"

@@ -10,8 +10,8 @@
 #include <set>
 
 #include "export_test_util.h"
-#include "launch/hf_export.h"
-#include "launch/safetensors.h"
+#include "launch/export/hf_export.h"
+#include "launch/export/safetensors.h"
 #include "runtime/file_util.h"
 #include "runtime_test_util.h"
 #include "schedule/json_io.h"

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numbers>
 
-#include "launch/lr_schedule.h"
+#include "launch/train/lr_schedule.h"
 
 namespace tandem::launch {
 namespace {

@@ -5,7 +5,7 @@
 
 #include <cstring>
 
-#include "launch/safetensors.h"
+#include "launch/export/safetensors.h"
 #include "runtime/error.h"
 #include "runtime_test_util.h"
 

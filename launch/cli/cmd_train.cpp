@@ -1,0 +1,94 @@
+// `tandem train JOB.yaml [--set key=value ...]`: set-up on every rank (config, data, layout),
+// the set-up agreement, then the process grid and the training loop (launch/train/trainer.h).
+// Communication (parallel.backend): MPI, with device tensors staged through the host on GPU runs
+// (mpi, and auto for now); or on GPU runs NCCL for device tensors and MPI for host ones
+// (nccl: parallel/device_routed_communicator.h), except the pipeline group, whose executor needs
+// MPI's tag matching (NCCL matches point-to-point messages in issue order), and any group in which
+// two ranks share a GPU (several ranks per GPU, e.g. pp2 x dp2 x ep2 on 2 GPUs: NCCL refuses it),
+// which stay host-staged MPI.
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <memory>
+
+#include "launch/cli/command.h"
+#include "launch/config/config_loader.h"
+#include "launch/train/trainer.h"
+#include "parallel/device_routed_communicator.h"
+#include "parallel/host_staged_communicator.h"
+#include "parallel/nccl_communicator.h"
+#include "parallel/process_grid.h"
+#include "runtime/device.h"
+#include "runtime/log.h"
+#include "runtime/process_context.h"
+#include "runtime/signal_watcher.h"
+
+namespace tandem::launch {
+namespace {
+struct TrainOptions {
+  std::string job_path;
+  std::vector<std::string> overrides;
+  int64_t comm_timeout_s = 300;
+};
+
+// The communicator factory for this run (see the file comment).
+// `device`: this rank's CUDA device index on GPU runs.
+parallel::CommunicatorFactory communicator_factory(const std::string& backend, std::chrono::seconds timeout,
+                                                   bool gpu, int device) {
+  parallel::CommunicatorFactory mpi = parallel::mpi_communicator_factory(timeout);
+  if (!gpu) {
+    TANDEM_CHECK_CONFIG(backend != "nccl",
+                        "parallel.backend: nccl needs a GPU run (run.device cuda, or auto with a GPU); this run is on "
+                        "the CPU, use mpi or auto");
+    return mpi;
+  }
+  parallel::CommunicatorFactory staged = parallel::host_staged_factory(mpi);
+  if (backend != "nccl") return staged;
+  TANDEM_CHECK_CONFIG(parallel::nccl_backend_available(),
+                      "parallel.backend: nccl, but this build has no NCCL backend (configure with the CUDA toolkit "
+                      "and NCCL); use mpi");
+  parallel::CommunicatorFactory routed =
+      parallel::device_routed_factory(std::move(mpi), parallel::nccl_communicator_factory(timeout));
+  return [staged = std::move(staged), routed = std::move(routed), device](parallel::GroupKind kind, MPI_Comm comm,
+                                                                          const std::string& name) {
+    if (kind == parallel::GroupKind::kPipeline) return staged(kind, comm, name);
+    if (parallel::group_shares_a_device(comm, device)) {
+      int rank = 0;
+      MPI_Comm_rank(comm, &rank);
+      if (rank == 0) {
+        TANDEM_LOG_INFO("train", "group {}: ranks of it share a GPU, which NCCL refuses; it uses host-staged MPI",
+                        name);
+      }
+      return staged(kind, comm, name);
+    }
+    return routed(kind, comm, name);
+  };
+}
+}  // namespace
+
+CommandRunner add_train_command(CLI::App& app) {
+  auto options = std::make_shared<TrainOptions>();
+  CLI::App* command = app.add_subcommand("train", "Train a model as the job file says");
+  command->add_option("job", options->job_path, "Job YAML file")->required();
+  command->add_option("--set", options->overrides, "Override a key: --set train.steps=20 (repeatable)");
+  command->add_option("--comm-timeout", options->comm_timeout_s,
+                      "Seconds a collective may wait for peers before the job is aborted")
+      ->check(CLI::PositiveNumber);
+  return [options](const CommandEnv& env) {
+    env.signals.set_graceful(true);  // a stop signal ends the run after the step, with a checkpoint
+    JobConfig config = load_job_config(options->job_path, options->overrides, env.process.world_size);
+    runtime::init_logging(env.process, {config.logging.level, config.logging.all_ranks, ""});
+    Trainer trainer(config, env.process, env.signals);
+    const int device = trainer.uses_gpu() ? runtime::select_device_for_local_rank(env.process.local_rank) : -1;
+    const parallel::CommunicatorFactory factory = communicator_factory(
+        config.parallel.backend, std::chrono::seconds(options->comm_timeout_s), trainer.uses_gpu(), device);
+    env.setup.pass();
+    const parallel::ProcessGrid grid(
+        parallel::GridLayout::create(env.process.world_size, config.parallel.pp, config.parallel.dp,
+                                     config.parallel.tp, config.parallel.ep, config.parallel.order),
+        env.process, factory);
+    return trainer.run(grid);
+  };
+}
+
+}  // namespace tandem::launch

@@ -1,0 +1,128 @@
+// JobConfig: everything one YAML job file says, as typed structs. Sections owned by lower
+// modules (model, parallel, data, checkpoint, logging) are included; the trainer's own sections
+// (run, optim, train) and the hardware description used by simulate/plan are defined here.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "model/model_config.h"
+#include "parallel/parallel_config.h"
+#include "runtime/config_schema.h"
+#include "runtime/data/data_config.h"
+#include "runtime/runtime_config.h"
+
+namespace tandem::launch {
+
+struct RunConfig {
+  std::string name = "tandem";
+  std::string output_dir = "runs/tandem";
+  int64_t seed = 1234;
+  std::string device = "auto";  // auto | cpu | cuda
+
+  template <class V>
+  void visit(V& v) {
+    v("name", name, {.doc = "Run name, used in logs"});
+    v("output_dir", output_dir, {.doc = "Where metrics.jsonl, TensorBoard events, traces and checkpoints go"});
+    v("seed", seed, {.doc = "Seed for weights, data order and everything random", .min = 0});
+    v("device", device, {.doc = "Where to train: auto (GPU when present), cpu or cuda", .choices = "auto|cpu|cuda"});
+  }
+};
+
+struct OptimConfig {
+  std::string name = "adamw";
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;
+  int64_t warmup_steps = 10;
+  std::string lr_schedule = "cosine";  // cosine | constant
+
+  template <class V>
+  void visit(V& v) {
+    v("name", name, {.doc = "Optimizer", .choices = "adamw"});
+    v("lr", lr, {.doc = "Peak learning rate", .min = 0});
+    v("min_lr", min_lr, {.doc = "Learning rate at the end of the cosine decay", .min = 0});
+    v("beta1", beta1, {.doc = "AdamW first-moment decay", .min = 0, .max = 1});
+    v("beta2", beta2, {.doc = "AdamW second-moment decay", .min = 0, .max = 1});
+    v("eps", eps, {.doc = "AdamW epsilon", .min = 0});
+    v("weight_decay", weight_decay, {.doc = "Decoupled weight decay (not applied to norms and biases)", .min = 0});
+    v("grad_clip", grad_clip, {.doc = "Global gradient-norm clip; 0 = off", .min = 0});
+    v("warmup_steps", warmup_steps, {.doc = "Linear warm-up steps", .min = 0});
+    v("lr_schedule", lr_schedule, {.doc = "Shape after warm-up", .choices = "cosine|constant"});
+  }
+};
+
+struct TrainConfig {
+  int64_t steps = 100;
+  std::string precision = "auto";  // auto | fp32 | bf16
+  int64_t eval_interval = 0;
+  int64_t eval_steps = 4;
+
+  template <class V>
+  void visit(V& v) {
+    v("steps", steps, {.doc = "Optimizer steps to train", .min = 1});
+    v("precision", precision, {.doc = "auto (bf16 on GPU, fp32 on CPU), fp32 or bf16 (fp32 master weights)", .choices = "auto|fp32|bf16"});
+    v("eval_interval", eval_interval, {.doc = "Evaluate on the held-out split every N steps; 0 = off", .min = 0});
+    v("eval_steps", eval_steps,
+      {.doc = "Held-out batches of global_batch_size samples per evaluation (the same samples in every layout)",
+       .min = 1});
+  }
+};
+
+struct HardwareConfig {
+  double gpu_tflops = 989.0;           // dense bf16 peak per GPU (H100/H200 SXM)
+  double mfu_assumed = 0.45;           // fraction of peak the simulator assumes compute reaches
+  double intra_node_gbps = 160.0;      // achievable NVLink all-to-all bandwidth per GPU, GB/s
+  double inter_node_gbps = 40.0;       // achievable InfiniBand bandwidth per GPU, GB/s
+  int64_t gpus_per_node = 8;
+  double p2p_latency_us = 20.0;
+  double gpu_memory_gib = 80.0;
+  double cpu_gflops_per_core = 100.0;  // fp32 peak of one core (MFU on CPU runs)
+
+  template <class V>
+  void visit(V& v) {
+    v("gpu_tflops", gpu_tflops, {.doc = "Peak dense bf16 TFLOP/s per GPU (for MFU and the simulator)", .min = 0.001});
+    v("mfu_assumed", mfu_assumed, {.doc = "Fraction of peak the simulator assumes kernels reach", .min = 0.01, .max = 1});
+    v("intra_node_gbps", intra_node_gbps, {.doc = "All-to-all bandwidth per GPU inside a node, GB/s", .min = 0.001});
+    v("inter_node_gbps", inter_node_gbps, {.doc = "All-to-all bandwidth per GPU across nodes, GB/s", .min = 0.001});
+    v("gpus_per_node", gpus_per_node, {.doc = "GPUs per node", .min = 1});
+    v("p2p_latency_us", p2p_latency_us, {.doc = "Pipeline send/receive latency, microseconds", .min = 0});
+    v("gpu_memory_gib", gpu_memory_gib, {.doc = "Memory per GPU, GiB (memory estimates and plan's budget)", .min = 0.001});
+    v("cpu_gflops_per_core", cpu_gflops_per_core, {.doc = "Peak fp32 GFLOP/s of one CPU core (MFU of CPU runs)", .min = 0.001});
+  }
+};
+
+struct JobConfig {
+  RunConfig run;
+  model::ModelConfig model;
+  parallel::ParallelConfig parallel;
+  runtime::DataConfig data;
+  OptimConfig optim;
+  TrainConfig train;
+  runtime::CheckpointConfig checkpoint;
+  runtime::LoggingConfig logging;
+  HardwareConfig hardware;
+
+  template <class V>
+  void visit(V& v) {
+    v.section("run", run, "Run identity and output");
+    v.section("model", model, "Model architecture (Hugging Face DeepseekV3Config names)");
+    v.section("parallel", parallel, "Parallel layout and pipeline schedule");
+    v.section("data", data, "Training data");
+    v.section("optim", optim, "Optimizer and learning-rate schedule");
+    v.section("train", train, "Training loop");
+    v.section("checkpoint", checkpoint, "Checkpoints and resume");
+    v.section("logging", logging, "Logs, metrics and traces");
+    v.section("hardware", hardware, "Hardware description for simulate, plan, MFU and memory estimates");
+  }
+
+  // Every rule that spans fields or sections, for a job on `world_size` ranks. Resolves
+  // parallel.dp when it is 0. Throws config::KeyError naming the offending key.
+  void resolve_and_validate(int64_t world_size);
+};
+
+}  // namespace tandem::launch

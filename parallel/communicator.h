@@ -21,12 +21,14 @@
 #include <string>
 #include <vector>
 
+#include "runtime/cuda_stream.h"
+
 namespace tandem::parallel {
 
 enum class ReduceOp { kSum, kAvg, kMax, kMin };
 
 struct OpOptions {
-  void* stream = nullptr;  // cudaStream_t to run on (NCCL); null = the communicator's comm stream
+  runtime::CudaStream stream = nullptr;  // where to run (NCCL); null = the communicator's comm stream
   // What the operation is for ("dispatch", "combine", ...), read by tracing decorators
   // (exchange_recorder.h); backends ignore it. A string literal: it is kept, not copied.
   const char* label = nullptr;

@@ -55,7 +55,7 @@ void fused_adamw_step_(const at::Tensor& param, const at::Tensor& grad, const at
                                                               config.weight_decay, scalars.lr, scalars.bias1,
                                                               scalars.bias2, grad_scale);
   const c10::cuda::CUDAGuard guard(device);
-  void* stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  runtime::CudaStream stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   TANDEM_CUDA_CHECK(static_cast<cudaError_t>(
       kernels::launch_adamw_segments(segments.data(), static_cast<int64_t>(segments.size()), s, stream)));
 }
@@ -79,7 +79,7 @@ at::Tensor fused_sum_squares(const std::vector<TensorRuns>& parts, at::Device de
   // the stream the kernels run on.
   at::Tensor scratch = at::empty({kernels::sum_squares_scratch_numel()}, fp64);
   at::Tensor total = at::empty({}, fp64);
-  void* stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  runtime::CudaStream stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
   TANDEM_CUDA_CHECK(static_cast<cudaError_t>(kernels::launch_sum_squares(
       segments.data(), static_cast<int64_t>(segments.size()), scratch.data_ptr<double>(), total.data_ptr<double>(),
       stream)));

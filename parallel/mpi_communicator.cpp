@@ -19,7 +19,7 @@
 #include <thread>
 #include <utility>
 
-#include "parallel/communicator_checks.h"
+#include "parallel/detail/communicator_base.h"
 #include "runtime/error.h"
 #include "runtime/log.h"
 #include "runtime/mpi_check.h"
@@ -112,14 +112,11 @@ class MpiWork final : public Work {
   std::exception_ptr error_;
 };
 
-class MpiCommunicator final : public Communicator, public std::enable_shared_from_this<MpiCommunicator> {
+class MpiCommunicator final : public detail::CommunicatorBase, public std::enable_shared_from_this<MpiCommunicator> {
  public:
   MpiCommunicator(MPI_Comm parent, std::string name, std::chrono::milliseconds timeout);
   ~MpiCommunicator() override;
 
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  const std::string& name() const override { return name_; }
   std::string backend() const override { return "mpi"; }
 
   WorkHandle all_reduce_async(at::Tensor tensor, ReduceOp op, OpOptions options) override;
@@ -134,24 +131,11 @@ class MpiCommunicator final : public Communicator, public std::enable_shared_fro
   void abort(const std::string& reason) override;
 
   // --- used by MpiWork ---
-  bool failed() const { return failed_.load(std::memory_order_acquire); }
-  std::string failure_reason() const;
-  std::chrono::milliseconds timeout() const { return timeout_; }
-  // "all_reduce(sum) on 'dp' (rank 1 of 2)": the subject of every message about an operation.
-  std::string describe(std::string_view op) const {
-    return fmt::format("{} on '{}' (rank {} of {})", op, name_, rank_, size_);
-  }
-  // An Error that also names the world rank and host it happened on.
-  Error located_error(ErrorKind kind, const char* file, int line, std::string message) const {
-    return Error(kind, std::move(message), file, line).with_location(world_rank_, host_);
-  }
   Error mpi_error(int code, const char* call, std::string_view op, const char* file, int line) const;
 
  private:
-  void check_usable(std::string_view op) const;
-  void check_tensor(std::string_view op, const at::Tensor& tensor, const char* role) const;
-  void check_same_dtype(std::string_view op, const at::Tensor& output, const at::Tensor& input) const;
-  void check_peer(std::string_view op, int peer, int tag) const;
+  void check_cpu_tensor(std::string_view op, const at::Tensor& tensor, const char* role) const;
+  void check_peer_and_tag(std::string_view op, int peer, int tag) const;
   int checked_count(std::string_view op, const char* what, int64_t count) const;
   WireType wire_type(at::ScalarType dtype) const;
   MPI_Op reduction(std::string_view op, at::ScalarType dtype, ReduceOp reduce) const;
@@ -161,27 +145,14 @@ class MpiCommunicator final : public Communicator, public std::enable_shared_fro
   Finisher average_finisher(ReduceOp op, const at::Tensor& result) const;
   void free_mpi_objects() noexcept;
 
-  std::string name_;
-  std::chrono::milliseconds timeout_;
   MPI_Comm comm_ = MPI_COMM_NULL;
-  int rank_ = 0;
-  int size_ = 0;
-  int world_rank_ = -1;
-  std::string host_;
   int tag_ub_ = 32767;  // the smallest upper bound MPI guarantees; replaced by the real one
   // 2-byte contiguous datatype carrying bf16/f16 elements, and the sum/max/min operators over it.
   MPI_Datatype half_type_ = MPI_DATATYPE_NULL;
   std::array<MPI_Op, 3> bf16_ops_{MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};
   std::array<MPI_Op, 3> f16_ops_{MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL};
-
-  std::atomic<bool> failed_{false};
-  mutable std::mutex reason_mutex_;  // abort() may come from another thread
-  std::string failure_reason_;
 };
 
-// Throws tandem::Error of `kind` located on this communicator's rank and host.
-#define TANDEM_COMM_THROW(comm, kind, ...) \
-  throw(comm).located_error(::tandem::ErrorKind::kind, __FILE__, __LINE__, ::fmt::format(__VA_ARGS__))
 // Like TANDEM_MPI_CHECK, but the message names the operation and the communicator.
 #define TANDEM_COMM_MPI_CHECK(comm, call, call_name, op)                         \
   do {                                                                           \
@@ -189,24 +160,22 @@ class MpiCommunicator final : public Communicator, public std::enable_shared_fro
     if (tandem_comm_rc_ != MPI_SUCCESS) [[unlikely]]                             \
       throw(comm).mpi_error(tandem_comm_rc_, call_name, op, __FILE__, __LINE__); \
   } while (0)
-#define TANDEM_COMM_CHECK(comm, cond, ...)                  \
-  do {                                                      \
-    if (!(cond)) [[unlikely]]                               \
-      TANDEM_COMM_THROW(comm, kCommunication, __VA_ARGS__); \
-  } while (0)
 
 // ---------------------------------------------------------------------------------------------
 // MpiCommunicator: construction and teardown
 
 MpiCommunicator::MpiCommunicator(MPI_Comm parent, std::string name, std::chrono::milliseconds timeout)
-    : name_(std::move(name)), timeout_(timeout), host_(detail::host_name()) {
-  TANDEM_CHECK(timeout.count() > 0, "communicator '{}': timeout must be positive, got {} ms", name_, timeout.count());
+    : CommunicatorBase(std::move(name), timeout) {
   try {
     TANDEM_MPI_CHECK(MPI_Comm_dup(parent, &comm_));
     TANDEM_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
-    TANDEM_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
-    TANDEM_MPI_CHECK(MPI_Comm_size(comm_, &size_));
-    TANDEM_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_));
+    int rank = 0;
+    int size = 0;
+    int world_rank = -1;
+    TANDEM_MPI_CHECK(MPI_Comm_rank(comm_, &rank));
+    TANDEM_MPI_CHECK(MPI_Comm_size(comm_, &size));
+    TANDEM_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
+    set_identity(rank, size, world_rank);
     int* tag_ub = nullptr;
     int has_tag_ub = 0;
     TANDEM_MPI_CHECK(MPI_Comm_get_attr(comm_, MPI_TAG_UB, &tag_ub, &has_tag_ub));
@@ -248,19 +217,7 @@ void MpiCommunicator::free_mpi_objects() noexcept {
 // ---------------------------------------------------------------------------------------------
 // MpiCommunicator: failure state and argument checks
 
-void MpiCommunicator::abort(const std::string& reason) {
-  {
-    std::lock_guard<std::mutex> lock(reason_mutex_);
-    if (failure_reason_.empty()) failure_reason_ = reason.empty() ? std::string("aborted") : reason;
-  }
-  const bool already = failed_.exchange(true, std::memory_order_acq_rel);
-  if (!already) TANDEM_LOG_WARN("comm", "communicator '{}' (rank {} of {}) aborted: {}", name_, rank_, size_, reason);
-}
-
-std::string MpiCommunicator::failure_reason() const {
-  std::lock_guard<std::mutex> lock(reason_mutex_);
-  return failure_reason_;
-}
+void MpiCommunicator::abort(const std::string& reason) { mark_failed(ErrorKind::kCommunication, reason); }
 
 Error MpiCommunicator::mpi_error(int code, const char* call, std::string_view op, const char* file, int line) const {
   char text[MPI_MAX_ERROR_STRING] = {0};
@@ -275,29 +232,14 @@ Error MpiCommunicator::mpi_error(int code, const char* call, std::string_view op
                                    std::string(text, static_cast<size_t>(length)), advice));
 }
 
-void MpiCommunicator::check_usable(std::string_view op) const {
-  if (failed()) [[unlikely]] {
-    TANDEM_COMM_THROW(*this, kCommunication,
-                      "{}: the communicator was aborted ({}); no further operations can run on it", describe(op),
-                      failure_reason());
-  }
-}
-
-void MpiCommunicator::check_tensor(std::string_view op, const at::Tensor& tensor, const char* role) const {
-  const std::string problem = detail::tensor_problem(
-      tensor, role, [](const at::Tensor& t) { return t.device().is_cpu() && t.layout() == at::kStrided; },
+void MpiCommunicator::check_cpu_tensor(std::string_view op, const at::Tensor& tensor, const char* role) const {
+  check_tensor(
+      op, tensor, role, [](const at::Tensor& t) { return t.device().is_cpu() && t.layout() == at::kStrided; },
       "the MPI backend takes dense CPU tensors (CUDA tensors go through the NCCL backend)");
-  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
 }
 
-void MpiCommunicator::check_same_dtype(std::string_view op, const at::Tensor& output, const at::Tensor& input) const {
-  const std::string problem = detail::dtype_mismatch(output, input);
-  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
-}
-
-void MpiCommunicator::check_peer(std::string_view op, int peer, int tag) const {
-  const std::string problem = detail::peer_problem(peer, size_);
-  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
+void MpiCommunicator::check_peer_and_tag(std::string_view op, int peer, int tag) const {
+  check_peer(op, peer);
   TANDEM_COMM_CHECK(*this, tag >= 0 && tag <= tag_ub_, "{}: tag {} is outside the range MPI allows here (0..{})",
                     describe(op), tag, tag_ub_);
 }
@@ -360,7 +302,7 @@ MPI_Op MpiCommunicator::reduction(std::string_view op, at::ScalarType dtype, Red
 
 Finisher MpiCommunicator::average_finisher(ReduceOp op, const at::Tensor& result) const {
   if (op != ReduceOp::kAvg) return {};
-  return [result, ranks = size_](const MPI_Status&) { result.div_(ranks); };
+  return [result, ranks = size()](const MPI_Status&) { result.div_(ranks); };
 }
 
 WorkHandle MpiCommunicator::start(std::string op, std::string hint, std::unique_ptr<InFlight> buffers,
@@ -375,7 +317,7 @@ WorkHandle MpiCommunicator::start(std::string op, std::string hint, std::unique_
 WorkHandle MpiCommunicator::all_reduce_async(at::Tensor tensor, ReduceOp op, OpOptions /*options*/) {
   const std::string what = fmt::format("all_reduce({})", reduce_op_name(op));
   check_usable(what);
-  check_tensor(what, tensor, "tensor");
+  check_cpu_tensor(what, tensor, "tensor");
   const MPI_Op mpi_op = reduction(what, tensor.scalar_type(), op);
   const WireType wire = wire_type(tensor.scalar_type());
   const int count = checked_count(what, "`tensor`", tensor.numel());
@@ -390,20 +332,20 @@ WorkHandle MpiCommunicator::all_reduce_async(at::Tensor tensor, ReduceOp op, OpO
 WorkHandle MpiCommunicator::all_gather_async(at::Tensor output, at::Tensor input, OpOptions /*options*/) {
   const std::string what = "all_gather";
   check_usable(what);
-  check_tensor(what, output, "output");
-  check_tensor(what, input, "input");
+  check_cpu_tensor(what, output, "output");
+  check_cpu_tensor(what, input, "input");
   check_same_dtype(what, output, input);
-  TANDEM_COMM_CHECK(*this, output.numel() == size_ * input.numel(),
+  TANDEM_COMM_CHECK(*this, output.numel() == size() * input.numel(),
                     "{}: `output` has {} elements, expected size() * input.numel() = {} * {} = {}", describe(what),
-                    output.numel(), size_, input.numel(), size_ * input.numel());
+                    output.numel(), size(), input.numel(), size() * input.numel());
   const WireType wire = wire_type(input.scalar_type());
   const int count = checked_count(what, "`input`", input.numel() * wire.units_per_element);
   // An input that is exactly this rank's slice of the output is the in-place form (MPI_IN_PLACE);
   // any other overlap would be a race inside MPI.
-  const void* own_slice = static_cast<const char*>(output.data_ptr()) + rank_ * input.nbytes();
+  const void* own_slice = static_cast<const char*>(output.data_ptr()) + rank() * input.nbytes();
   const bool in_place = input.nbytes() > 0 && input.data_ptr() == own_slice;
   TANDEM_COMM_CHECK(*this, in_place || !byte_ranges_overlap(output, input),
-                    "{}: `input` overlaps `output` other than as this rank's slice {} of it", describe(what), rank_);
+                    "{}: `input` overlaps `output` other than as this rank's slice {} of it", describe(what), rank());
   auto buffers = std::make_unique<InFlight>(InFlight{{output, input}, {}});
   MPI_Request request = MPI_REQUEST_NULL;
   TANDEM_COMM_MPI_CHECK(*this,
@@ -417,12 +359,12 @@ WorkHandle MpiCommunicator::reduce_scatter_async(at::Tensor output, at::Tensor i
                                                  OpOptions /*options*/) {
   const std::string what = fmt::format("reduce_scatter({})", reduce_op_name(op));
   check_usable(what);
-  check_tensor(what, output, "output");
-  check_tensor(what, input, "input");
+  check_cpu_tensor(what, output, "output");
+  check_cpu_tensor(what, input, "input");
   check_same_dtype(what, output, input);
-  TANDEM_COMM_CHECK(*this, input.numel() == size_ * output.numel(),
+  TANDEM_COMM_CHECK(*this, input.numel() == size() * output.numel(),
                     "{}: `input` has {} elements, expected size() * output.numel() = {} * {} = {}", describe(what),
-                    input.numel(), size_, output.numel(), size_ * output.numel());
+                    input.numel(), size(), output.numel(), size() * output.numel());
   TANDEM_COMM_CHECK(*this, !byte_ranges_overlap(output, input), "{}: `output` and `input` overlap", describe(what));
   const MPI_Op mpi_op = reduction(what, input.scalar_type(), op);
   const WireType wire = wire_type(input.scalar_type());
@@ -439,9 +381,9 @@ WorkHandle MpiCommunicator::reduce_scatter_async(at::Tensor output, at::Tensor i
 WorkHandle MpiCommunicator::broadcast_async(at::Tensor tensor, int root, OpOptions /*options*/) {
   const std::string what = fmt::format("broadcast from rank {}", root);
   check_usable(what);
-  check_tensor(what, tensor, "tensor");
-  TANDEM_COMM_CHECK(*this, root >= 0 && root < size_, "{}: root {} is not a rank of this communicator (expected 0..{})",
-                    describe(what), root, size_ - 1);
+  check_cpu_tensor(what, tensor, "tensor");
+  TANDEM_COMM_CHECK(*this, root >= 0 && root < size(), "{}: root {} is not a rank of this communicator (expected 0..{})",
+                    describe(what), root, size() - 1);
   const WireType wire = wire_type(tensor.scalar_type());
   const int count = checked_count(what, "`tensor`", tensor.numel() * wire.units_per_element);
   auto buffers = std::make_unique<InFlight>(InFlight{{tensor}, {}});
@@ -455,23 +397,22 @@ WorkHandle MpiCommunicator::all_to_all_async(at::Tensor output, at::Tensor input
                                              std::vector<int64_t> input_splits, OpOptions /*options*/) {
   const std::string what = "all_to_all";
   check_usable(what);
-  check_tensor(what, output, "output");
-  check_tensor(what, input, "input");
+  check_cpu_tensor(what, output, "output");
+  check_cpu_tensor(what, input, "input");
   check_same_dtype(what, output, input);
-  const std::string problem = detail::all_to_all_problem(output, input, output_splits, input_splits, size_);
-  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(what), problem);
+  check_all_to_all(what, output, input, output_splits, input_splits);
 
   const WireType wire = wire_type(input.scalar_type());
   int64_t row_units = wire.units_per_element;
   for (int64_t extent : input.sizes().slice(1)) row_units *= extent;
-  auto buffers = std::make_unique<InFlight>(InFlight{{output, input}, std::vector<int>(4 * size_)});
+  auto buffers = std::make_unique<InFlight>(InFlight{{output, input}, std::vector<int>(4 * size())});
   int* send_counts = buffers->counts.data();
-  int* send_displs = send_counts + size_;
-  int* recv_counts = send_counts + 2 * size_;
-  int* recv_displs = send_counts + 3 * size_;
+  int* send_displs = send_counts + size();
+  int* recv_counts = send_counts + 2 * size();
+  int* recv_displs = send_counts + 3 * size();
   int64_t send_offset = 0;
   int64_t recv_offset = 0;
-  for (int j = 0; j < size_; ++j) {
+  for (int j = 0; j < size(); ++j) {
     send_counts[j] = checked_count(what, "a send count", input_splits[j] * row_units);
     send_displs[j] = checked_count(what, "a send displacement", send_offset);
     recv_counts[j] = checked_count(what, "a receive count", output_splits[j] * row_units);
@@ -493,8 +434,8 @@ WorkHandle MpiCommunicator::all_to_all_async(at::Tensor output, at::Tensor input
 WorkHandle MpiCommunicator::send_async(at::Tensor tensor, int peer, int tag, OpOptions /*options*/) {
   const std::string what = fmt::format("send to rank {} (tag {})", peer, tag);
   check_usable(what);
-  check_tensor(what, tensor, "tensor");
-  check_peer(what, peer, tag);
+  check_cpu_tensor(what, tensor, "tensor");
+  check_peer_and_tag(what, peer, tag);
   const WireType wire = wire_type(tensor.scalar_type());
   const int count = checked_count(what, "`tensor`", tensor.numel() * wire.units_per_element);
   auto buffers = std::make_unique<InFlight>(InFlight{{tensor}, {}});
@@ -508,8 +449,8 @@ WorkHandle MpiCommunicator::send_async(at::Tensor tensor, int peer, int tag, OpO
 WorkHandle MpiCommunicator::recv_async(at::Tensor tensor, int peer, int tag, OpOptions /*options*/) {
   const std::string what = fmt::format("recv from rank {} (tag {})", peer, tag);
   check_usable(what);
-  check_tensor(what, tensor, "tensor");
-  check_peer(what, peer, tag);
+  check_cpu_tensor(what, tensor, "tensor");
+  check_peer_and_tag(what, peer, tag);
   const WireType wire = wire_type(tensor.scalar_type());
   const int count = checked_count(what, "`tensor`", tensor.numel() * wire.units_per_element);
   auto buffers = std::make_unique<InFlight>(InFlight{{tensor}, {}});

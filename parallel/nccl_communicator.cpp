@@ -22,7 +22,7 @@
 #include <thread>
 #include <utility>
 
-#include "parallel/communicator_checks.h"
+#include "parallel/detail/communicator_base.h"
 #include "runtime/cuda_check.h"
 #include "runtime/device.h"
 #include "runtime/error.h"
@@ -119,14 +119,12 @@ class NcclWork final : public Work {
   bool waited_ = false;
 };
 
-class NcclCommunicator final : public Communicator, public std::enable_shared_from_this<NcclCommunicator> {
+class NcclCommunicator final : public detail::CommunicatorBase,
+                               public std::enable_shared_from_this<NcclCommunicator> {
  public:
   NcclCommunicator(MPI_Comm group, std::string name, std::chrono::milliseconds timeout);
   ~NcclCommunicator() override;
 
-  int rank() const override { return rank_; }
-  int size() const override { return size_; }
-  const std::string& name() const override { return name_; }
   std::string backend() const override { return "nccl"; }
 
   WorkHandle all_reduce_async(at::Tensor tensor, ReduceOp op, OpOptions options) override;
@@ -141,25 +139,13 @@ class NcclCommunicator final : public Communicator, public std::enable_shared_fr
   void abort(const std::string& reason) override { fail(ErrorKind::kCommunication, reason); }
 
   // --- used by NcclWork ---
-  bool failed() const { return failed_.load(std::memory_order_acquire); }
-  std::chrono::milliseconds timeout() const { return timeout_; }
   int device() const { return device_; }
   // Marks the communicator failed with `reason` and aborts the NCCL communicator (once).
   void fail(ErrorKind kind, const std::string& reason);
-  // The error every use of a failed communicator throws.
-  [[noreturn]] void throw_failure(std::string_view op, const char* file, int line) const;
-  std::string describe(std::string_view op) const {
-    return fmt::format("{} on '{}' (nccl, rank {} of {}, cuda:{})", op, name_, rank_, size_, device_);
-  }
-  Error located_error(ErrorKind kind, const char* file, int line, std::string message) const {
-    return Error(kind, std::move(message), file, line).with_location(world_rank_, host_);
-  }
 
  private:
-  void check_usable(std::string_view op) const;
-  void check_tensor(std::string_view op, const at::Tensor& tensor, const char* role) const;
-  void check_same_dtype(std::string_view op, const at::Tensor& output, const at::Tensor& input) const;
-  void check_peer(std::string_view op, int peer, int tag) const;
+  void check_device_tensor(std::string_view op, const at::Tensor& tensor, const char* role) const;
+  void check_peer_and_tag(std::string_view op, int peer, int tag) const;
   ncclDataType_t wire_type(std::string_view op, at::ScalarType dtype) const;
   ncclRedOp_t reduction(std::string_view op, at::ScalarType dtype, ReduceOp reduce) const;
   // Picks the stream, orders it after the caller's, runs `enqueue(stream)`, records the
@@ -169,22 +155,11 @@ class NcclCommunicator final : public Communicator, public std::enable_shared_fr
                  bool host_blocking = false);
   void watchdog_loop();
 
-  std::string name_;
-  std::chrono::milliseconds timeout_;
-  int rank_ = 0;
-  int size_ = 0;
-  int world_rank_ = -1;
   int device_ = -1;
-  std::string host_;
   ncclComm_t comm_ = nullptr;
   cudaStream_t comm_stream_ = nullptr;
   cudaEvent_t caller_ready_ = nullptr;  // reused: a stream wait captures the latest record only
   std::deque<SelfMessage> self_messages_;
-
-  std::atomic<bool> failed_{false};
-  mutable std::mutex failure_mutex_;
-  ErrorKind failure_kind_ = ErrorKind::kCommunication;
-  std::string failure_reason_;
 
   // Held around every use of comm_ off the issuing thread (watchdog queries, the abort), so the
   // watchdog never touches a handle that ncclCommAbort has just freed.
@@ -196,33 +171,29 @@ class NcclCommunicator final : public Communicator, public std::enable_shared_fr
   std::thread watchdog_;
 };
 
-#define TANDEM_NCCL_COMM_CHECK(comm, cond, ...)                                                          \
-  do {                                                                                                   \
-    if (!(cond)) [[unlikely]]                                                                            \
-      throw(comm).located_error(::tandem::ErrorKind::kCommunication, __FILE__, __LINE__,                 \
-                                ::fmt::format(__VA_ARGS__));                                             \
-  } while (0)
-
 // ---------------------------------------------------------------------------------------------
 // Construction, teardown, failure
 
 NcclCommunicator::NcclCommunicator(MPI_Comm group, std::string name, std::chrono::milliseconds timeout)
-    : name_(std::move(name)), timeout_(timeout), host_(detail::host_name()) {
-  TANDEM_CHECK(timeout.count() > 0, "communicator '{}': timeout must be positive, got {} ms", name_, timeout.count());
+    : CommunicatorBase(std::move(name), timeout) {
   const std::string no_gpu = runtime::gpu_unavailable_reason();
-  TANDEM_CHECK_KIND(kCuda, no_gpu.empty(), "cannot build the NCCL communicator '{}': {}", name_, no_gpu);
-  TANDEM_MPI_CHECK(MPI_Comm_rank(group, &rank_));
-  TANDEM_MPI_CHECK(MPI_Comm_size(group, &size_));
-  TANDEM_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_));
+  TANDEM_CHECK_KIND(kCuda, no_gpu.empty(), "cannot build the NCCL communicator '{}': {}", this->name(), no_gpu);
+  int rank = 0;
+  int size = 0;
+  int world_rank = -1;
+  TANDEM_MPI_CHECK(MPI_Comm_rank(group, &rank));
+  TANDEM_MPI_CHECK(MPI_Comm_size(group, &size));
+  TANDEM_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
   TANDEM_CUDA_CHECK(cudaGetDevice(&device_));
+  set_identity(rank, size, world_rank, "nccl, ", fmt::format(", cuda:{}", device_));
 
   ncclUniqueId id{};
-  if (rank_ == 0) TANDEM_NCCL_CHECK(ncclGetUniqueId(&id), nullptr);
+  if (rank == 0) TANDEM_NCCL_CHECK(ncclGetUniqueId(&id), nullptr);
   TANDEM_MPI_CHECK(MPI_Bcast(&id, static_cast<int>(sizeof(id)), MPI_BYTE, 0, group));
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
   config.blocking = 1;
-  config.commName = name_.c_str();  // NCCL's own logs name the axis
-  TANDEM_NCCL_CHECK(ncclCommInitRankConfig(&comm_, size_, id, rank_, &config), nullptr);
+  config.commName = this->name().c_str();  // NCCL's own logs name the axis
+  TANDEM_NCCL_CHECK(ncclCommInitRankConfig(&comm_, size, id, rank, &config), nullptr);
   try {
     int least = 0;
     int greatest = 0;
@@ -254,31 +225,16 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 void NcclCommunicator::fail(ErrorKind kind, const std::string& reason) {
-  {
-    std::lock_guard<std::mutex> lock(failure_mutex_);
-    if (failure_reason_.empty()) {
-      failure_reason_ = reason.empty() ? std::string("aborted") : reason;
-      failure_kind_ = kind;
-    }
-  }
-  if (failed_.exchange(true, std::memory_order_acq_rel)) return;
-  TANDEM_LOG_WARN("comm", "NCCL communicator '{}' (rank {} of {}) aborted: {}", name_, rank_, size_, reason);
+  if (!mark_failed(kind, reason)) return;
   // Kernels blocked on a dead peer return; the handle is gone afterwards (failed() guards it).
   std::lock_guard<std::mutex> lock(handle_mutex_);
   ncclCommAbort(comm_);
 }
 
-void NcclCommunicator::throw_failure(std::string_view op, const char* file, int line) const {
-  std::lock_guard<std::mutex> lock(failure_mutex_);
-  throw located_error(failure_kind_, file, line,
-                      fmt::format("{}: the communicator was aborted ({}); no further operations can run on it",
-                                  describe(op), failure_reason_));
-}
-
 void NcclCommunicator::watchdog_loop() {
   cudaSetDevice(device_);  // event queries must not create a context on device 0
   const auto period =
-      std::min<std::chrono::milliseconds>(kWatchdogPeriod, std::max(timeout_ / 4, std::chrono::milliseconds(1)));
+      std::min<std::chrono::milliseconds>(kWatchdogPeriod, std::max(timeout() / 4, std::chrono::milliseconds(1)));
   std::unique_lock<std::mutex> lock(watch_mutex_);
   while (!stop_watchdog_) {
     watch_wake_.wait_for(lock, period);
@@ -296,12 +252,12 @@ void NcclCommunicator::watchdog_loop() {
                                                       cudaGetErrorName(status)));
       }
       const auto age = Clock::now() - it->issued;
-      if (age > timeout_ && !problem) {
+      if (age > timeout() && !problem) {
         problem.emplace(ErrorKind::kCommunication,
                         fmt::format("{} issued {:.1f} s ago did not complete within the {:g} s timeout (a peer rank "
                                     "may have died, issued a different collective, or stopped issuing)",
                                     it->what, std::chrono::duration<double>(age).count(),
-                                    std::chrono::duration<double>(timeout_).count()));
+                                    std::chrono::duration<double>(timeout()).count()));
       }
       ++it;
     }
@@ -332,34 +288,22 @@ void NcclCommunicator::watchdog_loop() {
 // ---------------------------------------------------------------------------------------------
 // Argument checks
 
-void NcclCommunicator::check_usable(std::string_view op) const {
-  if (failed()) [[unlikely]]
-    throw_failure(op, __FILE__, __LINE__);
-}
-
-void NcclCommunicator::check_tensor(std::string_view op, const at::Tensor& tensor, const char* role) const {
-  const std::string problem = detail::tensor_problem(
-      tensor, role,
+void NcclCommunicator::check_device_tensor(std::string_view op, const at::Tensor& tensor, const char* role) const {
+  check_tensor(
+      op, tensor, role,
       [this](const at::Tensor& t) { return t.is_cuda() && t.get_device() == device_ && t.layout() == at::kStrided; },
       fmt::format("this NCCL communicator takes dense tensors on cuda:{} (CPU tensors go through the MPI backend)",
                   device_));
-  TANDEM_NCCL_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
 }
 
-void NcclCommunicator::check_same_dtype(std::string_view op, const at::Tensor& output, const at::Tensor& input) const {
-  const std::string problem = detail::dtype_mismatch(output, input);
-  TANDEM_NCCL_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
-}
-
-void NcclCommunicator::check_peer(std::string_view op, int peer, int tag) const {
-  const std::string problem = detail::peer_problem(peer, size_);
-  TANDEM_NCCL_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
-  TANDEM_NCCL_COMM_CHECK(*this, tag >= 0, "{}: tag {} is negative", describe(op), tag);
+void NcclCommunicator::check_peer_and_tag(std::string_view op, int peer, int tag) const {
+  check_peer(op, peer);
+  TANDEM_COMM_CHECK(*this, tag >= 0, "{}: tag {} is negative", describe(op), tag);
 }
 
 ncclDataType_t NcclCommunicator::wire_type(std::string_view op, at::ScalarType dtype) const {
   const std::optional<ncclDataType_t> type = nccl_dtype(dtype);
-  TANDEM_NCCL_COMM_CHECK(*this, type.has_value(),
+  TANDEM_COMM_CHECK(*this, type.has_value(),
                          "{}: dtype {} cannot travel through NCCL (float32, float64, bfloat16, float16, int64, int32, "
                          "uint8, int8 and bool can)",
                          describe(op), c10::toString(dtype));
@@ -369,7 +313,7 @@ ncclDataType_t NcclCommunicator::wire_type(std::string_view op, at::ScalarType d
 ncclRedOp_t NcclCommunicator::reduction(std::string_view op, at::ScalarType dtype, ReduceOp reduce) const {
   wire_type(op, dtype);
   if (dtype == at::kBool) {
-    TANDEM_NCCL_COMM_CHECK(*this, reduce == ReduceOp::kMax || reduce == ReduceOp::kMin,
+    TANDEM_COMM_CHECK(*this, reduce == ReduceOp::kMax || reduce == ReduceOp::kMin,
                            "{}: bool tensors reduce only with max (or) and min (and), not {}", describe(op),
                            reduce_op_name(reduce));
   }
@@ -378,7 +322,7 @@ ncclRedOp_t NcclCommunicator::reduction(std::string_view op, at::ScalarType dtyp
     case ReduceOp::kMax: return ncclMax;
     case ReduceOp::kMin: return ncclMin;
     case ReduceOp::kAvg:
-      TANDEM_NCCL_COMM_CHECK(*this, at::isFloatingType(dtype),
+      TANDEM_COMM_CHECK(*this, at::isFloatingType(dtype),
                              "{}: avg of {} would truncate; reduce with sum and divide in floating point",
                              describe(op), c10::toString(dtype));
       return ncclAvg;
@@ -395,7 +339,7 @@ WorkHandle NcclCommunicator::run(const std::string& what, std::vector<at::Tensor
   check_usable(what);
   TANDEM_CUDA_CHECK(cudaSetDevice(device_));
   const cudaStream_t caller = c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device_)).stream();
-  const cudaStream_t stream = options.stream != nullptr ? static_cast<cudaStream_t>(options.stream) : comm_stream_;
+  const cudaStream_t stream = options.stream != nullptr ? options.stream : comm_stream_;
   if (options.stream == nullptr && stream != caller) {
     TANDEM_CUDA_CHECK(cudaEventRecord(caller_ready_, caller));
     TANDEM_CUDA_CHECK(cudaStreamWaitEvent(stream, caller_ready_, 0));
@@ -438,7 +382,7 @@ WorkHandle NcclCommunicator::run(const std::string& what, std::vector<at::Tensor
 
 WorkHandle NcclCommunicator::all_reduce_async(at::Tensor tensor, ReduceOp op, OpOptions options) {
   const std::string what = fmt::format("all_reduce({})", reduce_op_name(op));
-  check_tensor(what, tensor, "tensor");
+  check_device_tensor(what, tensor, "tensor");
   const ncclRedOp_t nccl_op = reduction(what, tensor.scalar_type(), op);
   const ncclDataType_t type = wire_type(what, tensor.scalar_type());
   return run(what, {tensor}, options, [&](cudaStream_t stream) {
@@ -449,19 +393,19 @@ WorkHandle NcclCommunicator::all_reduce_async(at::Tensor tensor, ReduceOp op, Op
 
 WorkHandle NcclCommunicator::all_gather_async(at::Tensor output, at::Tensor input, OpOptions options) {
   const std::string what = "all_gather";
-  check_tensor(what, output, "output");
-  check_tensor(what, input, "input");
+  check_device_tensor(what, output, "output");
+  check_device_tensor(what, input, "input");
   check_same_dtype(what, output, input);
-  TANDEM_NCCL_COMM_CHECK(*this, output.numel() == size_ * input.numel(),
+  TANDEM_COMM_CHECK(*this, output.numel() == size() * input.numel(),
                          "{}: `output` has {} elements, expected size() * input.numel() = {} * {} = {}",
-                         describe(what), output.numel(), size_, input.numel(), size_ * input.numel());
+                         describe(what), output.numel(), size(), input.numel(), size() * input.numel());
   // An input that is exactly this rank's slice of the output is the in-place form (NCCL takes it
   // as is); any other overlap would be a race.
-  const void* own_slice = static_cast<const char*>(output.data_ptr()) + rank_ * input.nbytes();
+  const void* own_slice = static_cast<const char*>(output.data_ptr()) + rank() * input.nbytes();
   const bool in_place = input.nbytes() > 0 && input.data_ptr() == own_slice;
-  TANDEM_NCCL_COMM_CHECK(*this, in_place || !byte_ranges_overlap(output, input),
+  TANDEM_COMM_CHECK(*this, in_place || !byte_ranges_overlap(output, input),
                          "{}: `input` overlaps `output` other than as this rank's slice {} of it", describe(what),
-                         rank_);
+                         rank());
   const ncclDataType_t type = wire_type(what, input.scalar_type());
   return run(what, {output, input}, options, [&](cudaStream_t stream) {
     TANDEM_NCCL_CHECK(ncclAllGather(input.data_ptr(), output.data_ptr(), input.numel(), type, comm_, stream), comm_);
@@ -471,13 +415,13 @@ WorkHandle NcclCommunicator::all_gather_async(at::Tensor output, at::Tensor inpu
 WorkHandle NcclCommunicator::reduce_scatter_async(at::Tensor output, at::Tensor input, ReduceOp op,
                                                   OpOptions options) {
   const std::string what = fmt::format("reduce_scatter({})", reduce_op_name(op));
-  check_tensor(what, output, "output");
-  check_tensor(what, input, "input");
+  check_device_tensor(what, output, "output");
+  check_device_tensor(what, input, "input");
   check_same_dtype(what, output, input);
-  TANDEM_NCCL_COMM_CHECK(*this, input.numel() == size_ * output.numel(),
+  TANDEM_COMM_CHECK(*this, input.numel() == size() * output.numel(),
                          "{}: `input` has {} elements, expected size() * output.numel() = {} * {} = {}",
-                         describe(what), input.numel(), size_, output.numel(), size_ * output.numel());
-  TANDEM_NCCL_COMM_CHECK(*this, !byte_ranges_overlap(output, input), "{}: `output` and `input` overlap",
+                         describe(what), input.numel(), size(), output.numel(), size() * output.numel());
+  TANDEM_COMM_CHECK(*this, !byte_ranges_overlap(output, input), "{}: `output` and `input` overlap",
                          describe(what));
   const ncclRedOp_t nccl_op = reduction(what, input.scalar_type(), op);
   const ncclDataType_t type = wire_type(what, input.scalar_type());
@@ -489,10 +433,10 @@ WorkHandle NcclCommunicator::reduce_scatter_async(at::Tensor output, at::Tensor 
 
 WorkHandle NcclCommunicator::broadcast_async(at::Tensor tensor, int root, OpOptions options) {
   const std::string what = fmt::format("broadcast from rank {}", root);
-  check_tensor(what, tensor, "tensor");
-  TANDEM_NCCL_COMM_CHECK(*this, root >= 0 && root < size_,
+  check_device_tensor(what, tensor, "tensor");
+  TANDEM_COMM_CHECK(*this, root >= 0 && root < size(),
                          "{}: root {} is not a rank of this communicator (expected 0..{})", describe(what), root,
-                         size_ - 1);
+                         size() - 1);
   const ncclDataType_t type = wire_type(what, tensor.scalar_type());
   return run(what, {tensor}, options, [&](cudaStream_t stream) {
     TANDEM_NCCL_CHECK(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), type, root, comm_, stream),
@@ -503,15 +447,14 @@ WorkHandle NcclCommunicator::broadcast_async(at::Tensor tensor, int root, OpOpti
 WorkHandle NcclCommunicator::all_to_all_async(at::Tensor output, at::Tensor input, std::vector<int64_t> output_splits,
                                               std::vector<int64_t> input_splits, OpOptions options) {
   const std::string what = "all_to_all";
-  check_tensor(what, output, "output");
-  check_tensor(what, input, "input");
+  check_device_tensor(what, output, "output");
+  check_device_tensor(what, input, "input");
   check_same_dtype(what, output, input);
-  const std::string problem = detail::all_to_all_problem(output, input, output_splits, input_splits, size_);
-  TANDEM_NCCL_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(what), problem);
-  TANDEM_NCCL_COMM_CHECK(*this, input_splits[rank_] == output_splits[rank_],
+  check_all_to_all(what, output, input, output_splits, input_splits);
+  TANDEM_COMM_CHECK(*this, input_splits[rank()] == output_splits[rank()],
                          "{}: rank {} sends itself {} rows but expects {} (input_splits[{}] must equal "
                          "output_splits[{}])",
-                         describe(what), rank_, input_splits[rank_], output_splits[rank_], rank_, rank_);
+                         describe(what), rank(), input_splits[rank()], output_splits[rank()], rank(), rank());
   const ncclDataType_t type = wire_type(what, input.scalar_type());
   const int64_t row_count = c10::multiply_integers(input.sizes().slice(1));  // elements per row
   const int64_t row_bytes = row_count * static_cast<int64_t>(input.element_size());
@@ -523,10 +466,10 @@ WorkHandle NcclCommunicator::all_to_all_async(at::Tensor output, at::Tensor inpu
     int64_t send_offset = 0;
     int64_t recv_offset = 0;
     TANDEM_NCCL_CHECK(ncclGroupStart(), comm_);
-    for (int peer = 0; peer < size_; ++peer) {
+    for (int peer = 0; peer < size(); ++peer) {
       const int64_t send_rows = input_splits[peer];
       const int64_t recv_rows = output_splits[peer];
-      if (peer == rank_) {
+      if (peer == rank()) {
         if (send_rows > 0) {
           TANDEM_CUDA_CHECK(cudaMemcpyAsync(recv + recv_offset * row_bytes, send + send_offset * row_bytes,
                                             send_rows * row_bytes, cudaMemcpyDeviceToDevice, stream));
@@ -550,10 +493,10 @@ WorkHandle NcclCommunicator::all_to_all_async(at::Tensor output, at::Tensor inpu
 
 WorkHandle NcclCommunicator::send_async(at::Tensor tensor, int peer, int tag, OpOptions options) {
   const std::string what = fmt::format("send to rank {} (tag {})", peer, tag);
-  check_tensor(what, tensor, "tensor");
-  check_peer(what, peer, tag);
+  check_device_tensor(what, tensor, "tensor");
+  check_peer_and_tag(what, peer, tag);
   const ncclDataType_t type = wire_type(what, tensor.scalar_type());
-  if (peer != rank_) {
+  if (peer != rank()) {
     return run(what, {tensor}, options, [&](cudaStream_t stream) {
       TANDEM_NCCL_CHECK(ncclSend(tensor.data_ptr(), tensor.numel(), type, peer, comm_, stream), comm_);
     });
@@ -565,7 +508,7 @@ WorkHandle NcclCommunicator::send_async(at::Tensor tensor, int peer, int tag, Op
         cudaMemcpyAsync(copy.data_ptr(), tensor.data_ptr(), tensor.nbytes(), cudaMemcpyDeviceToDevice, stream));
   });
   auto ready = std::make_shared<CudaEvent>();
-  const cudaStream_t stream = options.stream != nullptr ? static_cast<cudaStream_t>(options.stream) : comm_stream_;
+  const cudaStream_t stream = options.stream != nullptr ? options.stream : comm_stream_;
   TANDEM_CUDA_CHECK(cudaEventRecord(ready->get(), stream));
   self_messages_.push_back(SelfMessage{copy, std::move(ready), tag});
   return work;
@@ -573,23 +516,23 @@ WorkHandle NcclCommunicator::send_async(at::Tensor tensor, int peer, int tag, Op
 
 WorkHandle NcclCommunicator::recv_async(at::Tensor tensor, int peer, int tag, OpOptions options) {
   const std::string what = fmt::format("recv from rank {} (tag {})", peer, tag);
-  check_tensor(what, tensor, "tensor");
-  check_peer(what, peer, tag);
+  check_device_tensor(what, tensor, "tensor");
+  check_peer_and_tag(what, peer, tag);
   const ncclDataType_t type = wire_type(what, tensor.scalar_type());
-  if (peer != rank_) {
+  if (peer != rank()) {
     return run(what, {tensor}, options, [&](cudaStream_t stream) {
       TANDEM_NCCL_CHECK(ncclRecv(tensor.data_ptr(), tensor.numel(), type, peer, comm_, stream), comm_);
     });
   }
-  TANDEM_NCCL_COMM_CHECK(*this, !self_messages_.empty(),
+  TANDEM_COMM_CHECK(*this, !self_messages_.empty(),
                          "{}: no send to self was issued before this recv (NCCL matches in issue order, so the send "
                          "must come first)",
                          describe(what));
   SelfMessage message = std::move(self_messages_.front());
   self_messages_.pop_front();
-  TANDEM_NCCL_COMM_CHECK(*this, message.tag == tag, "{}: the next send to self has tag {}, not {}", describe(what),
+  TANDEM_COMM_CHECK(*this, message.tag == tag, "{}: the next send to self has tag {}, not {}", describe(what),
                          message.tag, tag);
-  TANDEM_NCCL_COMM_CHECK(*this, message.copy.nbytes() == tensor.nbytes() &&
+  TANDEM_COMM_CHECK(*this, message.copy.nbytes() == tensor.nbytes() &&
                                     message.copy.scalar_type() == tensor.scalar_type(),
                          "{}: received {} elements of {}, expected {} of {} (the send had another size or dtype)",
                          describe(what), message.copy.numel(), c10::toString(message.copy.scalar_type()),

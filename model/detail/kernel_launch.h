@@ -12,7 +12,7 @@
 
 namespace tandem::model::detail {
 
-inline void* current_stream(const at::Tensor& on) {
+inline runtime::CudaStream current_stream(const at::Tensor& on) {
   return c10::cuda::getCurrentCUDAStream(on.device().index()).stream();
 }
 

@@ -165,7 +165,7 @@ bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p
 }  // namespace
 
 int launch_rotary(const void* x, void* out, RowType type, const float* cos, const float* sin, int64_t rows,
-                  int64_t positions, int64_t heads, int64_t width, bool inverse, void* stream) {
+                  int64_t positions, int64_t heads, int64_t width, bool inverse, runtime::CudaStream stream) {
   if (x == nullptr || out == nullptr || cos == nullptr || sin == nullptr || rows < 0 || positions <= 0 ||
       heads <= 0 || width <= 0 || width % 2 != 0) {
     return static_cast<int>(cudaErrorInvalidValue);
@@ -173,7 +173,7 @@ int launch_rotary(const void* x, void* out, RowType type, const float* cos, cons
   const int64_t half = width / 2;
   const int64_t pairs = rows * half;
   if (pairs == 0) return 0;
-  auto s = static_cast<cudaStream_t>(stream);
+  auto s = stream;
   const float sign = inverse ? -1.0f : 1.0f;
   return dispatch(type, [&](auto tag) {
     using T = decltype(tag);
@@ -210,10 +210,10 @@ int launch_elementwise(RowType type, int64_t n, std::initializer_list<const void
 
 }  // namespace
 
-int launch_swiglu_forward(const void* gate, const void* up, void* out, RowType type, int64_t n, void* stream) {
+int launch_swiglu_forward(const void* gate, const void* up, void* out, RowType type, int64_t n, runtime::CudaStream stream) {
   if (gate == nullptr || up == nullptr || out == nullptr || n < 0) return static_cast<int>(cudaErrorInvalidValue);
   if (n == 0) return 0;
-  auto s = static_cast<cudaStream_t>(stream);
+  auto s = stream;
   return launch_elementwise(type, n, {gate, up, out}, [&](auto tag, auto vec, int64_t groups) {
     using T = decltype(tag);
     swiglu_forward_kernel<T, decltype(vec)::value><<<blocks_for(groups), kThreads, 0, s>>>(
@@ -222,12 +222,12 @@ int launch_swiglu_forward(const void* gate, const void* up, void* out, RowType t
 }
 
 int launch_swiglu_backward(const void* gate, const void* up, const void* d_out, void* d_gate, void* d_up,
-                           RowType type, int64_t n, void* stream) {
+                           RowType type, int64_t n, runtime::CudaStream stream) {
   if (gate == nullptr || up == nullptr || d_out == nullptr || d_gate == nullptr || d_up == nullptr || n < 0) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (n == 0) return 0;
-  auto s = static_cast<cudaStream_t>(stream);
+  auto s = stream;
   return launch_elementwise(type, n, {gate, up, d_out, d_gate, d_up}, [&](auto tag, auto vec, int64_t groups) {
     using T = decltype(tag);
     swiglu_backward_kernel<T, decltype(vec)::value><<<blocks_for(groups), kThreads, 0, s>>>(

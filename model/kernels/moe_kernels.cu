@@ -153,7 +153,7 @@ int launch_combine_as(const void* rows, const float* gate, const int64_t* token_
 }  // namespace
 
 int launch_routing_topk(const float* scores, const float* bias, int64_t* topk_idx, float* topk_weight,
-                        const RoutingShape& shape, void* stream) {
+                        const RoutingShape& shape, runtime::CudaStream stream) {
   const RoutingShape& s = shape;
   const bool valid = s.num_tokens >= 0 && s.num_experts > 0 && s.num_experts <= kMaxExperts && s.n_group > 0 &&
                      s.n_group <= kMaxGroups && s.num_experts % s.n_group == 0 && s.topk_group > 0 &&
@@ -164,15 +164,15 @@ int launch_routing_topk(const float* scores, const float* bias, int64_t* topk_id
   const int64_t blocks = (s.num_tokens + kRoutingWarpsPerBlock - 1) / kRoutingWarpsPerBlock;
   const size_t shared_bytes = sizeof(float) * kRoutingWarpsPerBlock * (s.num_experts + s.n_group);
   routing_topk_kernel<<<grid_for(blocks), kRoutingWarpsPerBlock * kWarp, shared_bytes,
-                        static_cast<cudaStream_t>(stream)>>>(scores, bias, topk_idx, topk_weight, s);
+                        stream>>>(scores, bias, topk_idx, topk_weight, s);
   return static_cast<int>(cudaGetLastError());
 }
 
 int launch_permute_rows(const void* in, const int64_t* token_index, void* out, int64_t num_rows, int64_t row_bytes,
-                        void* stream) {
+                        runtime::CudaStream stream) {
   if (num_rows < 0 || row_bytes < 0) return static_cast<int>(cudaErrorInvalidValue);
   if (num_rows == 0 || row_bytes == 0) return static_cast<int>(cudaSuccess);
-  const auto s = static_cast<cudaStream_t>(stream);
+  const auto s = stream;
   // The widest unit that divides the row and both base addresses (rows then stay aligned too).
   const auto fits = [&](int64_t width) {
     return row_bytes % width == 0 && reinterpret_cast<uintptr_t>(in) % width == 0 &&
@@ -186,10 +186,10 @@ int launch_permute_rows(const void* in, const int64_t* token_index, void* out, i
 }
 
 int launch_unpermute_combine(const void* rows, RowType type, const float* gate, const int64_t* token_index,
-                             float* out, int64_t num_rows, int64_t hidden, void* stream) {
+                             float* out, int64_t num_rows, int64_t hidden, runtime::CudaStream stream) {
   if (num_rows < 0 || hidden < 0) return static_cast<int>(cudaErrorInvalidValue);
   if (num_rows == 0 || hidden == 0) return static_cast<int>(cudaSuccess);
-  const auto s = static_cast<cudaStream_t>(stream);
+  const auto s = stream;
   switch (type) {
     case RowType::kFloat32: return launch_combine_as<float>(rows, gate, token_index, out, num_rows, hidden, s);
     case RowType::kBFloat16: return launch_combine_as<__nv_bfloat16>(rows, gate, token_index, out, num_rows, hidden, s);

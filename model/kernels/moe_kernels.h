@@ -13,6 +13,8 @@
 
 #include <cstdint>
 
+#include "runtime/cuda_stream.h"
+
 namespace tandem::model::kernels {
 
 struct RoutingShape {
@@ -28,7 +30,7 @@ struct RoutingShape {
 // scores [N, E] fp32 (sigmoid affinities), bias [E] fp32 (selection only; may be null = zeros)
 // -> topk_idx [N, K] int64 in descending selection order, topk_weight [N, K] fp32.
 int launch_routing_topk(const float* scores, const float* bias, int64_t* topk_idx, float* topk_weight,
-                        const RoutingShape& shape, void* stream);
+                        const RoutingShape& shape, runtime::CudaStream stream);
 
 // Element storage of rows: the kernels only move or accumulate them.
 enum class RowType { kFloat32, kBFloat16, kFloat16 };
@@ -36,13 +38,13 @@ enum class RowType { kFloat32, kBFloat16, kFloat16 };
 // out[r, :] = in[token_index[r], :] for r < num_rows; rows of row_bytes bytes (any element type:
 // a permute is a copy). token_index values must lie in [0, num_tokens).
 int launch_permute_rows(const void* in, const int64_t* token_index, void* out, int64_t num_rows, int64_t row_bytes,
-                        void* stream);
+                        runtime::CudaStream stream);
 
 // out[token_index[r], :] += gate[r] * rows[r, :] (gate null = 1), accumulated in fp32 with atomic
 // adds (the order of a token's K contributions is not fixed, as with index_add on CUDA).
 // rows [num_rows, hidden] of `type`; out [num_tokens, hidden] fp32, zeroed (or holding a base) by
 // the caller.
 int launch_unpermute_combine(const void* rows, RowType type, const float* gate, const int64_t* token_index,
-                             float* out, int64_t num_rows, int64_t hidden, void* stream);
+                             float* out, int64_t num_rows, int64_t hidden, runtime::CudaStream stream);
 
 }  // namespace tandem::model::kernels

@@ -191,12 +191,12 @@ bool valid(const FloatSegment& s) { return s.numel == 0 || (s.numel > 0 && s.dat
 }  // namespace
 
 int launch_adamw_segments(const AdamWSegment* segments, int64_t num_segments, const AdamWScalars& scalars,
-                          void* stream) {
+                          runtime::CudaStream stream) {
   if (num_segments < 0 || (num_segments > 0 && segments == nullptr)) return static_cast<int>(cudaErrorInvalidValue);
   if (!std::all_of(segments, segments + num_segments, [](const AdamWSegment& s) { return valid(s); })) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  const auto s = static_cast<cudaStream_t>(stream);
+  const auto s = stream;
   return for_each_table(segments, num_segments, [&](const SegmentTable<AdamWSegment>& table) {
     const int64_t blocks = std::min(table.total_chunks(), kMaxBlocks);
     adamw_kernel<<<static_cast<int>(blocks), kThreads, 0, s>>>(table, scalars);
@@ -207,14 +207,14 @@ int launch_adamw_segments(const AdamWSegment* segments, int64_t num_segments, co
 int64_t sum_squares_scratch_numel() { return kNormBlocks; }
 
 int launch_sum_squares(const FloatSegment* segments, int64_t num_segments, double* scratch, double* out,
-                       void* stream) {
+                       runtime::CudaStream stream) {
   if (num_segments < 0 || (num_segments > 0 && segments == nullptr) || scratch == nullptr || out == nullptr) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   if (!std::all_of(segments, segments + num_segments, [](const FloatSegment& s) { return valid(s); })) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  const auto s = static_cast<cudaStream_t>(stream);
+  const auto s = stream;
   bool accumulate = false;
   const int status = for_each_table(segments, num_segments, [&](const SegmentTable<FloatSegment>& table) {
     sum_squares_kernel<<<kNormBlocks, kThreads, 0, s>>>(table, scratch, accumulate);

@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "parallel/kernels/adamw_math.h"
+#include "runtime/cuda_stream.h"
 
 namespace tandem::parallel::kernels {
 
@@ -32,7 +33,7 @@ struct AdamWSegment {
 
 // Applies one AdamW step to every segment (host array of `num_segments`).
 int launch_adamw_segments(const AdamWSegment* segments, int64_t num_segments, const AdamWScalars& scalars,
-                          void* stream);
+                          runtime::CudaStream stream);
 
 struct FloatSegment {
   const float* data = nullptr;
@@ -45,6 +46,6 @@ int64_t sum_squares_scratch_numel();
 // *out (one device double) = sum over the segments of sum(double(x)^2). `scratch` holds
 // sum_squares_scratch_numel() device doubles, untouched by others until the launches finish.
 int launch_sum_squares(const FloatSegment* segments, int64_t num_segments, double* scratch, double* out,
-                       void* stream);
+                       runtime::CudaStream stream);
 
 }  // namespace tandem::parallel::kernels

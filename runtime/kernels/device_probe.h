@@ -5,11 +5,13 @@
 
 #include <cstdint>
 
+#include "runtime/cuda_stream.h"
+
 namespace tandem::runtime::kernels {
 
 // Fills `out[0..count)` (device memory, float32) with base + i on `stream` (a cudaStream_t;
 // nullptr = the legacy default stream). Asynchronous; returns the launch status as an int
 // (cudaError_t). Preconditions: out is a device pointer of at least `count` floats.
-int launch_fill_iota(float* out, int64_t count, float base, void* stream);
+int launch_fill_iota(float* out, int64_t count, float base, runtime::CudaStream stream);
 
 }  // namespace tandem::runtime::kernels

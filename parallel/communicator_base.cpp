@@ -1,9 +1,9 @@
-// See communicator_checks.h.
-#include "parallel/communicator_checks.h"
+// CommunicatorBase (see detail/communicator_base.h).
+#include "parallel/detail/communicator_base.h"
 
 #include <unistd.h>
 
-#include "runtime/error.h"
+#include "runtime/log.h"
 
 namespace tandem::parallel::detail {
 
@@ -23,6 +23,8 @@ bool byte_ranges_overlap(const at::Tensor& a, const at::Tensor& b) {
   const auto* b_begin = static_cast<const char*>(b.data_ptr());
   return a_begin < b_begin + b.nbytes() && b_begin < a_begin + a.nbytes();
 }
+
+namespace {
 
 std::string host_name() {
   char name[256] = {0};
@@ -89,6 +91,83 @@ std::string all_to_all_problem(const at::Tensor& output, const at::Tensor& input
   }
   if (byte_ranges_overlap(output, input)) return "`output` and `input` overlap";
   return {};
+}
+
+}  // namespace
+
+CommunicatorBase::CommunicatorBase(std::string name, std::chrono::milliseconds timeout)
+    : name_(std::move(name)), timeout_(timeout), host_(host_name()) {
+  TANDEM_CHECK(timeout.count() > 0, "communicator '{}': timeout must be positive, got {} ms", name_, timeout.count());
+}
+
+void CommunicatorBase::set_identity(int rank, int size, int world_rank, std::string prefix, std::string suffix) {
+  rank_ = rank;
+  size_ = size;
+  world_rank_ = world_rank;
+  where_prefix_ = std::move(prefix);
+  where_suffix_ = std::move(suffix);
+}
+
+std::string CommunicatorBase::describe(std::string_view op) const {
+  return fmt::format("{} on '{}' ({}rank {} of {}{})", op, name_, where_prefix_, rank_, size_, where_suffix_);
+}
+
+Error CommunicatorBase::located_error(ErrorKind kind, const char* file, int line, std::string message) const {
+  return Error(kind, std::move(message), file, line).with_location(world_rank_, host_);
+}
+
+std::string CommunicatorBase::failure_reason() const {
+  std::lock_guard<std::mutex> lock(failure_mutex_);
+  return failure_reason_;
+}
+
+bool CommunicatorBase::mark_failed(ErrorKind kind, const std::string& reason) {
+  {
+    std::lock_guard<std::mutex> lock(failure_mutex_);
+    if (failure_reason_.empty()) {
+      failure_reason_ = reason.empty() ? std::string("aborted") : reason;
+      failure_kind_ = kind;
+    }
+  }
+  if (failed_.exchange(true, std::memory_order_acq_rel)) return false;
+  TANDEM_LOG_WARN("comm", "{} communicator '{}' (rank {} of {}) aborted: {}", backend(), name_, rank_, size_, reason);
+  return true;
+}
+
+void CommunicatorBase::throw_failure(std::string_view op, const char* file, int line) const {
+  std::lock_guard<std::mutex> lock(failure_mutex_);
+  throw located_error(failure_kind_, file, line,
+                      fmt::format("{}: the communicator was aborted ({}); no further operations can run on it",
+                                  describe(op), failure_reason_));
+}
+
+void CommunicatorBase::check_usable(std::string_view op) const {
+  if (failed()) [[unlikely]]
+    throw_failure(op, __FILE__, __LINE__);
+}
+
+void CommunicatorBase::check_tensor(std::string_view op, const at::Tensor& tensor, const char* role,
+                                    const std::function<bool(const at::Tensor&)>& on_device,
+                                    std::string_view expectation) const {
+  const std::string problem = tensor_problem(tensor, role, on_device, expectation);
+  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
+}
+
+void CommunicatorBase::check_same_dtype(std::string_view op, const at::Tensor& output, const at::Tensor& input) const {
+  const std::string problem = dtype_mismatch(output, input);
+  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
+}
+
+void CommunicatorBase::check_peer(std::string_view op, int peer) const {
+  const std::string problem = peer_problem(peer, size_);
+  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
+}
+
+void CommunicatorBase::check_all_to_all(std::string_view op, const at::Tensor& output, const at::Tensor& input,
+                                        const std::vector<int64_t>& output_splits,
+                                        const std::vector<int64_t>& input_splits) const {
+  const std::string problem = all_to_all_problem(output, input, output_splits, input_splits, size_);
+  TANDEM_COMM_CHECK(*this, problem.empty(), "{}: {}", describe(op), problem);
 }
 
 }  // namespace tandem::parallel::detail

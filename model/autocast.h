@@ -28,7 +28,7 @@ class AutocastScope {
 };
 
 // The opposite, for work that must stay in fp32 inside an AutocastScope (the MoE router: its
-// logits decide the expert choice, MODEL.md): autocast is off on `device_type` while alive,
+// logits decide the expert choice, docs/model.md#moe-routing): autocast is off on `device_type` while alive,
 // then back as it was. The cast cache is left alone (the enclosing scope owns it).
 class AutocastOffScope {
  public:

@@ -1,4 +1,4 @@
-// Multi-head latent attention (MODEL.md): queries through an optional low-rank bottleneck,
+// Multi-head latent attention (docs/model.md#mla-attention): queries through an optional low-rank bottleneck,
 // keys/values from a shared compressed latent c_kv plus one rotary key shared by all heads.
 // The training form: k_nope and v are materialized per head from kv_b_proj (the absorbed form
 // is an inference optimization and is not needed here).

@@ -1,7 +1,7 @@
 // Model: the whole DeepSeek-V3-style transformer in one process, the object the single-process
 // trainer drives. It is one Stage spanning every layer plus conveniences; make_stages() cuts
 // it into pipeline stages that share its parameters (so chaining them must reproduce it
-// exactly). Parameter names are the Hugging Face DeepseekV3 state-dict names (MODEL.md), MTP
+// exactly). Parameter names are the Hugging Face DeepseekV3 state-dict names (docs/model.md#hugging-face-names), MTP
 // modules as extra layers N..N+D-1, so export is a rename-free write.
 // Not thread-safe: one thread drives forward/backward (the autograd engine may use others).
 #pragma once

@@ -90,7 +90,7 @@ at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing&
   const int64_t n = rows.size(0);
   const int64_t num_experts = options_.num_experts;
 
-  // 1. Route, in at least fp32 (MODEL.md), autocast or not: the logits pick the experts.
+  // 1. Route, in at least fp32 (docs/model.md#moe-routing), autocast or not: the logits pick the experts.
   const at::ScalarType compute = at::promote_types(rows.scalar_type(), at::kFloat);
   at::Tensor logits;  // [n, E]
   {

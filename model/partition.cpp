@@ -1,5 +1,5 @@
 // Cutting the model into pipeline stages by layer ranges, and which stages each pipeline rank
-// holds under each schedule family (DUALPIPE.md, placement).
+// holds under each schedule family (docs/dualpipe.md#placement).
 #include "model/stage.h"
 
 namespace tandem::model {

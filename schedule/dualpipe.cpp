@@ -1,4 +1,4 @@
-// DualPipe and DualPipeV generators: the eight phases of DUALPIPE.md, written once for both.
+// DualPipe and DualPipeV generators: the eight phases of docs/dualpipe.md#dualpipe-phases, written once for both.
 // DualPipe's rank r works with h = min(r, P-1-r), H = P/2 and the two flow directions ("near" is
 // the direction entering at the end closer to r); DualPipeV substitutes h = r, H = P, near =
 // chunk 0, far = chunk 1. Each direction's F and backward counters advance in micro-batch order;

@@ -1,5 +1,5 @@
 // Schedule generators: GPipe, 1F1B, interleaved 1F1B, ZB-H1, DualPipe and DualPipeV, each
-// producing the per-rank op lists that ../shared/DUALPIPE.md (docs/DUALPIPE.md) defines. Each
+// producing the per-rank op lists that docs/dualpipe.md defines. Each
 // states its own preconditions; generate() checks them and throws a kConfig error naming the
 // rule, so `tandem schedule` exits 2 on bad input. Generated schedules always pass validate().
 #pragma once
@@ -40,7 +40,7 @@ Schedule generate_interleaved(int num_ranks, int num_microbatches, int num_chunk
 // B, keeps r weight gradients queued in the steady state (so its live activations never exceed
 // P, as in 1F1B), and drains the queue at the end where 1F1B would idle.
 Schedule generate_zb1p(int num_ranks, int num_microbatches);
-// DualPipe and DualPipeV: the eight phases of DUALPIPE.md, exactly.
+// DualPipe and DualPipeV: the eight phases of docs/dualpipe.md#dualpipe-phases, exactly.
 Schedule generate_dualpipe(int num_ranks, int num_microbatches);
 Schedule generate_dualpipev(int num_ranks, int num_microbatches);
 

@@ -2,7 +2,7 @@
 // no dependency), the schedule JSON format, and the ops notation read back. The JSON form is
 //   {"kind": "1f1b", "num_ranks": 2, "num_microbatches": 2, "num_chunks": 1,
 //    "ranks": [["F0", "F1", "BW0", "BW1"], ["F0", "BW0", "F1", "BW1"]]}
-// with tokens in DUALPIPE.md's notation; "num_ranks" and "num_chunks" may be left out, "format"
+// with tokens in docs/dualpipe.md's notation; "num_ranks" and "num_chunks" may be left out, "format"
 // and "comment" are allowed, any other key is an error. Read schedules are not validated here:
 // call validate() (validator.h).
 #pragma once

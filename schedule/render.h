@@ -1,4 +1,4 @@
-// Renderers of a schedule and its timeline: `ops` (DUALPIPE.md notation), `table`, `json`,
+// Renderers of a schedule and its timeline: `ops` (docs/dualpipe.md#tokens), `table`, `json`,
 // `chrome` (Chrome trace JSON that Perfetto opens, one track per rank) and `svg` (the DualPipe
 // paper's style of figure). Chrome and SVG also take several runs (e.g. simulated next to
 // measured) and draw them as separate groups of tracks with their titles. All return strings
@@ -34,7 +34,7 @@ struct RunView {
 // "dualpipe  P=8  M=20  makespan 66  max bubble 6 (9.1%)  peak 9 act. chunks"
 std::string default_title(const Schedule& schedule, const SimResult& result);
 
-// One line `r: tok tok ...` per rank, each ending in '\n', exactly DUALPIPE.md's notation.
+// One line `r: tok tok ...` per rank, each ending in '\n', exactly docs/dualpipe.md#tokens.
 std::string render_ops(const Schedule& schedule);
 
 // Human-readable per-rank busy / bubble / peak activations / parameter chunks, with totals.

@@ -1,5 +1,5 @@
 // `tandem export`: a checkpoint -> a Hugging Face model folder (config.json + safetensors).
-// tandem's parameters already carry Hugging Face DeepseekV3 state-dict names (MODEL.md), and
+// tandem's parameters already carry Hugging Face DeepseekV3 state-dict names (docs/model.md#hugging-face-names), and
 // checkpoints address tensors by global name and shape, so export reads each global tensor
 // (assembled from whatever layout wrote it), converts its dtype and writes it under the same
 // name. Two architectures are produced:

@@ -1,5 +1,5 @@
 // Internal attention modules: multi-head / grouped-query attention and multi-head latent
-// attention (MODEL.md), both causal through scaled_dot_product_attention. Submodule names are
+// attention (docs/model.md#attention), both causal through scaled_dot_product_attention. Submodule names are
 // the HF names under "self_attn.".
 // Tensor parallelism splits the heads: each tp rank holds H/tp query heads (and, for GQA,
 // KV/tp key/value heads) as column-parallel projections and the matching columns of o_proj

@@ -1,4 +1,4 @@
-// Internal decoder layer (pre-norm attention + dense MLP or MoE) and MTP module (MODEL.md).
+// Internal decoder layer (pre-norm attention + dense MLP or MoE) and MTP module (docs/model.md#network-shape, #multi-token-prediction).
 // Module names are the HF names below "model.layers.{i}.".
 #pragma once
 

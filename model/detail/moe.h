@@ -1,6 +1,6 @@
 // Internal MoE: router (affinities in at least fp32, bias for selection only, group-limited
 // top-k, gate normalisation and scaling), sequence-wise balance loss, and the MoE layer that
-// groups token->expert work per expert with whole-tensor gathers/scatters (MODEL.md).
+// groups token->expert work per expert with whole-tensor gathers/scatters (docs/model.md#moe-layer).
 // The layer runs in explicit phases: route -> permute rows by expert -> (expert parallel:
 // all-to-all dispatch) -> experts -> (all-to-all combine) -> weight and scatter back.
 // Under tensor parallelism each tp rank routes only its own tokens: its sequence slice under
@@ -49,7 +49,7 @@ at::Tensor gate_weights(const at::Tensor& scores, const at::Tensor& topk_idx, co
 Routing route(const at::Tensor& logits, const at::Tensor& bias, const RoutingOptions& options);
 // Tokens per expert: topk_idx [..., K] -> [E] int64.
 at::Tensor expert_counts(const at::Tensor& topk_idx, int64_t num_experts);
-// alpha * mean over sequences of sum_i f_i P_i (MODEL.md). scores [B, T, E], topk_idx [B, T, K].
+// alpha * mean over sequences of sum_i f_i P_i (docs/model.md#sequence-balance-loss). scores [B, T, E], topk_idx [B, T, K].
 at::Tensor sequence_balance_loss(const at::Tensor& scores, const at::Tensor& topk_idx, const RoutingOptions& options,
                                  double alpha);
 // The same loss when each tp rank holds only some token rows of the sequences: scores [n, E],

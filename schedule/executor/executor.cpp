@@ -122,7 +122,7 @@ PipelineExecutor::PipelineExecutor(Schedule schedule, int rank, std::vector<std:
                  "chunk {} of pipeline rank {} must be stage {} of {}, got stage {} of {}", c, rank_,
                  placement.stage_of(rank_, c), schedule_.num_stages, spec.index, spec.num_stages);
   }
-  // One W FIFO for the rank (DUALPIPE.md), and the pair runner's hook where pairs exist.
+  // One W FIFO for the rank (docs/dualpipe.md#weight-gradient-queue), and the pair runner's hook where pairs exist.
   queue_ = chunks_.front()->weight_grad_queue();
   bool has_pairs = false;
   for (const Op& op : schedule_.ranks[static_cast<size_t>(rank_)]) has_pairs = has_pairs || op.is_pair();

@@ -1,5 +1,5 @@
 // PairRunner: runs the two sides of an overlapped pair (the forward of one micro-batch and the
-// backward of another, DUALPIPE.md "F+BW") so that each side's communication is in flight while
+// backward of another, docs/dualpipe.md#overlapped-pairs) so that each side's communication is in flight while
 // the other side computes. The first side runs on the calling thread, the second on a worker
 // thread the runner owns; exactly one of them runs at any time. They trade turns at every
 // OverlapHook::on_in_flight() call (the MoE layer's dispatch and combine, forward and backward):

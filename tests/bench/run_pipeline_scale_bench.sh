@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Pipeline and expert parallelism at scale (issue 11; docs/benchmarks.md, "Pipeline and expert
+# Pipeline and expert parallelism at scale (docs/benchmarks.md, "Pipeline and expert
 # parallelism at scale"): every run of the issue with `mpirun -np P tandem train` on the MoE job
 # configs/bench/moe_scale.yaml, on CPU ranks (MPI) or one GPU per rank (NCCL), for each P of --ranks:
 #   a. pp=P with each schedule (1f1b, interleaved with 2 virtual stages, zb1p, dualpipe,

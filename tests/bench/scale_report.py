@@ -9,7 +9,7 @@ the traced step (from traces/stepN/exchanges/rank*.json, --exchanges; see `excha
 `chrome`: one Chrome trace of a traced step's exchanges on every rank (see `exchange_chrome_trace`).
 `kernels`: a Kineto trace of `tandem train` (logging.trace_kernels) cut down to its device side.
 `table`: one Markdown table per part (a: pipeline schedules, b: expert all-to-all, c: combined
-layout) from result lines, plus a check line per rule of issue 11 that the numbers allow.
+layout) from result lines, plus a check line per scaling rule (docs/benchmarks.md) that the numbers allow.
 
 Definitions (docs/benchmarks.md, "Pipeline and expert parallelism at scale"):
 - exchange time: sum over the dispatch/combine all-to-alls of a rank of (wait returned - issued).

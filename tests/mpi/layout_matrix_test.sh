@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The layout equivalence matrix (issue 7), through the real binary: the micro MoE of
+# The layout equivalence matrix, through the real binary: the micro MoE of
 # train_test_common.sh (the default job's architecture with small sizes), a fixed seed, 20 steps,
 # the same global batch in every layout, gradients reduced in small buckets (several per group, so
 # reductions overlap backward). Each layout's metrics.jsonl must match the single-process run at

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Checkpoint resharding (issue 10) through the real binary, on the layout matrix's micro model
+# Checkpoint resharding through the real binary, on the layout matrix's micro model
 # (train_test_common.sh): a run under layout A trains 20 steps and checkpoints at step 10; that
 # checkpoint is resumed under layout B for steps 11-20. B's losses (and grad norms) must match
 # the uninterrupted A run to a relative 1e-5 at every step, and B's final checkpoint A's final

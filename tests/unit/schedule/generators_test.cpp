@@ -1,4 +1,4 @@
-// Generators: DUALPIPE.md's worked example token for token, a hand-derived DualPipeV case,
+// Generators: docs/dualpipe.md's worked example token for token, a hand-derived DualPipeV case,
 // the small textbook orders, the precondition messages, and the whole (P, M) grid validated.
 #include <gtest/gtest.h>
 
@@ -13,7 +13,7 @@ namespace tandem::schedule {
 namespace {
 
 TEST(ScheduleGenerators, DualPipeWorkedExampleTokenForToken) {
-  // Copied from DUALPIPE.md ("Worked example, P=4, M=8").
+  // Copied from docs/dualpipe.md#worked-example (P=4, M=8).
   const std::string expected =
       "0: F0 F1 F2 F4 B4 W4 F5 F3+BW5 F6+BW0 BW6 F7+BW1 BW7 B2 W2 B3 W3\n"
       "1: F0 F4 F1 F5 F2 BW4 F6+BW0 F3+BW5 F7+BW1 BW6 BW2 B7 B3 W7 W3\n"
@@ -23,7 +23,7 @@ TEST(ScheduleGenerators, DualPipeWorkedExampleTokenForToken) {
 }
 
 TEST(ScheduleGenerators, DualPipeVHandDerivedP2M4) {
-  // Derived by hand from DUALPIPE.md's phases with h = r, H = P = 2, near = chunk 0:
+  // Derived by hand from docs/dualpipe.md#dualpipev's phases with h = r, H = P = 2, near = chunk 0:
   // rank 0 (h=0): phase 1 F0.0 F1.0 | 2 F2.0 F0.1 | 3 B0.1 W0.1 F1.1 | 4 (1x) F3.0+BW1.1 F2.1+BW0.0
   //   | 5 BW2.1 F3.1+BW1.0 | 6 (switch at 0, h even: between) BW3.1 B2.0 | 7 W2.0 B3.0 | 8 W3.0
   // rank 1 (h=1, the last rank: phase 4's first iteration unpaired): 2 F0.0 F0.1 F1.0 F1.1

@@ -1,4 +1,4 @@
-// Planner: every applicable kind gets a row; memory columns match DUALPIPE.md's table.
+// Planner: every applicable kind gets a row; memory columns match docs/dualpipe.md#costs-and-memory.
 #include <gtest/gtest.h>
 
 #include <map>

@@ -1,4 +1,4 @@
-// Simulator: the closed forms of DUALPIPE.md and issue 4 reproduced exactly (F = B = W = 1, zero
+// Simulator: the closed forms of docs/dualpipe.md#costs-and-memory reproduced exactly (F = B = W = 1, zero
 // latency), peak live activations, the overlap model, latency, per-stage costs, and summaries of
 // measured timelines.
 #include <gtest/gtest.h>

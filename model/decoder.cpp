@@ -1,6 +1,6 @@
 // Decoder layer: x += attn(input_layernorm(x)); x += ffn(post_attention_layernorm(x)), the ffn
 // a dense SwiGLU for the first first_k_dense_replace layers and MoE after. MTP module: the
-// combination projection in front of one such layer (MODEL.md, multi-token prediction).
+// combination projection in front of one such layer (docs/model.md#multi-token-prediction).
 #include "model/detail/decoder.h"
 
 #include "runtime/error.h"
@@ -10,7 +10,7 @@ namespace tandem::model::detail {
 DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer, const ParallelGroups& groups) : layer_(layer) {
   input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps);
   post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps);
-  if (c.attention_type == "gqa") {
+  if (c.uses_gqa()) {
     gqa = GqaAttention(c, groups);
   } else {
     mla = MlaAttention(c, groups);

@@ -1,4 +1,4 @@
-// RMSNorm, SwiGLU and rotary embedding with YaRN (MODEL.md). Numerics: norm statistics and
+// RMSNorm, SwiGLU and rotary embedding with YaRN (docs/model.md#rmsnorm, #swiglu, #rotary-embedding). Numerics: norm statistics and
 // rotary tables are computed in at least fp32 (tables in float64, then cast), so a bf16 model
 // does not lose the rotary phase at long positions.
 #include <ATen/autocast_mode.h>
@@ -48,8 +48,6 @@ namespace {
 
 double yarn_mscale(double factor, double m) { return factor <= 1.0 ? 1.0 : 0.1 * m * std::log(factor) + 1.0; }
 
-bool yarn_on(const ModelConfig& c) { return c.rope_scaling.type == "yarn" && c.rope_scaling.factor > 1.0; }
-
 // Frequency index whose wavelength fits `rotations` times into the original context:
 // 2 pi theta^(2i/d) = L / rotations  =>  i = d ln(L / (2 pi rotations)) / (2 ln theta).
 double correction_dim(double rotations, int64_t dim, double theta, double original_len) {
@@ -64,7 +62,7 @@ at::Tensor rope_inv_freq(const ModelConfig& c, int64_t rope_dim) {
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   const at::Tensor index = at::arange(0, rope_dim / 2, opts);                        // [d/2]
   const at::Tensor base = at::pow(c.rope_theta, index * (-2.0 / rope_dim));           // theta^(-2i/d)
-  if (!yarn_on(c)) return base;
+  if (!c.uses_yarn()) return base;
   const auto& y = c.rope_scaling;
   const double original = static_cast<double>(y.original_max_position_embeddings);
   double low = std::floor(correction_dim(y.beta_fast, rope_dim, c.rope_theta, original));
@@ -78,14 +76,14 @@ at::Tensor rope_inv_freq(const ModelConfig& c, int64_t rope_dim) {
 }
 
 double rope_amplitude(const ModelConfig& c) {
-  if (!yarn_on(c)) return 1.0;
+  if (!c.uses_yarn()) return 1.0;
   return yarn_mscale(c.rope_scaling.factor, c.rope_scaling.mscale) /
          yarn_mscale(c.rope_scaling.factor, c.rope_scaling.mscale_all_dim);
 }
 
 double attention_softmax_scale(const ModelConfig& c, int64_t qk_head_dim) {
   double scale = 1.0 / std::sqrt(static_cast<double>(qk_head_dim));
-  if (yarn_on(c)) {
+  if (c.uses_yarn()) {
     const double m = yarn_mscale(c.rope_scaling.factor, c.rope_scaling.mscale_all_dim);
     scale *= m * m;
   }

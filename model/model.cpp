@@ -50,6 +50,7 @@ std::vector<std::shared_ptr<Stage>> Model::make_stages(const std::vector<int64_t
     impl->spec = spec;
     impl->groups = groups_;
     impl->queue = all.queue;
+    impl->objective = all.objective;
     if (impl->needs_embedding()) impl->embed = all.embed;
     for (int64_t layer = spec.layer_begin; layer < spec.layer_end; ++layer) impl->layers.push_back(all.layers[layer]);
     if (spec.is_last()) {

@@ -13,7 +13,7 @@ void ModelConfig::validate() const {
                         first_k_dense_replace, num_hidden_layers);
 
   // Attention.
-  if (attention_type == "gqa") {
+  if (uses_gqa()) {
     TANDEM_CONFIG_REQUIRE(num_attention_heads % num_key_value_heads == 0, "model.num_key_value_heads",
                           "num_attention_heads = {} must be a multiple of num_key_value_heads = {}",
                           num_attention_heads, num_key_value_heads);
@@ -28,7 +28,7 @@ void ModelConfig::validate() const {
   }
 
   // Rotary scaling.
-  if (rope_scaling.type == "yarn") {
+  if (rope_scaling.type == RopeScalingType::kYarn) {
     TANDEM_CONFIG_REQUIRE(rope_scaling.factor >= 1.0, "model.rope_scaling.factor",
                           "YaRN extends the context, so factor must be >= 1 (got {})", rope_scaling.factor);
     TANDEM_CONFIG_REQUIRE(rope_scaling.beta_fast > rope_scaling.beta_slow, "model.rope_scaling.beta_fast",

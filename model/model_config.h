@@ -1,4 +1,4 @@
-// ModelConfig: the shape of a DeepSeek-V3-family transformer (MODEL.md). Field names are those
+// ModelConfig: the shape of a DeepSeek-V3-family transformer (docs/model.md). Field names are those
 // of Hugging Face's DeepseekV3Config, so a config and an export map one to one; the few tandem
 // additions (attention_type, mtp_loss_weight, bias_update_speed, ...) are marked as such.
 // Plain data: no LibTorch here, so check-config and the simulator can size models cheaply.
@@ -12,8 +12,27 @@
 
 namespace tandem::model {
 
+// model.attention_type (a tandem addition): multi-head latent attention, or grouped-query
+// attention, which covers MHA (num_key_value_heads = num_attention_heads).
+enum class AttentionType { kMla, kGqa };
+inline constexpr config::EnumNames<AttentionType, 2> kAttentionTypeNames{
+    {{AttentionType::kMla, "mla"}, {AttentionType::kGqa, "gqa"}}};
+constexpr const auto& config_enum_names(AttentionType) { return kAttentionTypeNames; }
+
+// model.rope_scaling.type: rotary frequencies as trained, or YaRN-extended (docs/model.md).
+enum class RopeScalingType { kNone, kYarn };
+inline constexpr config::EnumNames<RopeScalingType, 2> kRopeScalingTypeNames{
+    {{RopeScalingType::kNone, "none"}, {RopeScalingType::kYarn, "yarn"}}};
+constexpr const auto& config_enum_names(RopeScalingType) { return kRopeScalingTypeNames; }
+
+// model.scoring_func: the router's affinity function (DeepSeek-V3: sigmoid).
+enum class ScoringFunc { kSigmoid, kSoftmax };
+inline constexpr config::EnumNames<ScoringFunc, 2> kScoringFuncNames{
+    {{ScoringFunc::kSigmoid, "sigmoid"}, {ScoringFunc::kSoftmax, "softmax"}}};
+constexpr const auto& config_enum_names(ScoringFunc) { return kScoringFuncNames; }
+
 struct RopeScalingConfig {
-  std::string type = "none";  // none | yarn
+  RopeScalingType type = RopeScalingType::kNone;
   double factor = 1.0;
   int64_t original_max_position_embeddings = 4096;
   double beta_fast = 32.0;
@@ -23,7 +42,7 @@ struct RopeScalingConfig {
 
   template <class V>
   void visit(V& v) {
-    v("type", type, {.doc = "Context-extension method for rotary embeddings", .choices = "none|yarn"});
+    v("type", type, {.doc = "Context-extension method for rotary embeddings"});
     v("factor", factor, {.doc = "YaRN scale factor (new context / original context)", .min = 1.0});
     v("original_max_position_embeddings", original_max_position_embeddings,
       {.doc = "Context length the rotary frequencies were trained for", .min = 1});
@@ -42,7 +61,7 @@ struct ModelConfig {
   int64_t moe_intermediate_size = 128;  // width of each routed / shared expert
   int64_t num_attention_heads = 4;
   int64_t num_key_value_heads = 4;      // GQA groups (attention_type gqa)
-  std::string attention_type = "mla";   // tandem: mla | gqa (gqa covers MHA)
+  AttentionType attention_type = AttentionType::kMla;  // tandem addition
   int64_t head_dim = 0;                 // gqa head width; 0 = hidden_size / num_attention_heads
   std::optional<int64_t> q_lora_rank;   // MLA query compression; null = direct q_proj
   int64_t kv_lora_rank = 64;
@@ -56,7 +75,7 @@ struct ModelConfig {
   int64_t topk_group = 1;
   double routed_scaling_factor = 1.0;
   bool norm_topk_prob = true;
-  std::string scoring_func = "sigmoid";  // sigmoid | softmax
+  ScoringFunc scoring_func = ScoringFunc::kSigmoid;
   int64_t first_k_dense_replace = 1;
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
@@ -79,7 +98,7 @@ struct ModelConfig {
     v("moe_intermediate_size", moe_intermediate_size, {.doc = "Width of each routed and shared expert", .min = 1});
     v("num_attention_heads", num_attention_heads, {.doc = "Attention heads", .min = 1});
     v("num_key_value_heads", num_key_value_heads, {.doc = "Key/value heads for gqa attention (= heads for MHA)", .min = 1});
-    v("attention_type", attention_type, {.doc = "mla (multi-head latent attention) or gqa (grouped-query / multi-head)", .choices = "mla|gqa"});
+    v("attention_type", attention_type, {.doc = "mla (multi-head latent attention) or gqa (grouped-query / multi-head)"});
     v("head_dim", head_dim, {.doc = "gqa head width; 0 means hidden_size / num_attention_heads", .min = 0});
     v("q_lora_rank", q_lora_rank, {.doc = "MLA query low-rank dimension; null for a direct q_proj", .min = 1});
     v("kv_lora_rank", kv_lora_rank, {.doc = "MLA compressed key/value dimension", .min = 1});
@@ -93,7 +112,7 @@ struct ModelConfig {
     v("topk_group", topk_group, {.doc = "Groups kept per token before the top-K choice", .min = 1});
     v("routed_scaling_factor", routed_scaling_factor, {.doc = "Multiplier on routed gate values", .min = 0});
     v("norm_topk_prob", norm_topk_prob, {.doc = "Normalise gate values over the chosen experts"});
-    v("scoring_func", scoring_func, {.doc = "Router affinity: sigmoid (V3) or softmax", .choices = "sigmoid|softmax"});
+    v("scoring_func", scoring_func, {.doc = "Router affinity: sigmoid (V3) or softmax"});
     v("first_k_dense_replace", first_k_dense_replace, {.doc = "Leading layers that use the dense MLP instead of MoE", .min = 0});
     v("rms_norm_eps", rms_norm_eps, {.doc = "RMSNorm epsilon", .min = 0});
     v("rope_theta", rope_theta, {.doc = "Rotary base frequency", .min = 1});
@@ -113,6 +132,9 @@ struct ModelConfig {
 
   bool is_moe_layer(int64_t layer) const { return n_routed_experts > 0 && layer >= first_k_dense_replace; }
   int64_t gqa_head_dim() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
+  bool uses_gqa() const { return attention_type == AttentionType::kGqa; }
+  // YaRN frequencies and softmax scale apply (the type is yarn and the factor stretches).
+  bool uses_yarn() const { return rope_scaling.type == RopeScalingType::kYarn && rope_scaling.factor > 1.0; }
 };
 
 }  // namespace tandem::model

@@ -13,7 +13,7 @@ int64_t num_layers_with_mtp(const ModelConfig& c) { return c.num_hidden_layers +
 int64_t attention_matmul_params(const ModelConfig& c) {
   const int64_t d = c.hidden_size;
   const int64_t h = c.num_attention_heads;
-  if (c.attention_type == "gqa") {
+  if (c.uses_gqa()) {
     const int64_t hd = c.gqa_head_dim();
     return d * h * hd                            // q_proj
            + 2 * d * c.num_key_value_heads * hd  // k_proj, v_proj
@@ -33,7 +33,7 @@ int64_t attention_matmul_params(const ModelConfig& c) {
 }
 
 int64_t attention_norm_params(const ModelConfig& c) {
-  if (c.attention_type == "gqa") return 0;
+  if (c.uses_gqa()) return 0;
   return (c.q_lora_rank ? *c.q_lora_rank : 0) + c.kv_lora_rank;  // q_a_layernorm, kv_a_layernorm
 }
 
@@ -118,7 +118,7 @@ ModelSize compute_model_size(const ModelConfig& c) {
   }
   s.attention_layers = num_layers_with_mtp(c);
   s.attention_heads = c.num_attention_heads;
-  if (c.attention_type == "gqa") {
+  if (c.uses_gqa()) {
     s.attention_qk_dim = c.gqa_head_dim();
     s.attention_v_dim = c.gqa_head_dim();
   } else {

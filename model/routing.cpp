@@ -1,4 +1,4 @@
-// Router math of the MoE layer (MODEL.md steps 1-4), the sequence-wise balance loss and the
+// Router math of the MoE layer (docs/model.md#moe-routing, steps 1-4), the sequence-wise balance loss and the
 // auxiliary-loss-free bias update. Everything is whole-tensor ([N, E] scores, [N, K] choices);
 // selection uses scores + bias, gate values use the scores alone.
 #include <limits>
@@ -16,7 +16,7 @@ RoutingOptions routing_options(const ModelConfig& c) {
   o.top_k = c.num_experts_per_tok;
   o.n_group = c.n_group;
   o.topk_group = c.topk_group;
-  o.sigmoid = c.scoring_func == "sigmoid";
+  o.sigmoid = c.scoring_func == ScoringFunc::kSigmoid;
   o.norm_topk_prob = c.norm_topk_prob;
   o.routed_scaling_factor = c.routed_scaling_factor;
   return o;

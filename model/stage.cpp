@@ -121,7 +121,7 @@ detail::RopeTables Stage::Impl::rope_tables(int64_t length, at::ScalarType dtype
   };
   auto cached = std::find_if(rope_cache.begin(), rope_cache.end(), same_kind);
   if (cached != rope_cache.end() && cached->cos.size(0) >= length) return *cached;  // layers narrow to T
-  const int64_t rope_dim = config.attention_type == "gqa" ? config.gqa_head_dim() : config.qk_rope_head_dim;
+  const int64_t rope_dim = config.uses_gqa() ? config.gqa_head_dim() : config.qk_rope_head_dim;
   detail::RopeTables tables = detail::make_rope_tables(config, rope_dim, length, dtype, device);
   if (cached != rope_cache.end()) {
     *cached = tables;
@@ -166,7 +166,15 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
     out.aux_loss = ctx.aux_loss.defined() ? ctx.aux_loss : at::zeros({}, h.options());
     return out;
   }
+  out.losses = head_losses(h, tokens, ctx);
+  out.aux_loss = out.losses.aux_loss;
+  return out;
+}
 
+LossPieces Stage::Impl::head_losses(const at::Tensor& h, const at::Tensor& tokens, detail::ForwardContext& ctx) {
+  const int64_t b = tokens.size(0);
+  const int64_t t = tokens.size(1) - 1;
+  const bool sp = ctx.sequence_parallel;
   // Main head input, then MTP depth k on positions [0, T-k) predicting tokens[:, k+1 ..]. Head
   // inputs enter the tensor-parallel region (the head is column-parallel over the vocabulary).
   std::vector<at::Tensor> head_rows{detail::enter_tp_region(norm->forward(h), ctx).reshape({b * t, -1})};  // [B*T, C]
@@ -191,26 +199,13 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
   // A tied head's weight is also the embedding, whose gradient sums several lookups in B;
   // deferring the head's share would change that summation order, so it is computed in B too.
   const std::shared_ptr<WeightGradQueue> head_queue = head ? queue : nullptr;
-  const at::Tensor logits = detail::split_linear(at::cat(head_rows, 0), head_weight(), head_queue);  // [rows, V/tp]
-  const at::ScalarType loss_dtype = at::promote_types(logits.scalar_type(), at::kFloat);
-  std::vector<at::Tensor> losses;
-  int64_t row = 0;
-  for (const at::Tensor& target : targets) {
-    const int64_t n = target.numel();
-    const at::Tensor rows = logits.narrow(0, row, n);  // [n, V/tp]
-    losses.push_back(tp > 1 ? parallel::vocab_parallel_cross_entropy(rows, target, vocab_start(), ctx.tp).mean()
-                            : at::cross_entropy_loss(rows.to(loss_dtype), target));
-    row += n;
-  }
-  LossPieces& p = out.losses;
-  p.lm_loss = losses[0];
-  p.mtp_loss = at::zeros({}, losses[0].options());
-  for (int64_t k = 1; k <= depth; ++k) p.mtp_loss = p.mtp_loss + losses[k];
-  if (depth > 0) p.mtp_loss = p.mtp_loss * (config.mtp_loss_weight / static_cast<double>(depth));
-  out.aux_loss = ctx.aux_loss.defined() ? ctx.aux_loss.to(loss_dtype) : at::zeros({}, losses[0].options());
-  p.aux_loss = out.aux_loss;
-  p.loss = p.lm_loss + p.mtp_loss + p.aux_loss;
-  return out;
+  HeadOutput head;
+  head.logits = detail::split_linear(at::cat(head_rows, 0), head_weight(), head_queue);  // [rows, V/tp]
+  head.targets = std::move(targets);
+  head.aux_loss = ctx.aux_loss;
+  head.vocab_start = vocab_start();
+  head.tp = ctx.tp;
+  return objective->losses(config, head);
 }
 
 at::Tensor Stage::Impl::main_logits(const at::Tensor& tokens) {
@@ -275,7 +270,7 @@ void check_supported_groups(const ModelConfig& c, const ParallelGroups& groups) 
   const int64_t ep = groups.ep_size();
   TANDEM_CONFIG_REQUIRE(c.num_attention_heads % tp == 0, "parallel.tp",
                         "model.num_attention_heads = {} is not divisible by tp = {}", c.num_attention_heads, tp);
-  TANDEM_CONFIG_REQUIRE(c.attention_type != "gqa" || c.num_key_value_heads % tp == 0, "parallel.tp",
+  TANDEM_CONFIG_REQUIRE(!c.uses_gqa() || c.num_key_value_heads % tp == 0, "parallel.tp",
                         "model.num_key_value_heads = {} is not divisible by tp = {}", c.num_key_value_heads, tp);
   TANDEM_CONFIG_REQUIRE(c.intermediate_size % tp == 0, "parallel.tp",
                         "model.intermediate_size = {} is not divisible by tp = {}", c.intermediate_size, tp);
@@ -350,6 +345,11 @@ void Stage::set_weight_grad_queue(std::shared_ptr<WeightGradQueue> queue) {
 }
 
 void Stage::set_overlap_hook(parallel::OverlapHookPtr hook) { impl_->overlap = std::move(hook); }
+
+void Stage::set_objective(std::shared_ptr<const Objective> objective) {
+  TANDEM_CHECK(objective != nullptr, "a stage needs an objective");
+  impl_->objective = std::move(objective);
+}
 
 std::vector<std::pair<std::string, at::Tensor>> Stage::named_parameters() const { return impl_->named_parameters(); }
 std::vector<parallel::ShardedParam> Stage::sharded_parameters() const { return impl_->sharded_parameters(); }

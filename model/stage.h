@@ -9,6 +9,8 @@
 // from the same weights. The token ids are replicated over tp; under sequence parallelism the
 // hidden states passed between stages are this rank's sequence slice [B, T/tp, C] (T % tp == 0);
 // losses are replicated over tp. Every tp and ep rank must run the same calls (collectives).
+// The last stage's losses come from its Objective (model/objective.h), next-token prediction
+// unless set otherwise.
 // Backward is driven from outside (an executor): run torch::autograd::backward on the outputs,
 // or use Stage::backward, which also decides whether weight gradients are deferred (B/W split).
 // The sequence-wise balance loss of a stage's MoE layers is injected into the backward of the
@@ -25,6 +27,7 @@
 #include <vector>
 
 #include "model/model_config.h"
+#include "model/objective.h"
 #include "model/parallel_groups.h"
 #include "model/weight_grad_queue.h"
 #include "parallel/overlap_hook.h"
@@ -66,16 +69,6 @@ std::vector<std::vector<int64_t>> interleaved_stage_assignment(int64_t pp, int64
 std::vector<std::vector<int64_t>> dualpipe_stage_assignment(int64_t pp);
 std::vector<std::vector<int64_t>> dualpipev_stage_assignment(int64_t pp);
 
-// Loss values of one micro-batch (scalars). `loss` = lm_loss + mtp_loss + aux_loss is what to
-// differentiate; aux_loss's gradient reaches the router through the hidden states (see file
-// comment), so only lm_loss and mtp_loss carry a graph through `loss` itself.
-struct LossPieces {
-  at::Tensor loss;      // [] the objective
-  at::Tensor lm_loss;   // [] next-token cross-entropy, mean over B*T positions
-  at::Tensor mtp_loss;  // [] (lambda / D) * sum_k L_k; 0 when D = 0
-  at::Tensor aux_loss;  // [] sequence-wise balance loss of the MoE layers that ran (detached)
-};
-
 struct StageInput {
   at::Tensor tokens;  // [B, T+1] int64: inputs are tokens[:, :T], next-token labels tokens[:, 1:]
   at::Tensor hidden;  // [B, T, C] ([B, T/tp, C] under sequence parallelism) from the previous
@@ -88,7 +81,7 @@ struct StageInput {
 
 struct StageOutput {
   at::Tensor hidden;    // [B, T(/tp), C] for the next stage; undefined on the last stage
-  LossPieces losses;    // last stage only
+  LossPieces losses;    // last stage only, from the stage's objective
   at::Tensor aux_loss;  // [] this stage's balance loss (detached, for logging), every stage
 };
 
@@ -125,6 +118,9 @@ class Stage {
   // (parallel/overlap_hook.h); captured by each forward, so set it before the forwards it should
   // apply to. Null (the default) runs every exchange as start + wait.
   void set_overlap_hook(parallel::OverlapHookPtr hook);
+  // What the last stage's head computes its losses with (model/objective.h); the default is
+  // next-token prediction. Set before the forwards it should apply to; not null.
+  void set_objective(std::shared_ptr<const Objective> objective);
 
   // Callbacks around each decoder layer's (and MTP module's) use of its parameters in forward
   // and backward (contract in parallel/layer_hooks.h); ZeRO-3 gathers and releases parameters

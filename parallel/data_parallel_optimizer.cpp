@@ -211,13 +211,25 @@ struct DataParallelOptimizer::Impl {
     return it == layer_buckets.begin() ? -1 : std::prev(it)->first;
   }
 
+  // Which gradient group a parameter joins: averaged over dp, partial over tp (summed over the
+  // dp*tp group), or an expert (over expert-dp).
+  enum MemberKind { kDense = 0, kTpPartial = 1, kExperts = 2, kNumMemberKinds = 3 };
+  struct Classified {
+    std::vector<GroupMember> members[kNumMemberKinds];
+    std::vector<int64_t> indices[kNumMemberKinds];  // the members' positions in the constructor's list
+  };
+
+  // Sets up groups, buckets and launch order for `params` (the constructor's list).
   void build(const std::vector<ShardedParam>& params);
+  void check_options(size_t num_params) const;
+  Classified classify(const std::vector<ShardedParam>& params);  // also fills member_of
+  void make_groups(Classified classified);
+  void order_buckets();
 };
 
-void DataParallelOptimizer::Impl::build(const std::vector<ShardedParam>& params) {
+void DataParallelOptimizer::Impl::check_options(size_t num_params) const {
   const int tp = size_of(comms.tp);
   const int dp = size_of(comms.dp);
-  const int tp_rank = comms.tp ? comms.tp->rank() : 0;
   TANDEM_CHECK_CONFIG(options.zero_stage >= 0 && options.zero_stage <= 3, "parallel.zero = {} is not 0, 1, 2 or 3",
                       options.zero_stage);
   TANDEM_CHECK_CONFIG(options.bucket_mb > 0, "parallel.grad_bucket_mb = {} must be positive", options.bucket_mb);
@@ -225,23 +237,19 @@ void DataParallelOptimizer::Impl::build(const std::vector<ShardedParam>& params)
                       "gradients are reduced in float32 or bfloat16, not {}", c10::toString(options.reduce_dtype));
   TANDEM_CHECK_CONFIG(!trivial(comms.world) || (tp == 1 && dp == 1 && trivial(comms.edp)),
                       "the data-parallel optimizer needs the world communicator for the gradient norm");
-  if (!options.layer_of) options.layer_of = default_layer_of;
-  TANDEM_CHECK(options.counted.empty() || options.counted.size() == params.size(),
-               "{} counted flags for {} parameters", options.counted.size(), params.size());
+  TANDEM_CHECK(options.counted.empty() || options.counted.size() == num_params, "{} counted flags for {} parameters",
+               options.counted.size(), num_params);
+}
 
-  // Which group a parameter belongs to, and its group's communicator.
-  enum Kind { kDense = 0, kTpPartial = 1, kExperts = 2 };
-  const char* names[] = {"dense", "dense-tp-partial", "experts"};
-  CommunicatorPtr group_comm[] = {comms.dp, nullptr, comms.edp};
-  // Never the model's tp communicator, even when dp = 1: the model's backward issues its own
-  // collectives on tp, and ours would interleave with them in a rank-dependent order.
-  if (tp > 1) group_comm[kTpPartial] = comms.dp_tp;
-  std::vector<GroupMember> members[3];
-  std::vector<int64_t> indices[3];
+DataParallelOptimizer::Impl::Classified DataParallelOptimizer::Impl::classify(
+    const std::vector<ShardedParam>& params) {
+  const int tp = size_of(comms.tp);
+  const int tp_rank = comms.tp ? comms.tp->rank() : 0;
+  Classified out;
   for (size_t i = 0; i < params.size(); ++i) {
     const ShardedParam& p = params[i];
     const ParamSharding& s = p.sharding;
-    Kind kind = kDense;
+    MemberKind kind = kDense;
     if (s.kind == ShardKind::kExpertParallel) {
       kind = kExperts;
     } else if (s.grad_partial_over_tp && tp > 1) {
@@ -262,20 +270,31 @@ void DataParallelOptimizer::Impl::build(const std::vector<ShardedParam>& params)
     member.key = options.layer_of(s.name);
     const void* impl = p.param.unsafeGetTensorImpl();
     TANDEM_CHECK(!member_of.count(impl), "parameter '{}' is passed twice to the data-parallel optimizer", s.name);
-    member_of[impl] = {static_cast<size_t>(kind), static_cast<int64_t>(members[kind].size())};
-    members[kind].push_back(std::move(member));
-    indices[kind].push_back(static_cast<int64_t>(i));
+    member_of[impl] = {static_cast<size_t>(kind), static_cast<int64_t>(out.members[kind].size())};
+    out.members[kind].push_back(std::move(member));
+    out.indices[kind].push_back(static_cast<int64_t>(i));
   }
-  TANDEM_CHECK_CONFIG(members[kTpPartial].empty() || comms.dp_tp,
+  return out;
+}
+
+void DataParallelOptimizer::Impl::make_groups(Classified classified) {
+  const int tp = size_of(comms.tp);
+  const int dp = size_of(comms.dp);
+  const char* names[] = {"dense", "dense-tp-partial", "experts"};
+  CommunicatorPtr group_comm[] = {comms.dp, nullptr, comms.edp};
+  // Never the model's tp communicator, even when dp = 1: the model's backward issues its own
+  // collectives on tp, and ours would interleave with them in a rank-dependent order.
+  if (tp > 1) group_comm[kTpPartial] = comms.dp_tp;
+  TANDEM_CHECK_CONFIG(classified.members[kTpPartial].empty() || comms.dp_tp,
                       "gradients partial over tp (tp = {}) need the dp*tp communicator", tp);
-  TANDEM_CHECK_CONFIG(members[kTpPartial].empty() || size_of(group_comm[kTpPartial]) == dp * tp,
+  TANDEM_CHECK_CONFIG(classified.members[kTpPartial].empty() || size_of(group_comm[kTpPartial]) == dp * tp,
                       "the dp*tp communicator has {} ranks, dp * tp = {}", size_of(group_comm[kTpPartial]), dp * tp);
 
   // Group index in `groups` per kind (kinds without parameters get no group).
-  size_t kind_to_group[3] = {0, 0, 0};
+  size_t kind_to_group[kNumMemberKinds] = {0, 0, 0};
   const int64_t cap = std::max<int64_t>(1, static_cast<int64_t>(options.bucket_mb * 1024.0 * 1024.0 / 4.0));
-  for (int kind = 0; kind < 3; ++kind) {
-    if (members[kind].empty()) continue;
+  for (int kind = 0; kind < kNumMemberKinds; ++kind) {
+    if (classified.members[kind].empty()) continue;
     kind_to_group[kind] = groups.size();
     BucketedGroupOptions group_options;
     group_options.name = names[kind];
@@ -284,11 +303,13 @@ void DataParallelOptimizer::Impl::build(const std::vector<ShardedParam>& params)
     group_options.zero_stage = options.zero_stage;
     group_options.bucket_cap_numel = cap;
     group_options.reduce_dtype = options.reduce_dtype;
-    groups.push_back(std::make_unique<BucketedGroup>(std::move(members[kind]), group_options));
-    original_index.push_back(std::move(indices[kind]));
+    groups.push_back(std::make_unique<BucketedGroup>(std::move(classified.members[kind]), group_options));
+    original_index.push_back(std::move(classified.indices[kind]));
   }
   for (auto& [impl, where] : member_of) where.first = kind_to_group[where.first];
+}
 
+void DataParallelOptimizer::Impl::order_buckets() {
   // Global launch order: by when a bucket should be complete in backward, i.e. by its earliest
   // parameter in the original order, latest first.
   std::vector<std::tuple<int64_t, size_t, int64_t>> keyed;
@@ -305,7 +326,13 @@ void DataParallelOptimizer::Impl::build(const std::vector<ShardedParam>& params)
     order.push_back({g, b});
     if (!groups[g]->persistent(b)) layer_buckets[groups[g]->layout().buckets[b].key].push_back({g, b});
   }
+}
 
+void DataParallelOptimizer::Impl::build(const std::vector<ShardedParam>& params) {
+  check_options(params.size());
+  if (!options.layer_of) options.layer_of = default_layer_of;
+  make_groups(classify(params));
+  order_buckets();
   layer_events = !layer_buckets.empty();
   ready.resize(groups.size());
   launched.resize(groups.size());

@@ -6,17 +6,24 @@
 #include <string>
 
 #include "runtime/config_schema.h"
+#include "schedule/ir.h"
 
 namespace tandem::parallel {
 
+// parallel.backend: what moves device tensors between the ranks of a GPU run.
+enum class BackendKind { kAuto, kMpi, kNccl };
+inline constexpr config::EnumNames<BackendKind, 3> kBackendKindNames{
+    {{BackendKind::kAuto, "auto"}, {BackendKind::kMpi, "mpi"}, {BackendKind::kNccl, "nccl"}}};
+constexpr const auto& config_enum_names(BackendKind) { return kBackendKindNames; }
+
 struct PipelineConfig {
-  std::string schedule = "1f1b";  // gpipe | 1f1b | interleaved | zb1p | dualpipe | dualpipev
+  schedule::ScheduleKind schedule = schedule::ScheduleKind::k1F1B;
   int64_t micro_batches = 0;      // micro-batches per optimizer step; 0 = derived from the batch
   int64_t virtual_stages = 1;     // chunks per rank for interleaved 1F1B
 
   template <class V>
   void visit(V& v) {
-    v("schedule", schedule, {.doc = "Pipeline schedule", .choices = "gpipe|1f1b|interleaved|zb1p|dualpipe|dualpipev"});
+    v("schedule", schedule, {.doc = "Pipeline schedule"});
     v("micro_batches", micro_batches,
       {.doc = "Micro-batches per optimizer step on each data-parallel rank; 0 = global_batch_size / "
               "(micro_batch_size * dp). When set, it must equal that quotient",
@@ -34,7 +41,7 @@ struct ParallelConfig {
   std::string order = "tp-dp-pp";
   bool sequence_parallel = false;
   double grad_bucket_mb = 25.0;
-  std::string backend = "auto";  // auto | mpi | nccl
+  BackendKind backend = BackendKind::kAuto;
   PipelineConfig pipeline;
 
   template <class V>
@@ -47,7 +54,7 @@ struct ParallelConfig {
     v("order", order, {.doc = "Rank layout, innermost axis first (a permutation of tp, dp, pp joined by '-')"});
     v("sequence_parallel", sequence_parallel, {.doc = "Shard activations along the sequence between TP regions"});
     v("grad_bucket_mb", grad_bucket_mb, {.doc = "Data-parallel gradient bucket size in MiB", .min = 0.001});
-    v("backend", backend, {.doc = "Communication backend of GPU runs: mpi (device tensors staged through the host), nccl (NCCL for device tensors and MPI for host ones; the pipeline group stays on MPI) or auto (mpi until the NCCL path is validated on GPUs); CPU runs use MPI", .choices = "auto|mpi|nccl"});
+    v("backend", backend, {.doc = "Communication backend of GPU runs: mpi (device tensors staged through the host), nccl (NCCL for device tensors and MPI for host ones; the pipeline group stays on MPI) or auto (mpi until the NCCL path is validated on GPUs); CPU runs use MPI"});
     v.section("pipeline", pipeline, "Pipeline schedule");
   }
 };

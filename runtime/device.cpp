@@ -1,6 +1,10 @@
 // Device selection (see device.h). The CUDA parts compile only when TANDEM_HAVE_CUDA is defined.
 #include "runtime/device.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <thread>
+
 #include "runtime/error.h"
 
 #ifdef TANDEM_HAVE_CUDA
@@ -44,6 +48,14 @@ std::string gpu_unavailable_reason() {
 #else
   return "built without CUDA (configure with a CUDA toolkit and -DTANDEM_WITH_CUDA=ON)";
 #endif
+}
+
+int threads_per_rank(int ranks_on_node) {
+  const char* omp = std::getenv("OMP_NUM_THREADS");
+  const int requested = omp != nullptr ? std::atoi(omp) : 0;
+  if (requested > 0) return requested;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / std::max(1, ranks_on_node));
 }
 
 int select_device_for_local_rank(int local_rank) {

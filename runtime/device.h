@@ -5,7 +5,20 @@
 
 #include <string>
 
+#include "runtime/config_schema.h"
+
 namespace tandem::runtime {
+
+// run.device: where a job trains. kAuto means this rank's GPU when one is usable, else the CPU.
+enum class DeviceKind { kAuto, kCpu, kCuda };
+inline constexpr config::EnumNames<DeviceKind, 3> kDeviceKindNames{
+    {{DeviceKind::kAuto, "auto"}, {DeviceKind::kCpu, "cpu"}, {DeviceKind::kCuda, "cuda"}}};
+constexpr const auto& config_enum_names(DeviceKind) { return kDeviceKindNames; }
+
+// Intra-op threads for one of `ranks_on_node` ranks: OMP_NUM_THREADS when the launcher set it
+// (docs/launching.md), else the node's hardware threads shared evenly (at least 1), since more
+// only oversubscribes the cores. The one rule the trainer and the placement check use.
+int threads_per_rank(int ranks_on_node);
 
 // True when this binary was built with the CUDA toolkit (kernels and the NCCL backend present).
 bool built_with_cuda();

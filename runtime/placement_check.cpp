@@ -13,11 +13,11 @@ namespace tandem::runtime {
 
 PlacementReport check_rank_placement(const PlacementInputs& in) {
   PlacementReport report;
-  const bool use_gpu = in.device == "cuda" || (in.device == "auto" && in.gpus_visible > 0);
+  const bool use_gpu = in.device == DeviceKind::kCuda || (in.device == DeviceKind::kAuto && in.gpus_visible > 0);
   report.info.push_back(fmt::format("host {}: {} rank(s), {} GPU(s) visible (CUDA_VISIBLE_DEVICES={}), {} CPU thread(s), "
                                     "run.device {} -> {}",
                                     in.host, in.ranks_on_node, in.gpus_visible, in.cuda_visible_devices, in.cpu_cores,
-                                    in.device, use_gpu ? "one GPU per rank" : "CPU"));
+                                    config::enum_name(in.device), use_gpu ? "one GPU per rank" : "CPU"));
   if (use_gpu) {
     if (in.gpus_visible == 0) {
       report.warnings.push_back(fmt::format(
@@ -51,17 +51,13 @@ PlacementReport check_rank_placement(const PlacementInputs& in) {
   return report;
 }
 
-PlacementReport log_rank_placement(const ProcessContext& process, const std::string& device, int threads_per_rank) {
+PlacementReport log_rank_placement(const ProcessContext& process, DeviceKind device, int threads_per_rank) {
   PlacementInputs in;
   in.host = process.host;
   in.ranks_on_node = process.local_size;
-  in.gpus_visible = device == "cpu" ? 0 : cuda_device_count();
+  in.gpus_visible = device == DeviceKind::kCpu ? 0 : cuda_device_count();
   in.device = device;
   in.cpu_cores = std::max(1u, std::thread::hardware_concurrency());
-  if (threads_per_rank <= 0) {
-    const char* omp = std::getenv("OMP_NUM_THREADS");
-    threads_per_rank = omp != nullptr ? std::max(1, std::atoi(omp)) : 1;
-  }
   in.threads_per_rank = threads_per_rank;
   const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
   in.cuda_visible_devices = visible != nullptr ? visible : "(unset)";

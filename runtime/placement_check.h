@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/device.h"
+
 namespace tandem::runtime {
 
 struct ProcessContext;
@@ -17,7 +19,7 @@ struct PlacementInputs {
   std::string host;
   int ranks_on_node = 1;         // ProcessContext::local_size
   int gpus_visible = 0;          // cuda_device_count()
-  std::string device = "auto";   // run.device: auto | cpu | cuda
+  DeviceKind device = DeviceKind::kAuto;  // run.device
   int cpu_cores = 1;             // hardware threads of the node
   int threads_per_rank = 1;      // intra-op threads each rank uses (OMP_NUM_THREADS or torch's)
   std::string cuda_visible_devices;  // the variable's value; "(unset)" when it is not set
@@ -31,10 +33,10 @@ struct PlacementReport {
 
 PlacementReport check_rank_placement(const PlacementInputs& inputs);
 
-// Fills PlacementInputs for this process (device count, cores, OMP_NUM_THREADS, CUDA_VISIBLE_DEVICES)
-// and logs the report: rank 0 logs the info line, the first rank of every node logs its node's
-// warnings (so a mismatch on any node is seen). `threads_per_rank` <= 0 reads OMP_NUM_THREADS
-// (1 when unset). Returns this node's report. Never throws; no collectives.
-PlacementReport log_rank_placement(const ProcessContext& process, const std::string& device, int threads_per_rank = 0);
+// Fills PlacementInputs for this process (device count, cores, CUDA_VISIBLE_DEVICES) with the
+// intra-op threads each rank uses, and logs the report: rank 0 logs the info line, the first rank
+// of every node logs its node's warnings (so a mismatch on any node is seen). Returns this node's
+// report. Never throws; no collectives.
+PlacementReport log_rank_placement(const ProcessContext& process, DeviceKind device, int threads_per_rank);
 
 }  // namespace tandem::runtime

@@ -26,24 +26,15 @@ bool iequals(std::string_view a, std::string_view b) {
 }
 }  // namespace
 
-std::string_view schedule_kind_name(ScheduleKind kind) {
-  switch (kind) {
-    case ScheduleKind::kGpipe: return "gpipe";
-    case ScheduleKind::k1F1B: return "1f1b";
-    case ScheduleKind::kInterleaved: return "interleaved";
-    case ScheduleKind::kZb1p: return "zb1p";
-    case ScheduleKind::kDualPipe: return "dualpipe";
-    case ScheduleKind::kDualPipeV: return "dualpipev";
-  }
-  return "?";
-}
+std::string_view schedule_kind_name(ScheduleKind kind) { return config::enum_name(kind); }
 
 ScheduleKind parse_schedule_kind(std::string_view name) {
   for (ScheduleKind kind : kAllScheduleKinds) {
     if (iequals(name, schedule_kind_name(kind))) return kind;
   }
-  TANDEM_THROW(kConfig, "unknown schedule kind '{}' (known: gpipe, 1f1b, interleaved, zb1p, dualpipe, dualpipev)",
-               name);
+  std::vector<std::string_view> known;
+  for (ScheduleKind kind : kAllScheduleKinds) known.push_back(schedule_kind_name(kind));
+  TANDEM_THROW(kConfig, "unknown schedule kind '{}' (known: {})", name, fmt::join(known, ", "));
 }
 
 bool shows_chunk(ScheduleKind kind) {

@@ -1,6 +1,6 @@
 // The pipeline schedule IR: for every pipeline rank, the ordered list of ops it runs in one
 // optimizer step. Generators produce it, the validator checks it, the simulator plays it and the
-// executor (a later issue) runs it on real stages, so what is simulated is what runs.
+// executor (schedule/executor/) runs it on real stages, so what is simulated is what runs.
 // Invariants of a valid Schedule (see validator.h): every (micro-batch, stage) has exactly one F
 // and one backward (BW, or B followed later by W on the same rank); an op's (rank, chunk) is the
 // slot the Placement gives its (micro-batch, stage); the p2p an op implies is derived from the
@@ -15,15 +15,27 @@
 #include <string_view>
 #include <vector>
 
+#include "runtime/config_schema.h"
+
 namespace tandem::schedule {
 
 enum class ScheduleKind : std::uint8_t { kGpipe, k1F1B, kInterleaved, kZb1p, kDualPipe, kDualPipeV };
+
+// The names of the kinds (DESIGN.md section 9): job files (parallel.pipeline.schedule), the CLI
+// and schedule JSON files spell them so.
+inline constexpr config::EnumNames<ScheduleKind, 6> kScheduleKindNames{{{ScheduleKind::kGpipe, "gpipe"},
+                                                                         {ScheduleKind::k1F1B, "1f1b"},
+                                                                         {ScheduleKind::kInterleaved, "interleaved"},
+                                                                         {ScheduleKind::kZb1p, "zb1p"},
+                                                                         {ScheduleKind::kDualPipe, "dualpipe"},
+                                                                         {ScheduleKind::kDualPipeV, "dualpipev"}}};
+constexpr const auto& config_enum_names(ScheduleKind) { return kScheduleKindNames; }
 
 inline constexpr std::array<ScheduleKind, 6> kAllScheduleKinds = {
     ScheduleKind::kGpipe, ScheduleKind::k1F1B,     ScheduleKind::kInterleaved,
     ScheduleKind::kZb1p,  ScheduleKind::kDualPipe, ScheduleKind::kDualPipeV};
 
-// "gpipe", "1f1b", "interleaved", "zb1p", "dualpipe", "dualpipev" (DESIGN.md section 9).
+// The kind's name in kScheduleKindNames.
 std::string_view schedule_kind_name(ScheduleKind kind);
 
 // Inverse of schedule_kind_name (case-insensitive). Throws tandem::Error(kConfig) naming the
@@ -32,7 +44,7 @@ ScheduleKind parse_schedule_kind(std::string_view name);
 
 // Whether tokens of this kind print the chunk (`F3.1`): only where a rank holds several stages
 // that a micro-batch visits in turn (interleaved, dualpipev). DualPipe's chunk is implied by the
-// micro-batch's direction, so it is not printed (DUALPIPE.md).
+// micro-batch's direction, so it is not printed (docs/dualpipe.md#tokens).
 bool shows_chunk(ScheduleKind kind);
 
 // One compute piece. B computes the input gradient and queues its weight gradient, which a later
@@ -179,7 +191,7 @@ struct Schedule {
 // small enough to simulate (kConfig); the kind's own rules are the generators' business.
 Schedule make_empty_schedule(ScheduleKind kind, int num_ranks, int num_microbatches, int num_chunks);
 
-// --- Tokens (DUALPIPE.md notation) ------------------------------------------------------------
+// --- Tokens (docs/dualpipe.md#tokens) -------------------------------------------------------------
 // `F3`, `B4`, `W4`, `BW5`, `F3+BW5`; with the chunk: `F3.0`, `F4.1+BW0.0`.
 void append_piece(std::string& out, const Piece& piece, bool show_chunk);
 void append_op(std::string& out, const Op& op, bool show_chunk);

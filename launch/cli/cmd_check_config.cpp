@@ -54,12 +54,12 @@ void print_report(const JobConfig& config, int64_t world, bool quiet) {
   out += fmt::format("  MTP modules            {:>12}  ({})\n", human_count(size.mtp_params), size.mtp_params);
   out += fmt::format("  training FLOPs/token   {:>12.4g}  (seq {})\n",
                      size.train_flops_per_token(config.data.seq_length), config.data.seq_length);
-  const bool bf16 = config.train.precision == "bf16" || (config.train.precision == "auto" && config.run.device != "cpu");
+  const Precision precision = estimated_precision(config);
   out += fmt::format("\n# memory per rank (estimate, {}, zero {}, {} with {} micro-batches)\n",
-                     bf16 ? "bf16 + fp32 master" : "fp32", config.parallel.zero, config.parallel.pipeline.schedule,
-                     config.parallel.pipeline.micro_batches);
+                     precision == Precision::kBf16 ? "bf16 + fp32 master" : "fp32", config.parallel.zero,
+                     config::enum_name(config.parallel.pipeline.schedule), config.parallel.pipeline.micro_batches);
   out += "  pp rank      params     weights       grads   optimizer  activations (live)       total\n";
-  for (const RankMemory& rank : estimate_memory(config, bf16)) {
+  for (const RankMemory& rank : estimate_memory(config, precision)) {
     out += fmt::format("  {:>7} {:>11} {:>11} {:>11} {:>11} {:>12} ({:>3}) {:>11}\n", rank.pp_rank,
                        human_count(rank.params), format_bytes(rank.weight_bytes), format_bytes(rank.grad_bytes),
                        format_bytes(rank.optimizer_bytes), format_bytes(rank.activation_bytes), rank.live_microbatches,
@@ -71,7 +71,7 @@ void print_report(const JobConfig& config, int64_t world, bool quiet) {
   out += "  zero     weights       grads   optimizer       total\n";
   for (int64_t zero = 0; zero <= 3; ++zero) {
     RankMemory most;
-    for (const RankMemory& rank : estimate_memory(config, bf16, zero)) {
+    for (const RankMemory& rank : estimate_memory(config, precision, zero)) {
       if (rank.weight_bytes + rank.grad_bytes + rank.optimizer_bytes >
           most.weight_bytes + most.grad_bytes + most.optimizer_bytes) {
         most = rank;

@@ -87,15 +87,15 @@ std::vector<Candidate> evaluate(const JobConfig& config, int virtual_stages) {
   const auto rows = schedule::compare_schedules(
       static_cast<int>(config.parallel.pp), static_cast<int>(config.parallel.pipeline.micro_batches), virtual_stages,
       schedule::work_cost_factory(work.layers, work.hardware, work.first_extra, work.last_extra));
-  const bool bf16 = config.train.precision == "bf16" || (config.train.precision == "auto" && config.run.device != "cpu");
+  const Precision precision = estimated_precision(config);
   std::vector<Candidate> candidates;
   for (const schedule::CompareRow& row : rows) {
     JobConfig variant = config;
-    variant.parallel.pipeline.schedule = std::string(schedule::schedule_kind_name(row.kind));
+    variant.parallel.pipeline.schedule = row.kind;
     variant.parallel.pipeline.virtual_stages = row.kind == schedule::ScheduleKind::kInterleaved ? virtual_stages : 1;
     if (variant.model.num_hidden_layers < row.num_stages) continue;  // not enough layers for its stages
     double peak = 0;
-    for (const RankMemory& rank : estimate_memory(variant, bf16)) peak = std::max(peak, rank.total_bytes());
+    for (const RankMemory& rank : estimate_memory(variant, precision)) peak = std::max(peak, rank.total_bytes());
     candidates.push_back({row, config.data.micro_batch_size, peak});
   }
   return candidates;
@@ -146,13 +146,13 @@ CommandRunner add_simulate_command(CLI::App& app) {
     const JobConfig config = load_job_config(options->job_path, options->overrides, world);
     if (measured) {
       const schedule::Schedule& ran = measured->schedule;
-      TANDEM_CHECK_INPUT(config.parallel.pipeline.schedule == schedule::schedule_kind_name(ran.kind) &&
+      TANDEM_CHECK_INPUT(config.parallel.pipeline.schedule == ran.kind &&
                              config.parallel.pp == ran.num_ranks &&
                              config.parallel.pipeline.micro_batches == ran.num_microbatches,
                          "--measured {}: the traces are of {} over pp {} with {} micro-batches, but the job says {} "
                          "over pp {} with {}; give the job file (and --set overrides) of the traced run",
                          options->measured_dir, schedule::schedule_kind_name(ran.kind), ran.num_ranks,
-                         ran.num_microbatches, config.parallel.pipeline.schedule, config.parallel.pp,
+                         ran.num_microbatches, config::enum_name(config.parallel.pipeline.schedule), config.parallel.pp,
                          config.parallel.pipeline.micro_batches);
     }
     env.setup.pass();

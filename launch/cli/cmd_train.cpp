@@ -33,17 +33,17 @@ struct TrainOptions {
 
 // The communicator factory for this run (see the file comment).
 // `device`: this rank's CUDA device index on GPU runs.
-parallel::CommunicatorFactory communicator_factory(const std::string& backend, std::chrono::seconds timeout,
+parallel::CommunicatorFactory communicator_factory(parallel::BackendKind backend, std::chrono::seconds timeout,
                                                    bool gpu, int device) {
   parallel::CommunicatorFactory mpi = parallel::mpi_communicator_factory(timeout);
   if (!gpu) {
-    TANDEM_CHECK_CONFIG(backend != "nccl",
+    TANDEM_CHECK_CONFIG(backend != parallel::BackendKind::kNccl,
                         "parallel.backend: nccl needs a GPU run (run.device cuda, or auto with a GPU); this run is on "
                         "the CPU, use mpi or auto");
     return mpi;
   }
   parallel::CommunicatorFactory staged = parallel::host_staged_factory(mpi);
-  if (backend != "nccl") return staged;
+  if (backend != parallel::BackendKind::kNccl) return staged;
   TANDEM_CHECK_CONFIG(parallel::nccl_backend_available(),
                       "parallel.backend: nccl, but this build has no NCCL backend (configure with the CUDA toolkit "
                       "and NCCL); use mpi");

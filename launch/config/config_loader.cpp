@@ -28,7 +28,7 @@ std::string type_name() {
   if constexpr (std::is_same_v<T, bool>) return "bool";
   else if constexpr (std::is_integral_v<T>) return "integer";
   else if constexpr (std::is_floating_point_v<T>) return "number";
-  else if constexpr (std::is_same_v<T, std::string>) return "string";
+  else if constexpr (std::is_same_v<T, std::string> || config::kIsConfigEnum<T>) return "string";
   else if constexpr (IsOptional<T>::value) return type_name<typename T::value_type>() + " or null";
   else if constexpr (IsVector<T>::value) return "list of " + type_name<typename T::value_type>();
   else static_assert(sizeof(T) == 0, "unsupported config field type");
@@ -120,6 +120,15 @@ void decode(const Source& source, const std::string& key, const YAML::Node& node
     }
     if (!node.IsScalar()) fail(source, key, node, "expected a string, got a list or mapping");
     out = node.Scalar();
+  } else if constexpr (config::kIsConfigEnum<T>) {
+    if (!node.IsScalar()) fail(source, key, node, "expected a string, got a list or mapping");
+    const std::optional<T> parsed = config::parse_enum<T>(node.Scalar());
+    if (!parsed) {
+      const std::vector<std::string> choices = split(config::enum_choices<T>(), '|');
+      fail(source, key, node, fmt::format("'{}' is not one of {}{}", node.Scalar(), fmt::join(choices, ", "),
+                                          did_you_mean(node.Scalar(), choices)));
+    }
+    out = *parsed;
   } else {
     const std::string shown = node.IsScalar() ? "'" + node.Scalar() + "'" : std::string("a list or mapping");
     T value{};
@@ -279,6 +288,7 @@ template <class T>
 std::string scalar_text(const T& value) {
   if constexpr (std::is_same_v<T, bool>) return value ? "true" : "false";
   else if constexpr (std::is_arithmetic_v<T>) return fmt::format("{}", value);
+  else if constexpr (config::kIsConfigEnum<T>) return scalar_text(std::string(config::enum_name(value)));
   else if constexpr (std::is_same_v<T, std::string>) {
     // Quote what YAML would otherwise read as something other than this string.
     const bool plain = !value.empty() && value.find_first_of(":#{}[],&*!|>'\"%@`") == std::string::npos &&
@@ -317,6 +327,7 @@ class ReferencePrinter {
   void operator()(const char* name, T& field, const config::FieldInfo& info) {
     std::string allowed;
     if (info.choices) allowed = fmt::format("{}", fmt::join(split(info.choices, '|'), ", "));
+    if constexpr (config::kIsConfigEnum<T>) allowed = fmt::format("{}", fmt::join(split(config::enum_choices<T>(), '|'), ", "));
     if (std::isfinite(info.min) && std::isfinite(info.max)) allowed = fmt::format("{} .. {}", info.min, info.max);
     else if (std::isfinite(info.min)) allowed = fmt::format(">= {}", info.min);
     rows_ += fmt::format("| `{}{}` | {} | `{}` | {} | {} |\n", prefix_, name, type_name<T>(), scalar_text(field),

@@ -10,22 +10,36 @@
 #include "parallel/parallel_config.h"
 #include "runtime/config_schema.h"
 #include "runtime/data/data_config.h"
+#include "runtime/device.h"
 #include "runtime/runtime_config.h"
 
 namespace tandem::launch {
+
+// train.precision. kAuto resolves per device (resolve_precision); kBf16 is bf16 autocast around
+// the forward with fp32 master weights, gradients and optimizer state.
+enum class Precision { kAuto, kFp32, kBf16 };
+inline constexpr config::EnumNames<Precision, 3> kPrecisionNames{
+    {{Precision::kAuto, "auto"}, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"}}};
+constexpr const auto& config_enum_names(Precision) { return kPrecisionNames; }
+
+// optim.lr_schedule: the learning rate after warm-up.
+enum class LrSchedule { kCosine, kConstant };
+inline constexpr config::EnumNames<LrSchedule, 2> kLrScheduleNames{
+    {{LrSchedule::kCosine, "cosine"}, {LrSchedule::kConstant, "constant"}}};
+constexpr const auto& config_enum_names(LrSchedule) { return kLrScheduleNames; }
 
 struct RunConfig {
   std::string name = "tandem";
   std::string output_dir = "runs/tandem";
   int64_t seed = 1234;
-  std::string device = "auto";  // auto | cpu | cuda
+  runtime::DeviceKind device = runtime::DeviceKind::kAuto;
 
   template <class V>
   void visit(V& v) {
     v("name", name, {.doc = "Run name, used in logs"});
     v("output_dir", output_dir, {.doc = "Where metrics.jsonl, TensorBoard events, traces and checkpoints go"});
     v("seed", seed, {.doc = "Seed for weights, data order and everything random", .min = 0});
-    v("device", device, {.doc = "Where to train: auto (GPU when present), cpu or cuda", .choices = "auto|cpu|cuda"});
+    v("device", device, {.doc = "Where to train: auto (GPU when present), cpu or cuda"});
   }
 };
 
@@ -39,7 +53,7 @@ struct OptimConfig {
   double weight_decay = 0.1;
   double grad_clip = 1.0;
   int64_t warmup_steps = 10;
-  std::string lr_schedule = "cosine";  // cosine | constant
+  LrSchedule lr_schedule = LrSchedule::kCosine;
 
   template <class V>
   void visit(V& v) {
@@ -52,20 +66,20 @@ struct OptimConfig {
     v("weight_decay", weight_decay, {.doc = "Decoupled weight decay (not applied to norms and biases)", .min = 0});
     v("grad_clip", grad_clip, {.doc = "Global gradient-norm clip; 0 = off", .min = 0});
     v("warmup_steps", warmup_steps, {.doc = "Linear warm-up steps", .min = 0});
-    v("lr_schedule", lr_schedule, {.doc = "Shape after warm-up", .choices = "cosine|constant"});
+    v("lr_schedule", lr_schedule, {.doc = "Shape after warm-up"});
   }
 };
 
 struct TrainConfig {
   int64_t steps = 100;
-  std::string precision = "auto";  // auto | fp32 | bf16
+  Precision precision = Precision::kAuto;
   int64_t eval_interval = 0;
   int64_t eval_steps = 4;
 
   template <class V>
   void visit(V& v) {
     v("steps", steps, {.doc = "Optimizer steps to train", .min = 1});
-    v("precision", precision, {.doc = "auto (bf16 on GPU, fp32 on CPU), fp32 or bf16 (fp32 master weights)", .choices = "auto|fp32|bf16"});
+    v("precision", precision, {.doc = "auto (bf16 on GPU, fp32 on CPU), fp32 or bf16 (fp32 master weights)"});
     v("eval_interval", eval_interval, {.doc = "Evaluate on the held-out split every N steps; 0 = off", .min = 0});
     v("eval_steps", eval_steps,
       {.doc = "Held-out batches of global_batch_size samples per evaluation (the same samples in every layout)",
@@ -124,5 +138,20 @@ struct JobConfig {
   // parallel.dp when it is 0. Throws config::KeyError naming the offending key.
   void resolve_and_validate(int64_t world_size);
 };
+
+// Model chunks (stages) each pipeline rank holds: virtual_stages for the interleaved schedule,
+// two for DualPipe/DualPipeV, else one.
+int pipeline_chunks(const parallel::PipelineConfig& pipeline);
+// Whether the job runs through the pipeline executor: more than one pipeline rank, or a schedule
+// that places several stages on one rank (dualpipev, interleaved with pp = 1).
+bool uses_pipeline(const JobConfig& config);
+
+// The device a rank trains on: `wanted` (run.device), where auto means the GPU when
+// `gpu_usable`. Returns kCpu or kCuda; cuda without a usable GPU is the caller's error to report.
+runtime::DeviceKind resolve_device(runtime::DeviceKind wanted, bool gpu_usable);
+// The precision a run on `device` (kCpu or kCuda) trains in: `wanted` (train.precision), where
+// auto means bf16 on GPUs and fp32 on CPUs. Training, check-config, simulate and the benchmarks
+// all decide through this one rule. Returns kFp32 or kBf16.
+Precision resolve_precision(Precision wanted, runtime::DeviceKind device);
 
 }  // namespace tandem::launch

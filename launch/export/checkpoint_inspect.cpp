@@ -86,7 +86,7 @@ std::string describe_model(const CheckpointManifest& manifest) {
                                             m.n_shared_experts, m.num_experts_per_tok)
                               : std::string("dense");
     return fmt::format("run '{}': {} attention, {} layers (+{} MTP), hidden {}, {}, vocab {}: {} parameters (+{} MTP)",
-                       config.run.name, m.attention_type, m.num_hidden_layers,
+                       config.run.name, config::enum_name(m.attention_type), m.num_hidden_layers,
                        m.num_nextn_predict_layers, m.hidden_size, experts, m.vocab_size, size.total_params,
                        size.mtp_params);
   } catch (const Error& error) {

@@ -32,7 +32,7 @@ constexpr const char* kSingleFile = "model.safetensors";
 constexpr const char* kIndexFile = "model.safetensors.index.json";
 constexpr const char* kConfigFile = "config.json";
 
-bool is_llama(const model::ModelConfig& c) { return c.attention_type == "gqa"; }
+bool is_llama(const model::ModelConfig& c) { return c.uses_gqa(); }
 
 bool has_moe(const model::ModelConfig& c) {
   return c.n_routed_experts > 0 && c.first_k_dense_replace < c.num_hidden_layers;
@@ -79,7 +79,7 @@ class JsonObject {
 
 std::string rope_scaling_json(const model::ModelConfig& c) {
   const model::RopeScalingConfig& y = c.rope_scaling;
-  if (y.type != "yarn" || y.factor <= 1.0) return "null";
+  if (!c.uses_yarn()) return "null";
   return JsonObject()
       .str("type", "yarn")
       .str("rope_type", "yarn")
@@ -307,7 +307,7 @@ std::string hf_config_json(const model::ModelConfig& c, const std::string& torch
         .num("topk_group", c.topk_group)
         .num("routed_scaling_factor", c.routed_scaling_factor)
         .boolean("norm_topk_prob", c.norm_topk_prob)
-        .str("scoring_func", c.scoring_func)
+        .str("scoring_func", config::enum_name(c.scoring_func))
         .str("topk_method", "noaux_tc")
         .num("first_k_dense_replace", has_moe(c) ? c.first_k_dense_replace : c.num_hidden_layers)
         .num("moe_layer_freq", 1)
@@ -349,11 +349,11 @@ ExportResult export_hugging_face(const std::string& checkpoint_path, const std::
   const JobConfig config = job_config_from_manifest(manifest, result.checkpoint_dir + "/manifest.pb");
   const model::ModelConfig& c = config.model;
   result.architecture = hf_architecture(c);
-  if (c.scoring_func != "sigmoid" && has_moe(c)) {
+  if (c.scoring_func != model::ScoringFunc::kSigmoid && has_moe(c)) {
     result.warnings.push_back("scoring_func is softmax: Hugging Face's DeepseekV3 router always uses sigmoid, so its "
                               "outputs will differ from tandem's");
   }
-  if (is_llama(c) && c.rope_scaling.type == "yarn" && c.rope_scaling.factor > 1.0) {
+  if (is_llama(c) && c.uses_yarn()) {
     result.warnings.push_back("YaRN with gqa attention: Llama applies no mscale_all_dim to the softmax scale, so long-"
                               "context outputs may differ from tandem's");
   }

@@ -20,16 +20,14 @@
 #include "schedule/simulator.h"
 
 namespace tandem::launch {
-namespace {
 
-}  // namespace
-
-std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16, int64_t zero_stage) {
+std::vector<RankMemory> estimate_memory(const JobConfig& config, Precision precision, int64_t zero_stage) {
+  TANDEM_CHECK(precision != Precision::kAuto, "estimate_memory needs a resolved precision (resolve_precision)");
+  const bool bf16 = precision == Precision::kBf16;
   const model::ModelConfig& m = config.model;
   const parallel::ParallelConfig& p = config.parallel;
-  const auto kind = schedule::parse_schedule_kind(p.pipeline.schedule);
-  const int chunks = kind == schedule::ScheduleKind::kInterleaved ? static_cast<int>(p.pipeline.virtual_stages)
-                                                                   : schedule::default_num_chunks(kind);
+  const schedule::ScheduleKind kind = p.pipeline.schedule;
+  const int chunks = pipeline_chunks(p.pipeline);
   const schedule::Placement placement =
       schedule::placement_for(kind, static_cast<int>(p.pp), chunks, static_cast<int>(p.pipeline.micro_batches));
   const int64_t num_stages = placement.num_stages();
@@ -93,6 +91,10 @@ std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16, int6
     ranks.push_back(memory);
   }
   return ranks;
+}
+
+Precision estimated_precision(const JobConfig& config) {
+  return resolve_precision(config.train.precision, resolve_device(config.run.device, /*gpu_usable=*/true));
 }
 
 std::string format_bytes(double bytes) {

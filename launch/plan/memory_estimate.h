@@ -24,9 +24,14 @@ struct RankMemory {
 };
 
 // One entry per pipeline rank (ranks with the same pp coordinate hold the same amount).
-// `bf16` selects mixed precision (2-byte weights + fp32 master) versus plain fp32. `zero_stage`
-// overrides parallel.zero (-1: the job's), so a report can compare the stages.
-std::vector<RankMemory> estimate_memory(const JobConfig& config, bool bf16, int64_t zero_stage = -1);
+// `precision` (resolved: resolve_precision) selects mixed precision (2-byte weights + fp32
+// master) or plain fp32. `zero_stage` overrides parallel.zero (-1: the job's), so a report can
+// compare the stages.
+std::vector<RankMemory> estimate_memory(const JobConfig& config, Precision precision, int64_t zero_stage = -1);
+
+// The precision an estimate assumes: resolve_precision on the device the job is meant for, where
+// run.device auto counts as a GPU (check-config and plan usually run away from the GPU nodes).
+Precision estimated_precision(const JobConfig& config);
 
 std::string format_bytes(double bytes);
 

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "launch/train/step_tracing.h"
 #include "model/stage.h"
 #include "parallel/process_grid.h"
 #include "runtime/error.h"
@@ -23,27 +24,28 @@ using parallel::GroupKind;
 constexpr int kTraceTag = 30000;
 
 schedule::Schedule job_schedule(const JobConfig& config) {
-  const auto kind = schedule::parse_schedule_kind(config.parallel.pipeline.schedule);
-  const int chunks = kind == schedule::ScheduleKind::kInterleaved
-                         ? static_cast<int>(config.parallel.pipeline.virtual_stages)
-                         : schedule::default_num_chunks(kind);
-  return schedule::generate(kind, static_cast<int>(config.parallel.pp),
-                            static_cast<int>(config.parallel.pipeline.micro_batches), chunks);
+  return schedule::generate(config.parallel.pipeline.schedule, static_cast<int>(config.parallel.pp),
+                            static_cast<int>(config.parallel.pipeline.micro_batches),
+                            pipeline_chunks(config.parallel.pipeline));
 }
 
 }  // namespace
 
-bool uses_pipeline(const JobConfig& config) {
-  const auto kind = schedule::parse_schedule_kind(config.parallel.pipeline.schedule);
-  const int chunks = kind == schedule::ScheduleKind::kInterleaved
-                         ? static_cast<int>(config.parallel.pipeline.virtual_stages)
-                         : schedule::default_num_chunks(kind);
-  return config.parallel.pp > 1 || chunks > 1;
+void check_pipeline_supported(const JobConfig& config) {
+  if (!uses_pipeline(config)) return;
+  const auto& p = config.parallel;
+  TANDEM_CHECK_CONFIG(p.zero <= 1,
+                      "parallel.zero = {} with a pipeline (pp = {}, {}): the pipeline path of `tandem train` keeps "
+                      "each stage's gradients whole until the step's last backward and shards optimizer state only "
+                      "(zero 1); use --set parallel.zero=1 or 0",
+                      p.zero, p.pp, config::enum_name(p.pipeline.schedule));
 }
 
 PipelineRunner::PipelineRunner(const JobConfig& config, const parallel::ProcessGrid& grid,
-                               const model::ParallelGroups& groups, const at::Device& device, bool bf16)
+                               const model::ParallelGroups& groups, const TrainingDevice& device,
+                               std::shared_ptr<const model::Objective> objective)
     : config_(config), grid_(grid) {
+  check_pipeline_supported(config);
   schedule::Schedule plan = job_schedule(config);
   const int pp_rank = static_cast<int>(grid.coord().pp);
   // The executor matches pipeline messages by tag and posts receives ahead of their ops; NCCL
@@ -57,13 +59,14 @@ PipelineRunner::PipelineRunner(const JobConfig& config, const parallel::ProcessG
   for (int c = 0; c < plan.num_chunks; ++c) {
     chunks_.push_back(model::Stage::build(config.model, static_cast<uint64_t>(config.run.seed), groups,
                                           specs[static_cast<size_t>(plan.placement.stage_of(pp_rank, c))]));
-    chunks_.back()->to(device);
+    chunks_.back()->set_objective(objective);
+    chunks_.back()->to(device.device);
     chunks_.back()->train(true);
   }
   schedule::ExecutorOptions options;
   options.loss_scale = 1.0 / static_cast<double>(config.parallel.pipeline.micro_batches);
-  options.device = device;
-  options.autocast_bf16 = bf16;
+  options.device = device.device;
+  options.autocast_bf16 = device.bf16();
   executor_ = std::make_unique<schedule::PipelineExecutor>(std::move(plan), pp_rank, chunks_,
                                                            grid.shared(GroupKind::kPipeline), options);
 }
@@ -79,7 +82,7 @@ std::vector<parallel::ShardedParam> PipelineRunner::sharded_parameters() const {
   return out;
 }
 
-std::vector<bool> PipelineRunner::primary_flags() const {
+std::vector<bool> PipelineRunner::counted_parameters() const {
   std::vector<bool> out;
   for (size_t c = 0; c < chunks_.size(); ++c) {
     for (const auto& [name, param] : chunks_[c]->named_parameters()) {
@@ -111,7 +114,13 @@ std::vector<std::pair<std::string, at::Tensor>> PipelineRunner::named_buffers(bo
   return out;
 }
 
-PipelineRunner::Losses PipelineRunner::train_step(const std::vector<at::Tensor>& micro_batches, int64_t step) {
+void PipelineRunner::attach(parallel::DataParallelOptimizer& /*optimizer*/) {
+  // The data-parallel reduction starts after the schedule's last backward (finish_gradient_sync);
+  // nothing hooks into the stages, which is why ZeRO 2/3 are refused (check_pipeline_supported).
+  check_pipeline_supported(config_);
+}
+
+StepLosses PipelineRunner::forward_backward(const std::vector<at::Tensor>& micro_batches, int64_t step) {
   const schedule::StepReport report = executor_->run_step(micro_batches);
   // LM and MTP losses live where each micro-batch's last stage ran, balance losses in every stage.
   double lm = 0, mtp = 0, aux = 0;
@@ -122,14 +131,15 @@ PipelineRunner::Losses PipelineRunner::train_step(const std::vector<at::Tensor>&
   const double scale = 1.0 / static_cast<double>(micro_batches.size());
   at::Tensor sums = at::tensor({lm * scale, mtp * scale, aux * scale}, at::kDouble);
   grid_.pp().all_reduce(sums);
-  Losses out;
+  StepLosses out;
   out.lm_loss = sums[0].item<double>();
   out.mtp_loss = sums[1].item<double>();
   out.aux_loss = sums[2].item<double>();
+  // The executor reports the pieces, not the objective's total: this is the total of the
+  // next-token objective (model/objective.h), the only one pipelines train with so far.
   out.loss = out.lm_loss + out.mtp_loss + out.aux_loss;
 
-  const auto& traced = config_.logging.trace_steps;
-  if (std::find(traced.begin(), traced.end(), step) != traced.end()) {
+  if (is_traced_step(config_, step)) {
     std::vector<double> times;
     for (const schedule::OpTime& t : report.op_times) times.insert(times.end(), {t.start, t.end});
     write_trace(step, times);
@@ -174,7 +184,9 @@ void PipelineRunner::write_trace(int64_t step, const std::vector<double>& op_tim
 }
 
 double PipelineRunner::evaluate(const std::vector<at::Tensor>& micro_batches) {
+  train(false);
   const std::optional<std::vector<double>> losses = executor_->evaluate(micro_batches);
+  train(true);
   double sum = 0;
   if (losses) {
     for (double l : *losses) sum += l;
@@ -190,12 +202,11 @@ at::Tensor PipelineRunner::expert_load() const {
   return load;
 }
 
-void PipelineRunner::reset_expert_load() {
-  for (auto& chunk : chunks_) chunk->reset_expert_load();
-}
-
 void PipelineRunner::update_routing_bias(const at::Tensor& counts) {
-  for (auto& chunk : chunks_) chunk->update_routing_bias(counts);
+  for (auto& chunk : chunks_) {
+    if (config_.model.n_routed_experts > 0) chunk->update_routing_bias(counts);
+    chunk->reset_expert_load();
+  }
 }
 
 void PipelineRunner::train(bool on) {

@@ -22,6 +22,7 @@ struct Stage::Impl {
   std::shared_ptr<WeightGradQueue> queue = std::make_shared<WeightGradQueue>();
   parallel::OverlapHookPtr overlap;  // see Stage::set_overlap_hook
   std::shared_ptr<parallel::LayerHooks> layer_hooks;  // null: none (see Stage::set_layer_hooks)
+  std::shared_ptr<const Objective> objective = default_objective();  // see Stage::set_objective
 
   detail::TokenEmbedding embed{nullptr};  // stage 0; a copy on the last stage when it needs one
   std::vector<detail::DecoderLayer> layers;  // global indices spec.layer_begin ..
@@ -54,6 +55,9 @@ struct Stage::Impl {
   std::vector<std::pair<std::string, at::Tensor>> named_buffers() const;
 
   StageOutput forward(const StageInput& input);
+  // The last stage's part of forward: final norm, MTP modules, the head over all their rows, and
+  // the objective's losses. h [B, T(/tp), C] is the last decoder layer's output.
+  LossPieces head_losses(const at::Tensor& h, const at::Tensor& tokens, detail::ForwardContext& ctx);
   // [B, T] -> [B, T, V/tp] (this rank's vocabulary columns); stage spanning the model only.
   at::Tensor main_logits(const at::Tensor& tokens);
   // Queue and parallel groups of a forward; the caller adds the rotary tables and loss scale.

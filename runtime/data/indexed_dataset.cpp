@@ -257,10 +257,16 @@ IndexedDataset IndexedDataset::open(const std::string& prefix, std::string_view 
   dataset.prefix_ = prefix;
   dataset.idx_ = MappedFile::open(prefix + ".idx");
   dataset.bin_ = MappedFile::open(prefix + ".bin");
-  const std::string& idx_path = dataset.idx_.path();
-  const uint8_t* idx = dataset.idx_.data();
-  const size_t idx_size = dataset.idx_.size();
+  dataset.read_header();
+  dataset.check_sequences();
+  dataset.check_document_index();
+  return dataset;
+}
 
+void IndexedDataset::read_header() {
+  const std::string& idx_path = idx_.path();
+  const uint8_t* idx = idx_.data();
+  const size_t idx_size = idx_.size();
   TANDEM_CHECK_INPUT(idx_size >= sizeof(kMagic) && std::memcmp(idx, kMagic, sizeof(kMagic)) == 0,
                      "{}: wrong magic: not a Megatron indexed dataset (expected the bytes \"MMIDIDX\\x00\\x00\")",
                      idx_path);
@@ -272,7 +278,7 @@ IndexedDataset IndexedDataset::open(const std::string& prefix, std::string_view 
   const int code = idx[17];
   const std::optional<TokenDtype> dtype = token_dtype_from_code(code);
   TANDEM_CHECK_INPUT(dtype.has_value(), "{}: unsupported dtype code {} (known: 1-8)", idx_path, code);
-  dataset.dtype_ = *dtype;
+  dtype_ = *dtype;
   const uint64_t num_sequences = load<uint64_t>(idx + 18);
   const uint64_t num_entries = load<uint64_t>(idx + 26);
 
@@ -293,38 +299,42 @@ IndexedDataset IndexedDataset::open(const std::string& prefix, std::string_view 
                      "entries); the file is corrupt or not in the MMIDIDX layout",
                      idx_path, idx_size - expected, num_sequences, num_entries);
   TANDEM_CHECK_INPUT(num_entries >= 1, "{}: the document index is empty (it must start with 0)", idx_path);
-  dataset.num_sequences_ = static_cast<int64_t>(num_sequences);
-  dataset.num_document_entries_ = static_cast<int64_t>(num_entries);
+  num_sequences_ = static_cast<int64_t>(num_sequences);
+  num_document_entries_ = static_cast<int64_t>(num_entries);
+}
 
-  const int64_t item = token_dtype_size_bytes(dataset.dtype_);
-  const uint64_t bin_size = dataset.bin_.size();
+void IndexedDataset::check_sequences() {
+  const int64_t item = token_dtype_size_bytes(dtype_);
+  const uint64_t bin_size = bin_.size();
   int64_t tokens = 0;
-  for (int64_t s = 0; s < dataset.num_sequences_; ++s) {
-    const int64_t length = dataset.sequence_length(s);
-    const int64_t pointer = dataset.sequence_pointer(s);
-    TANDEM_CHECK_INPUT(length >= 0, "{}: sequence {} has negative size {}", idx_path, s, length);
+  for (int64_t s = 0; s < num_sequences_; ++s) {
+    const int64_t length = sequence_length(s);
+    const int64_t pointer = sequence_pointer(s);
+    TANDEM_CHECK_INPUT(length >= 0, "{}: sequence {} has negative size {}", idx_.path(), s, length);
     TANDEM_CHECK_INPUT(pointer >= 0 && static_cast<uint64_t>(pointer) <= bin_size &&
                            static_cast<uint64_t>(length * item) <= bin_size - static_cast<uint64_t>(pointer),
                        "{}: truncated or mismatched: sequence {} ({} tokens of {} at byte {}) ends past the end of "
                        "{} ({} bytes)",
-                       idx_path, s, length, token_dtype_name(dataset.dtype_), pointer, dataset.bin_.path(), bin_size);
+                       idx_.path(), s, length, token_dtype_name(dtype_), pointer, bin_.path(), bin_size);
     tokens += length;
   }
-  dataset.num_tokens_ = tokens;
+  num_tokens_ = tokens;
+}
+
+void IndexedDataset::check_document_index() const {
   int64_t previous = 0;
-  for (int64_t entry = 0; entry < dataset.num_document_entries_; ++entry) {
-    const int64_t value = dataset.document_index(entry);
-    TANDEM_CHECK_INPUT(entry > 0 || value == 0, "{}: the document index starts with {}, not 0", idx_path, value);
-    TANDEM_CHECK_INPUT(value >= previous && value <= dataset.num_sequences_,
+  for (int64_t entry = 0; entry < num_document_entries_; ++entry) {
+    const int64_t value = document_index(entry);
+    TANDEM_CHECK_INPUT(entry > 0 || value == 0, "{}: the document index starts with {}, not 0", idx_.path(), value);
+    TANDEM_CHECK_INPUT(value >= previous && value <= num_sequences_,
                        "{}: document index entry {} is {} (after {}); entries must rise from 0 to the sequence "
                        "count {}",
-                       idx_path, entry, value, previous, dataset.num_sequences_);
+                       idx_.path(), entry, value, previous, num_sequences_);
     previous = value;
   }
-  TANDEM_CHECK_INPUT(previous == dataset.num_sequences_,
-                     "{}: the document index ends at sequence {} but the file has {} sequences", idx_path, previous,
-                     dataset.num_sequences_);
-  return dataset;
+  TANDEM_CHECK_INPUT(previous == num_sequences_,
+                     "{}: the document index ends at sequence {} but the file has {} sequences", idx_.path(), previous,
+                     num_sequences_);
 }
 
 int64_t IndexedDataset::load_i64(size_t byte_offset) const { return load<int64_t>(idx_.data() + byte_offset); }

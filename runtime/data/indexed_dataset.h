@@ -130,6 +130,11 @@ class IndexedDataset {
 
  private:
   IndexedDataset() = default;
+  // The validation steps of open(): the .idx header (dtype and counts), every sequence inside the
+  // .bin (and the token count), the document index rising from 0 to the sequence count.
+  void read_header();
+  void check_sequences();
+  void check_document_index() const;
   int64_t load_i64(size_t byte_offset) const;
 
   std::string prefix_;

@@ -23,6 +23,8 @@
 #include <vector>
 
 #include "launch/config/config_loader.h"
+#include "launch/plan/memory_estimate.h"
+#include "launch/train/training_device.h"
 #include "model/autocast.h"
 #include "model/init.h"
 #include "model/model.h"
@@ -96,16 +98,6 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-at::Device pick_device(const std::string& wanted) {
-  const bool gpu_usable = runtime::gpu_unavailable_reason().empty() && at::hasCUDA();
-  TANDEM_CHECK_CONFIG(wanted != "cuda" || gpu_usable, "run.device: cuda, but no GPU is usable ({})",
-                      runtime::gpu_unavailable_reason());
-  if (wanted == "cuda" || (wanted == "auto" && gpu_usable)) {
-    return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(runtime::select_device_for_local_rank(0)));
-  }
-  return at::Device(at::kCPU);
-}
-
 void synchronize(const at::Device& device) {
 #ifdef TANDEM_HAVE_CUDA
   if (device.is_cuda()) at::cuda::getCurrentCUDAStream(device.index()).synchronize();
@@ -174,12 +166,12 @@ void write_model_json(const std::string& path, const launch::JobConfig& job, boo
       "\"micro_batch_size\": {}, \"seq_length\": {}, \"bf16\": {}, \"lr\": {}, \"beta1\": {}, \"beta2\": {}, "
       "\"eps\": {}, \"weight_decay\": {}, \"grad_clip\": {}, \"seed\": {}, \"flops_per_token\": {}, "
       "\"peak_flops\": {}, \"cpu_peak_flops\": {}, \"total_params\": {}}}\n",
-      m.attention_type, m.vocab_size, m.hidden_size, m.num_hidden_layers, m.intermediate_size,
+      config::enum_name(m.attention_type), m.vocab_size, m.hidden_size, m.num_hidden_layers, m.intermediate_size,
       m.moe_intermediate_size, m.num_attention_heads, m.num_key_value_heads, m.gqa_head_dim(), m.n_routed_experts,
       m.n_shared_experts, m.num_experts_per_tok, m.n_group, m.topk_group, m.routed_scaling_factor,
-      m.norm_topk_prob ? "true" : "false", m.scoring_func, m.first_k_dense_replace, m.rms_norm_eps, m.rope_theta,
+      m.norm_topk_prob ? "true" : "false", config::enum_name(m.scoring_func), m.first_k_dense_replace, m.rms_norm_eps, m.rope_theta,
       m.tie_word_embeddings ? "true" : "false", m.num_nextn_predict_layers, m.aux_loss_alpha, m.bias_update_speed,
-      m.initializer_range, m.rope_scaling.type, job.data.micro_batch_size, job.data.seq_length,
+      m.initializer_range, config::enum_name(m.rope_scaling.type), job.data.micro_batch_size, job.data.seq_length,
       bf16 ? "true" : "false", job.optim.lr, job.optim.beta1, job.optim.beta2, job.optim.eps,
       job.optim.weight_decay, job.optim.grad_clip, job.run.seed, flops_per_token,
       job.hardware.gpu_tflops * 1e12, cpu_peak_flops(job), size.model_params());
@@ -187,10 +179,13 @@ void write_model_json(const std::string& path, const launch::JobConfig& job, boo
 
 int run(const Options& options) {
   const launch::JobConfig job = launch::load_job_config(options.config_path, options.overrides, 1);
-  // --describe touches no device: it reports what a run on run.device would be.
-  const at::Device device = options.describe ? at::Device(job.run.device == "cpu" ? at::kCPU : at::kCUDA)
-                                             : pick_device(job.run.device);
-  const bool bf16 = job.train.precision == "bf16" || (job.train.precision == "auto" && device.is_cuda());
+  // --describe touches no device: it reports on the device the job is meant for (as check-config).
+  const launch::TrainingDevice trained_on =
+      options.describe ? launch::TrainingDevice{job.run.device == runtime::DeviceKind::kCpu ? at::kCPU : at::kCUDA,
+                                                launch::estimated_precision(job)}
+                       : launch::resolve_training_device(job, /*local_rank=*/0, "this host");
+  const at::Device device = trained_on.device;
+  const bool bf16 = trained_on.bf16();
   const model::ModelSize size = model::compute_model_size(job.model);
   const int64_t batch = job.data.micro_batch_size;
   const int64_t seq = job.data.seq_length;

@@ -39,7 +39,7 @@ struct Layout {
   int64_t tp;
   int64_t ep;  // dp = world / tp
   bool sequence_parallel = false;
-  std::string attention = "mla";
+  AttentionType attention = AttentionType::kMla;
   bool defer_weight_grads = false;
 };
 
@@ -226,7 +226,7 @@ std::vector<Layout> layouts() {
        .tp = 2,
        .ep = 1,
        .sequence_parallel = true,
-       .attention = "gqa",
+       .attention = AttentionType::kGqa,
        .defer_weight_grads = true},
       {.name = "ep2 (dp2)", .world = 2, .tp = 1, .ep = 2},
       {.name = "tp2 ep2", .world = 2, .tp = 2, .ep = 2},
@@ -238,7 +238,7 @@ std::vector<Layout> layouts() {
        .defer_weight_grads = true},
       {.name = "tp4", .world = 4, .tp = 4, .ep = 1},
       {.name = "tp4 sp", .world = 4, .tp = 4, .ep = 1, .sequence_parallel = true},
-      {.name = "tp4 gqa, W deferred", .world = 4, .tp = 4, .ep = 1, .attention = "gqa", .defer_weight_grads = true},
+      {.name = "tp4 gqa, W deferred", .world = 4, .tp = 4, .ep = 1, .attention = AttentionType::kGqa, .defer_weight_grads = true},
       {.name = "ep4 (dp4)", .world = 4, .tp = 1, .ep = 4},
       {.name = "tp2 ep2 (dp2)", .world = 4, .tp = 2, .ep = 2},
       {.name = "tp2 ep4 sp (dp2)", .world = 4, .tp = 2, .ep = 4, .sequence_parallel = true},

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "launch/config/config_loader.h"
+#include "launch/plan/memory_estimate.h"
 
 namespace tandem::launch {
 namespace {
@@ -32,7 +33,7 @@ TEST(ConfigLoader, DefaultJobLoadsOnFourRanks) {
   const JobConfig config = load_job_config(kTinyJob, {}, 4);
   EXPECT_EQ(config.run.name, "tiny_moe");
   EXPECT_EQ(config.parallel.pp, 4);
-  EXPECT_EQ(config.parallel.pipeline.schedule, "dualpipe");
+  EXPECT_EQ(config.parallel.pipeline.schedule, schedule::ScheduleKind::kDualPipe);
   EXPECT_EQ(config.parallel.dp, 1);  // derived from the world
   EXPECT_EQ(config.parallel.pipeline.micro_batches, 8);  // derived: 16 / (2 * 1) >= 2 * pp
   EXPECT_EQ(config.logging.trace_steps, (std::vector<int64_t>{50}));
@@ -94,9 +95,11 @@ TEST(ConfigLoader, LayoutsThatDoNotFitTheWorldAreRejected) {
 
 TEST(ConfigLoader, ScheduleRulesComeFromTheScheduleLibrary) {
   // dualpipe needs an even pp and at least 2*pp micro-batches.
-  expect_rejected("parallel:\n  pp: 3\n  pipeline:\n    schedule: dualpipe\ndata:\n  global_batch_size: 12\n  micro_batch_size: 1\n",
+  expect_rejected("parallel:\n  pp: 3\n  pipeline:\n    schedule: dualpipe\n"
+                  "data:\n  global_batch_size: 12\n  micro_batch_size: 1\n",
                   {"job.yaml:4", "parallel.pipeline.schedule", "even"}, {}, 3);
-  expect_rejected("parallel:\n  pp: 4\n  pipeline:\n    schedule: dualpipe\ndata:\n  global_batch_size: 4\n  micro_batch_size: 1\n",
+  expect_rejected("parallel:\n  pp: 4\n  pipeline:\n    schedule: dualpipe\n"
+                  "data:\n  global_batch_size: 4\n  micro_batch_size: 1\n",
                   {"parallel.pipeline.schedule", "micro_batches = 4"}, {}, 4);
   expect_rejected("parallel:\n  pipeline:\n    micro_batches: 3\ndata:\n  global_batch_size: 16\n  micro_batch_size: 4\n",
                   {"job.yaml:3", "parallel.pipeline.micro_batches", "is 3, but global_batch_size"}, {}, 1);
@@ -146,6 +149,46 @@ TEST(ConfigLoader, ExampleConfigsAreValid) {
   EXPECT_EQ(v3.parallel.dp, 128);
   EXPECT_EQ(v3.parallel.pipeline.micro_batches, 120);  // 15360 / (1 * 128)
   EXPECT_NO_THROW(load_job_config(dir + "moe_16e_gpu.yaml", {}, 1));
+}
+
+TEST(ConfigLoader, ChoicesAreEnumsParsedOnceAndPrintedBack) {
+  const JobConfig config = load_job_config(kTinyJob,
+                                           {"run.device=cuda", "train.precision=bf16", "optim.lr_schedule=constant",
+                                            "model.attention_type=gqa", "model.num_key_value_heads=2",
+                                            "model.rope_scaling.type=yarn", "model.rope_scaling.factor=4",
+                                            "parallel.backend=nccl", "parallel.pipeline.schedule=zb1p"},
+                                           4);
+  EXPECT_EQ(config.run.device, runtime::DeviceKind::kCuda);
+  EXPECT_EQ(config.train.precision, Precision::kBf16);
+  EXPECT_EQ(config.optim.lr_schedule, LrSchedule::kConstant);
+  EXPECT_EQ(config.model.attention_type, model::AttentionType::kGqa);
+  EXPECT_TRUE(config.model.uses_yarn());
+  EXPECT_EQ(config.parallel.backend, parallel::BackendKind::kNccl);
+  EXPECT_EQ(config.parallel.pipeline.schedule, schedule::ScheduleKind::kZb1p);
+  // The printed config (what checkpoints store) loads back to the same choices.
+  const JobConfig again = load_job_config_from_string(job_config_to_yaml(config), "printed", {}, 4);
+  EXPECT_EQ(job_config_to_yaml(again), job_config_to_yaml(config));
+  EXPECT_EQ(again.parallel.pipeline.schedule, schedule::ScheduleKind::kZb1p);
+  expect_rejected("train:\n  precision: fp16\n",
+                  {"job.yaml:2", "train.precision", "'fp16' is not one of auto, fp32, bf16"});
+  expect_rejected("run:\n  device: gpu\n", {"run.device", "'gpu' is not one of auto, cpu, cuda"});
+}
+
+TEST(ConfigLoader, DeviceAndPrecisionResolveByOneRule) {
+  using runtime::DeviceKind;
+  EXPECT_EQ(resolve_device(DeviceKind::kAuto, true), DeviceKind::kCuda);
+  EXPECT_EQ(resolve_device(DeviceKind::kAuto, false), DeviceKind::kCpu);
+  EXPECT_EQ(resolve_device(DeviceKind::kCpu, true), DeviceKind::kCpu);
+  EXPECT_EQ(resolve_device(DeviceKind::kCuda, false), DeviceKind::kCuda);  // the caller reports it
+  EXPECT_EQ(resolve_precision(Precision::kAuto, DeviceKind::kCuda), Precision::kBf16);
+  EXPECT_EQ(resolve_precision(Precision::kAuto, DeviceKind::kCpu), Precision::kFp32);
+  EXPECT_EQ(resolve_precision(Precision::kBf16, DeviceKind::kCpu), Precision::kBf16);
+  EXPECT_EQ(resolve_precision(Precision::kFp32, DeviceKind::kCuda), Precision::kFp32);
+  EXPECT_THROW(resolve_precision(Precision::kAuto, DeviceKind::kAuto), Error);
+  // Estimates (check-config, simulate, plan) take auto as the GPUs the job is meant for.
+  EXPECT_EQ(estimated_precision(load_job_config(kTinyJob, {}, 4)), Precision::kFp32);  // device: cpu
+  EXPECT_EQ(estimated_precision(load_job_config(kTinyJob, {"run.device=auto", "train.precision=auto"}, 4)),
+            Precision::kBf16);
 }
 
 }  // namespace

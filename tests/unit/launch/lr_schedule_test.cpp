@@ -14,7 +14,7 @@ TEST(LrSchedule, LinearWarmupThenCosineToMinLr) {
   optim.lr = 1e-3;
   optim.min_lr = 1e-4;
   optim.warmup_steps = 10;
-  optim.lr_schedule = "cosine";
+  optim.lr_schedule = LrSchedule::kCosine;
   EXPECT_DOUBLE_EQ(learning_rate(optim, 1, 110), 1e-4);   // 1/10 of the peak
   EXPECT_DOUBLE_EQ(learning_rate(optim, 5, 110), 5e-4);
   EXPECT_DOUBLE_EQ(learning_rate(optim, 10, 110), 1e-3);  // peak at the end of warm-up
@@ -29,12 +29,12 @@ TEST(LrSchedule, ConstantAfterWarmupAndNoWarmup) {
   OptimConfig optim;
   optim.lr = 2e-3;
   optim.warmup_steps = 4;
-  optim.lr_schedule = "constant";
+  optim.lr_schedule = LrSchedule::kConstant;
   EXPECT_DOUBLE_EQ(learning_rate(optim, 2, 100), 1e-3);
   EXPECT_DOUBLE_EQ(learning_rate(optim, 4, 100), 2e-3);
   EXPECT_DOUBLE_EQ(learning_rate(optim, 77, 100), 2e-3);
   optim.warmup_steps = 0;
-  optim.lr_schedule = "cosine";
+  optim.lr_schedule = LrSchedule::kCosine;
   optim.min_lr = 0;
   EXPECT_DOUBLE_EQ(learning_rate(optim, 1, 100), 2e-3 * 0.5 * (1 + std::cos(std::numbers::pi * 0.01)));
 }

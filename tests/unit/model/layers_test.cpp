@@ -1,5 +1,5 @@
 // RMSNorm, rotary/YaRN, SwiGLU, GQA attention and MLA against references written here with
-// plain tensor ops (MODEL.md), and their gradients against central finite differences in
+// plain tensor ops (docs/model.md), and their gradients against central finite differences in
 // float64. Prints the worst error of each family.
 #include <cmath>
 #include <numbers>
@@ -103,7 +103,7 @@ TEST(ModelLayers, RopeMatchesComplexRotationAndFiniteDifferences) {
 
 TEST(ModelLayers, YarnKeepsShortWavelengthsAndStretchesLongOnes) {
   ModelConfig c;  // DeepSeek-V3's extension: factor 40 over 4096, rope width 64
-  c.rope_scaling.type = "yarn";
+  c.rope_scaling.type = RopeScalingType::kYarn;
   c.rope_scaling.factor = 40;
   c.rope_scaling.original_max_position_embeddings = 4096;
   const int64_t d = 64;
@@ -184,7 +184,7 @@ TEST(ModelLayers, GqaAttentionMatchesReferenceAndFiniteDifferences) {
   double worst_fwd = 0, worst_fd = 0;
   for (int64_t kv_heads : {4, 2, 1}) {  // MHA, GQA, MQA
     ModelConfig c;
-    c.attention_type = "gqa";
+    c.attention_type = AttentionType::kGqa;
     c.hidden_size = 16;
     c.num_attention_heads = 4;
     c.num_key_value_heads = kv_heads;
@@ -207,7 +207,7 @@ TEST(ModelLayers, GqaAttentionMatchesReferenceAndFiniteDifferences) {
 
 TEST(ModelLayers, AttentionIsCausal) {
   ModelConfig c;
-  c.attention_type = "gqa";
+  c.attention_type = AttentionType::kGqa;
   c.hidden_size = 16;
   detail::GqaAttention attn(c);
   randomize(*attn, 20);
@@ -237,7 +237,7 @@ ModelConfig tiny_mla(bool q_lora, bool yarn) {
   c.qk_rope_head_dim = 4;
   c.v_head_dim = 6;
   if (yarn) {
-    c.rope_scaling.type = "yarn";
+    c.rope_scaling.type = RopeScalingType::kYarn;
     c.rope_scaling.factor = 4;
     c.rope_scaling.original_max_position_embeddings = 4;
     c.rope_scaling.mscale = 0.8;  // != mscale_all_dim, so the rotary amplitude is exercised too
@@ -246,7 +246,7 @@ ModelConfig tiny_mla(bool q_lora, bool yarn) {
   return c;
 }
 
-// MLA written out from MODEL.md.
+// MLA written out from docs/model.md#mla-attention.
 at::Tensor ref_mla(const detail::MlaAttention& a, const ModelConfig& c, const at::Tensor& x) {
   const int64_t b = x.size(0), t = x.size(1), h = c.num_attention_heads;
   const int64_t dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim, dv = c.v_head_dim, r = c.kv_lora_rank;
@@ -267,7 +267,7 @@ at::Tensor ref_mla(const detail::MlaAttention& a, const ModelConfig& c, const at
   const at::Tensor q_full = at::cat({qh.slice(-1, 0, dn), ref_rope(qh.slice(-1, dn, dn + dr), inv, amp)}, -1);
   const at::Tensor k_full = at::cat({kv.slice(-1, 0, dn), k_rope.repeat({1, h, 1, 1})}, -1);
   double scale = 1.0 / std::sqrt(double(dn + dr));
-  if (c.rope_scaling.type == "yarn") {
+  if (c.rope_scaling.type == RopeScalingType::kYarn) {
     const double m = 0.1 * c.rope_scaling.mscale_all_dim * std::log(c.rope_scaling.factor) + 1.0;
     scale *= m * m;
   }

@@ -21,7 +21,7 @@ ModelConfig deepseek_v3() {
   c.moe_intermediate_size = 2048;
   c.num_attention_heads = 128;
   c.num_key_value_heads = 128;
-  c.attention_type = "mla";
+  c.attention_type = AttentionType::kMla;
   c.q_lora_rank = 1536;
   c.kv_lora_rank = 512;
   c.qk_nope_head_dim = 128;
@@ -75,7 +75,7 @@ TEST(ModelSize, DeepSeekV3MatchesPublishedCounts) {
   const ModelConfig c = deepseek_v3();
   c.validate();
   const ModelSize s = compute_model_size(c);
-  // Hand count (MODEL.md shapes): embedding and head 926,679,040 each; MLA + 2 norms
+  // Hand count (docs/model.md shapes): embedding and head 926,679,040 each; MLA + 2 norms
   // 187,121,664 per layer; dense MLP 396,361,728; MoE 256 * 44,040,192 + 44,040,192 + 1,835,008.
   EXPECT_EQ(s.total_params, 671'026'404'352);
   EXPECT_EQ(s.activated_params, 36'625'603'584);
@@ -178,12 +178,12 @@ TEST(ModelConfigValidate, RejectsInconsistentFields) {
   EXPECT_EQ(failing_key([](ModelConfig& c) { c.num_experts_per_tok = 9; }), "model.num_experts_per_tok");
   EXPECT_EQ(failing_key([](ModelConfig& c) { c.n_group = 4; c.topk_group = 1; c.num_experts_per_tok = 3; }),
             "model.num_experts_per_tok");  // only 2 experts survive the group limit
-  EXPECT_EQ(failing_key([](ModelConfig& c) { c.attention_type = "gqa"; c.num_key_value_heads = 3; }),
+  EXPECT_EQ(failing_key([](ModelConfig& c) { c.attention_type = AttentionType::kGqa; c.num_key_value_heads = 3; }),
             "model.num_key_value_heads");
-  EXPECT_EQ(failing_key([](ModelConfig& c) { c.attention_type = "gqa"; c.num_attention_heads = 3; c.num_key_value_heads = 3; }),
+  EXPECT_EQ(failing_key([](ModelConfig& c) { c.attention_type = AttentionType::kGqa; c.num_attention_heads = 3; c.num_key_value_heads = 3; }),
             "model.num_attention_heads");
   EXPECT_EQ(failing_key([](ModelConfig& c) { c.qk_rope_head_dim = 7; }), "model.qk_rope_head_dim");
-  EXPECT_EQ(failing_key([](ModelConfig& c) { c.rope_scaling.type = "yarn"; c.rope_scaling.factor = 0.5; }),
+  EXPECT_EQ(failing_key([](ModelConfig& c) { c.rope_scaling.type = RopeScalingType::kYarn; c.rope_scaling.factor = 0.5; }),
             "model.rope_scaling.factor");
   EXPECT_EQ(failing_key([](ModelConfig& c) { c.first_k_dense_replace = 5; }), "model.first_k_dense_replace");
   EXPECT_EQ(failing_key([](ModelConfig& c) { c.n_routed_experts = 0; c.n_group = 3; }), "");  // dense: no MoE rules

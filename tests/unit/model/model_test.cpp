@@ -32,7 +32,7 @@ TEST(Model, ParameterCountsMatchModelSize) {
   for (int variant = 0; variant < 6; ++variant) {
     ModelConfig c = tiny_config();
     if (variant == 1) c.q_lora_rank.reset();
-    if (variant == 2) c.attention_type = "gqa", c.num_key_value_heads = 1;
+    if (variant == 2) c.attention_type = AttentionType::kGqa, c.num_key_value_heads = 1;
     if (variant == 3) c.tie_word_embeddings = true, c.num_nextn_predict_layers = 2;
     if (variant == 4) c.num_nextn_predict_layers = 0, c.n_shared_experts = 0;
     if (variant == 5) c.n_routed_experts = 0;  // dense only
@@ -123,7 +123,7 @@ TEST(Model, MtpMatchesReferenceAndFiniteDifferences) {
   Stage::Impl& impl = model.whole().impl();
   const double eps = c.rms_norm_eps;
 
-  // Reference, from MODEL.md, over the model's own decoder blocks (tested elsewhere).
+  // Reference, from docs/model.md#multi-token-prediction, over the model's own decoder blocks (tested elsewhere).
   auto reference = [&] {
     detail::ForwardContext ctx;
     ctx.rope = impl.rope_tables(t, at::kDouble, at::kCPU);
@@ -217,6 +217,58 @@ TEST(Model, RunsInBfloat16WithAnFp32RoutingBias) {
 }
 
 // --- stages ----------------------------------------------------------------------------------
+
+// An objective that records what the head handed it and doubles the next-token loss.
+class DoublingObjective final : public Objective {
+ public:
+  std::string_view name() const override { return "doubling"; }
+  LossPieces losses(const ModelConfig& config, const HeadOutput& head) const override {
+    rows = head.logits.size(0);
+    depths = static_cast<int64_t>(head.targets.size());
+    LossPieces p = NextTokenObjective().losses(config, head);
+    p.loss = p.loss * 2.0;
+    return p;
+  }
+  mutable int64_t rows = 0;
+  mutable int64_t depths = 0;
+};
+
+TEST(Model, TheStageComputesItsLossWithItsObjective) {
+  ModelConfig c = tiny_config();
+  // The balance loss's gradient enters inside the stage, not through the objective's loss.
+  c.aux_loss_alpha = 0.0;
+  const at::Tensor batch = tokens(2, 6, c.vocab_size, 11);  // T = 6, one MTP depth
+  auto gradients = [&](std::shared_ptr<const Objective> objective) {
+    Model model(c, 3);
+    if (objective) model.whole().set_objective(std::move(objective));
+    const LossPieces pieces = model.forward_loss(batch);
+    pieces.loss.backward();
+    std::map<std::string, at::Tensor> grads;
+    for (const auto& [name, p] : model.named_parameters()) {
+      if (p.grad().defined()) grads[name] = p.grad().clone();
+    }
+    return std::make_pair(pieces, grads);
+  };
+  const auto [plain, plain_grads] = gradients(nullptr);
+  auto doubling = std::make_shared<DoublingObjective>();
+  const auto [doubled, doubled_grads] = gradients(doubling);
+  // The head's rows: B*T for the main head, B*(T-1) for MTP depth 1; one target list per depth.
+  EXPECT_EQ(doubling->rows, 2 * 6 + 2 * 5);
+  EXPECT_EQ(doubling->depths, 2);
+  EXPECT_DOUBLE_EQ(doubled.loss.item<double>(), 2.0 * plain.loss.item<double>());
+  EXPECT_DOUBLE_EQ(doubled.lm_loss.item<double>(), plain.lm_loss.item<double>());
+  // The default objective is next-token prediction: lm + mtp + aux.
+  EXPECT_DOUBLE_EQ(plain.loss.item<double>(),
+                   (plain.lm_loss + plain.mtp_loss + plain.aux_loss).item<double>());
+  ASSERT_EQ(plain_grads.size(), doubled_grads.size());
+  double worst = 0;
+  for (const auto& [name, grad] : plain_grads) {
+    worst = std::max(worst, max_rel_diff(doubled_grads.at(name), grad * 2.0));
+  }
+  std::printf("[objective] doubling the loss doubles %zu gradients, worst relative difference %.3g\n",
+              plain_grads.size(), worst);
+  EXPECT_LT(worst, 1e-6);
+}
 
 TEST(ModelStages, PartitionAndPlacement) {
   ModelConfig c = tiny_config();

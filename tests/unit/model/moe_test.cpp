@@ -44,7 +44,7 @@ std::vector<double> row(const at::Tensor& t, int64_t i) {
   return {r.data_ptr<double>(), r.data_ptr<double>() + r.numel()};
 }
 
-// Reference group-limited choice for one token (MODEL.md step 3), as a sorted set.
+// Reference group-limited choice for one token (docs/model.md#moe-routing, step 3), as a sorted set.
 std::vector<int64_t> ref_choice(const std::vector<double>& sel, const RoutingOptions& o) {
   const int64_t per = o.num_experts / o.n_group;
   std::vector<double> group_score(o.n_group);
@@ -174,7 +174,7 @@ TEST(ModelRouting, SequenceBalanceLossMatchesFormula) {
 
 // --- MoE layer -----------------------------------------------------------------------------
 
-ModelConfig tiny_moe(const std::string& scoring, bool norm, double alpha) {
+ModelConfig tiny_moe(ScoringFunc scoring, bool norm, double alpha) {
   ModelConfig c;
   c.hidden_size = 12;
   c.moe_intermediate_size = 6;
@@ -206,14 +206,14 @@ at::Tensor ref_swiglu(detail::SwiGLUImpl& m, const at::Tensor& x) {
                     m.down_proj->weight.t());
 }
 
-// Token by token, MODEL.md steps 1-5.
+// Token by token, docs/model.md#moe-routing and #moe-output.
 at::Tensor ref_moe(detail::MoE moe, const ModelConfig& c, const at::Tensor& x) {
   const at::Tensor x2 = x.reshape({-1, c.hidden_size});
   const RoutingOptions o = detail::routing_options(c);
   std::vector<at::Tensor> rows;
   for (int64_t i = 0; i < x2.size(0); ++i) {
     const at::Tensor logits = at::matmul(moe->gate->weight, x2[i]);  // [E]
-    const at::Tensor s = c.scoring_func == "sigmoid" ? at::sigmoid(logits) : at::softmax(logits, 0);
+    const at::Tensor s = c.scoring_func == ScoringFunc::kSigmoid ? at::sigmoid(logits) : at::softmax(logits, 0);
     const std::vector<int64_t> chosen = ref_choice(row((s + moe->gate->e_score_correction_bias).unsqueeze(0), 0), o);
     double denominator = 0;
     for (int64_t e : chosen) denominator += s[e].item<double>();
@@ -230,8 +230,8 @@ at::Tensor ref_moe(detail::MoE moe, const ModelConfig& c, const at::Tensor& x) {
 
 TEST(ModelMoE, MatchesPerTokenReference) {
   double worst = 0;
-  for (const auto& [scoring, norm] : std::vector<std::pair<std::string, bool>>{
-           {"sigmoid", true}, {"sigmoid", false}, {"softmax", false}}) {
+  for (const auto& [scoring, norm] : std::vector<std::pair<ScoringFunc, bool>>{
+           {ScoringFunc::kSigmoid, true}, {ScoringFunc::kSigmoid, false}, {ScoringFunc::kSoftmax, false}}) {
     const ModelConfig c = tiny_moe(scoring, norm, 0.0);
     detail::MoE moe = make_moe(c, 40);
     const at::Tensor x = randn({2, 5, 12}, 41);
@@ -244,7 +244,7 @@ TEST(ModelMoE, MatchesPerTokenReference) {
 }
 
 TEST(ModelMoE, RoutingPathGradientsMatchFiniteDifferences) {
-  const ModelConfig c = tiny_moe("sigmoid", true, 0.05);
+  const ModelConfig c = tiny_moe(ScoringFunc::kSigmoid, true, 0.05);
   detail::MoE moe = make_moe(c, 50);
   const at::Tensor x = randn({2, 4, 12}, 51).requires_grad_();
   auto f = [&] {
@@ -266,7 +266,7 @@ TEST(ModelMoE, RoutingPathGradientsMatchFiniteDifferences) {
 }
 
 TEST(ModelMoE, CapacityFactorDropsOverflowRows) {
-  ModelConfig c = tiny_moe("sigmoid", true, 0.0);
+  ModelConfig c = tiny_moe(ScoringFunc::kSigmoid, true, 0.0);
   c.capacity_factor = 1.0;  // capacity = ceil(N * K / E)
   detail::MoE moe = make_moe(c, 60);
   {

@@ -14,7 +14,7 @@ inline ModelConfig tiny_config() {
   c.moe_intermediate_size = 16;
   c.num_attention_heads = 2;
   c.num_key_value_heads = 2;
-  c.attention_type = "mla";
+  c.attention_type = AttentionType::kMla;
   c.q_lora_rank = 16;
   c.kv_lora_rank = 16;
   c.qk_nope_head_dim = 8;

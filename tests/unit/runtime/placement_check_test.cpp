@@ -2,17 +2,22 @@
 // a GPU and oversubscribed CPU cores each produce one warning naming the host, the numbers and a fix.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <thread>
+
 #include "runtime/placement_check.h"
 
 namespace tandem::runtime {
 namespace {
 
-PlacementInputs node(int ranks, int gpus, std::string device = "auto") {
+PlacementInputs node(int ranks, int gpus, DeviceKind device = DeviceKind::kAuto) {
   PlacementInputs in;
   in.host = "node7";
   in.ranks_on_node = ranks;
   in.gpus_visible = gpus;
-  in.device = std::move(device);
+  in.device = device;
   in.cpu_cores = 64;
   in.cuda_visible_devices = "(unset)";
   return in;
@@ -43,13 +48,13 @@ TEST(PlacementCheck, IdleGpusWarn) {
 }
 
 TEST(PlacementCheck, CudaWithoutGpuWarns) {
-  expect_warning(check_rank_placement(node(2, 0, "cuda")), {"run.device is cuda but no GPU is visible"});
+  expect_warning(check_rank_placement(node(2, 0, DeviceKind::kCuda)), {"run.device is cuda but no GPU is visible"});
   // auto without a GPU is a CPU run, not a mismatch.
-  EXPECT_TRUE(check_rank_placement(node(2, 0, "auto")).ok());
+  EXPECT_TRUE(check_rank_placement(node(2, 0, DeviceKind::kAuto)).ok());
 }
 
 TEST(PlacementCheck, CpuOversubscriptionWarns) {
-  PlacementInputs in = node(8, 0, "cpu");
+  PlacementInputs in = node(8, 0, DeviceKind::kCpu);
   in.cpu_cores = 16;
   in.threads_per_rank = 4;
   expect_warning(check_rank_placement(in), {"8 rank(s) x 4 thread(s) = 32 busy threads on 16", "OMP_NUM_THREADS=2"});
@@ -58,6 +63,21 @@ TEST(PlacementCheck, CpuOversubscriptionWarns) {
   // A cpu job on a GPU node ignores the GPUs.
   in.gpus_visible = 8;
   EXPECT_TRUE(check_rank_placement(in).ok());
+}
+
+TEST(PlacementCheck, ThreadsPerRankFollowOmpNumThreadsElseShareTheCores) {
+  const char* saved = std::getenv("OMP_NUM_THREADS");
+  const std::string restore = saved != nullptr ? saved : "";
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  setenv("OMP_NUM_THREADS", "3", 1);
+  EXPECT_EQ(threads_per_rank(64), 3);  // the launcher's choice wins, even when it oversubscribes
+  setenv("OMP_NUM_THREADS", "0", 1);   // not a thread count: ignored
+  EXPECT_EQ(threads_per_rank(1), cores);
+  unsetenv("OMP_NUM_THREADS");
+  EXPECT_EQ(threads_per_rank(1), cores);
+  EXPECT_EQ(threads_per_rank(2 * cores), 1);  // never below one
+  EXPECT_EQ(threads_per_rank(cores), 1);
+  if (saved != nullptr) setenv("OMP_NUM_THREADS", restore.c_str(), 1);
 }
 
 }  // namespace

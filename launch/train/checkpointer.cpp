@@ -1,15 +1,8 @@
-// Trainer checkpoints: every rank writes its shard into a staging directory, rank 0 gathers the
-// shard records and commits the manifest atomically (runtime/checkpoint_store.h).
-// What a checkpoint holds: parameters, AdamW moments and step count, routing biases (buffers),
-// the step, the sampler position (data order is a pure function of (seed, samples consumed)),
-// and the resolved config. Every tensor is stored under its GLOBAL name and GLOBAL shape, each
-// element once, written by the rank that owns it (DataParallelOptimizer::visit_owned: its slice of
-// each gradient bucket, i.e. its ZeRO shard, as boxes of the global tensors; pipeline copies of
-// a parameter other than the primary one are owned by nobody).
-// Loading reads, for each local tensor, only the boxes this rank needs, from whichever shard
-// files hold them: resuming under the same layout is bit-exact, and a checkpoint written under
-// one layout (dp/tp/ep/zero) loads under any other (resharding), without any rank assembling
+// Checkpointer (see checkpointer.h). Loading asks, for each local tensor, only for the boxes of
+// the global tensor it covers, from whichever shard files hold them, so no rank ever assembles
 // the whole model.
+#include "launch/train/checkpointer.h"
+
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
 #include <unistd.h>
@@ -17,10 +10,14 @@
 #include <chrono>
 
 #include "launch/config/config_loader.h"
-#include "launch/train/detail/trainer_state.h"
+#include "launch/train/step_runner.h"
+#include "parallel/communicator.h"
+#include "parallel/data_parallel_optimizer.h"
 #include "runtime/checkpoint_store.h"
 #include "runtime/checkpoint_tensors.h"
+#include "runtime/data/gpt_sampler.h"
 #include "runtime/log.h"
+#include "runtime/process_context.h"
 
 namespace tandem::launch {
 namespace {
@@ -128,7 +125,7 @@ runtime::CheckpointLayout layout_of(const JobConfig& config, int64_t world_size)
   layout.tp = config.parallel.tp;
   layout.ep = config.parallel.ep;
   layout.zero = config.parallel.zero;
-  layout.schedule = config.parallel.pipeline.schedule;
+  layout.schedule = config::enum_name(config.parallel.pipeline.schedule);
   layout.order = config.parallel.order;
   layout.virtual_stages = config.parallel.pipeline.virtual_stages;
   layout.micro_batches = config.parallel.pipeline.micro_batches;
@@ -137,56 +134,87 @@ runtime::CheckpointLayout layout_of(const JobConfig& config, int64_t world_size)
 
 }  // namespace
 
-void save_checkpoint(Trainer::State& state) {
+Checkpointer::Checkpointer(const JobConfig& config, const runtime::ProcessContext& process,
+                           parallel::Communicator& world)
+    : config_(config),
+      process_(process),
+      world_(world),
+      root_(config.checkpoint.dir.empty() ? config.run.output_dir + "/checkpoints" : config.checkpoint.dir) {}
+
+void Checkpointer::save(int64_t step, const CheckpointedState& state) {
   const auto start = std::chrono::steady_clock::now();
-  parallel::Communicator& world = state.grid->world();
-  const int rank = state.process.rank;
-  const runtime::CheckpointStore store(state.checkpoint_root);
+  const int rank = process_.rank;
+  const runtime::CheckpointStore store(root_);
 
   // Rank 0 names the staging directory (its pid keeps concurrent writers apart) and creates it.
   at::Tensor token = at::tensor({static_cast<int64_t>(getpid())}, at::kLong);
-  world.broadcast(token, 0);
+  world_.broadcast(token, 0);
   std::string dir;
-  if (rank == 0) dir = store.begin(state.step, token.item<int64_t>());
-  world.barrier();
-  if (rank != 0) dir = store.staging_dir(state.step, token.item<int64_t>());
+  if (rank == 0) dir = store.begin(step, token.item<int64_t>());
+  world_.barrier();
+  if (rank != 0) dir = store.staging_dir(step, token.item<int64_t>());
 
   runtime::ShardWriter shard(dir, rank);
-  append_owned(shard, *state.optimizer);
+  append_owned(shard, state.optimizer);
   // Buffers (routing biases) are identical on every rank holding them: each is stored once.
-  for (const auto& [name, buffer] : model_buffers(state, /*stored_only=*/true)) {
+  for (const auto& [name, buffer] : state.runner.named_buffers(/*stored_only=*/true)) {
     runtime::append_tensor(shard, name, TensorKind::kBuffer, buffer);
   }
-  const runtime::RankRecord record = shard.finish("", state.train_sampler->state().serialize());
-  const std::vector<std::string> records = gather_to_root(world, runtime::encode_rank_record(record));
-
-  if (rank == 0) {
-    runtime::CheckpointManifest manifest;
-    manifest.step = state.step;
-    manifest.config_yaml = job_config_to_yaml(state.config);
-    manifest.layout = layout_of(state.config, state.process.world_size);
-    manifest.optimizer_step = state.optimizer->step_count();
-    manifest.scalars["consumed_samples"] = static_cast<double>(state.train_sampler->state().consumed_samples());
-    for (const std::string& bytes : records) manifest.ranks.push_back(runtime::decode_rank_record(bytes));
-    manifest.created_by = "tandem " TANDEM_VERSION_STRING;
-    manifest.wall_time = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-    const std::string final_dir = store.commit(dir, manifest, state.config.checkpoint.keep_last);
-    TANDEM_LOG_INFO("checkpoint", "step {} saved to {} in {:.2f} s", state.step, final_dir,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  world.barrier();  // nobody moves on (or exits) before the checkpoint is committed
+  const runtime::RankRecord record = shard.finish("", state.sampler.state().serialize());
+  const std::vector<std::string> records = gather_to_root(world_, runtime::encode_rank_record(record));
+  if (rank == 0) commit(store, dir, step, state, records, start);
+  world_.barrier();  // nobody moves on (or exits) before the checkpoint is committed
 }
 
-std::optional<int64_t> maybe_resume(Trainer::State& state) {
-  const std::string& resume = state.config.checkpoint.resume;
-  if (resume == "none") return std::nullopt;
-  parallel::Communicator& world = state.grid->world();
-  const runtime::CheckpointStore store(state.checkpoint_root);
+void Checkpointer::commit(const runtime::CheckpointStore& store, const std::string& dir, int64_t step,
+                          const CheckpointedState& state, const std::vector<std::string>& records,
+                          std::chrono::steady_clock::time_point start) const {
+  runtime::CheckpointManifest manifest;
+  manifest.step = step;
+  manifest.config_yaml = job_config_to_yaml(config_);
+  manifest.layout = layout_of(config_, process_.world_size);
+  manifest.optimizer_step = state.optimizer.step_count();
+  manifest.scalars["consumed_samples"] = static_cast<double>(state.sampler.state().consumed_samples());
+  for (const std::string& bytes : records) manifest.ranks.push_back(runtime::decode_rank_record(bytes));
+  manifest.created_by = "tandem " TANDEM_VERSION_STRING;
+  manifest.wall_time = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const std::string final_dir = store.commit(dir, manifest, config_.checkpoint.keep_last);
+  TANDEM_LOG_INFO("checkpoint", "step {} saved to {} in {:.2f} s", step, final_dir,
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+}
 
+std::optional<int64_t> Checkpointer::resume(const CheckpointedState& state) {
+  const std::optional<std::string> dir = find_resume_dir();
+  if (!dir) return std::nullopt;
+  runtime::CheckpointReader reader(runtime::load_checkpoint(*dir, /*verify_checksums=*/false));
+
+  torch::autograd::AutoGradMode no_grad(false);
+  // Each rank asks for what it keeps: whole local tensors where it holds them whole, its ZeRO
+  // slice of the rest (moments from ZeRO 1, ZeRO-3's parameters). Pipeline copies load too.
+  state.optimizer.load_state_ranges(
+      [&](const parallel::ParamSharding& sharding, parallel::StateKind kind, int64_t begin, int64_t numel) {
+        return read_local_range(reader, sharding, kind, begin, numel);
+      });
+  for (const auto& [name, buffer] : state.runner.named_buffers(/*stored_only=*/false)) {
+    buffer.copy_(reader.read_global(name, TensorKind::kBuffer));
+  }
+  const runtime::CheckpointManifest& manifest = reader.manifest();
+  state.optimizer.set_step_count(manifest.optimizer_step);
+  const runtime::RankRecord* record = manifest.rank_record(0);
+  TANDEM_CHECK_INPUT(record != nullptr, "{}: the manifest has no record of rank 0", *dir);
+  state.sampler.restore(runtime::SamplerState::parse(record->data_state));
+  if (process_.is_root()) TANDEM_LOG_INFO("checkpoint", "resumed from {} (step {})", *dir, manifest.step);
+  return manifest.step;
+}
+
+std::optional<std::string> Checkpointer::find_resume_dir() const {
+  const std::string& resume = config_.checkpoint.resume;
+  if (resume == "none") return std::nullopt;
+  const runtime::CheckpointStore store(root_);
   // Rank 0 picks and fully verifies the checkpoint; everyone then reads the same directory.
   std::string dir;
   at::Tensor step = at::tensor({int64_t{-1}}, at::kLong);
-  if (state.process.is_root()) {
+  if (process_.is_root()) {
     if (resume == "auto") {
       if (auto found = store.find_latest_valid()) {
         step.fill_(found->step);
@@ -198,34 +226,15 @@ std::optional<int64_t> maybe_resume(Trainer::State& state) {
       dir = found.dir;
     }
   }
-  world.broadcast(step, 0);
+  world_.broadcast(step, 0);
   if (step.item<int64_t>() < 0) {
-    if (state.process.is_root()) TANDEM_LOG_INFO("checkpoint", "no checkpoint in {}: starting from scratch", store.root());
+    if (process_.is_root()) TANDEM_LOG_INFO("checkpoint", "no checkpoint in {}: starting from scratch", store.root());
     return std::nullopt;
   }
-  if (!state.process.is_root()) {
+  if (!process_.is_root()) {
     dir = resume == "auto" ? store.root() + "/" + runtime::checkpoint_dir_name(step.item<int64_t>()) : resume;
   }
-  runtime::CheckpointReader reader(runtime::load_checkpoint(dir, /*verify_checksums=*/false));
-
-  torch::autograd::AutoGradMode no_grad(false);
-  // Each rank asks for what it keeps: whole local tensors where it holds them whole, its ZeRO
-  // slice of the rest (moments from ZeRO 1, ZeRO-3's parameters). Pipeline copies load too.
-  state.optimizer->load_state_ranges(
-      [&](const parallel::ParamSharding& sharding, parallel::StateKind kind, int64_t begin, int64_t numel) {
-        return read_local_range(reader, sharding, kind, begin, numel);
-      });
-  for (const auto& [name, buffer] : model_buffers(state, /*stored_only=*/false)) {
-    buffer.copy_(reader.read_global(name, TensorKind::kBuffer));
-  }
-  const runtime::CheckpointManifest& manifest = reader.manifest();
-  state.optimizer->set_step_count(manifest.optimizer_step);
-  const runtime::RankRecord* record = manifest.rank_record(0);
-  TANDEM_CHECK_INPUT(record != nullptr, "{}: the manifest has no record of rank 0", dir);
-  state.train_sampler->restore(runtime::SamplerState::parse(record->data_state));
-  state.step = manifest.step;
-  if (state.process.is_root()) TANDEM_LOG_INFO("checkpoint", "resumed from {} (step {})", dir, manifest.step);
-  return manifest.step;
+  return dir;
 }
 
 }  // namespace tandem::launch

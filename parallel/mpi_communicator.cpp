@@ -1,4 +1,5 @@
-// MPI backend of Communicator (contract and reasons in mpi_communicator.h and communicator.h).
+// MPI backend of Communicator (contract in mpi_communicator.h and communicator.h, reasons in
+// docs/DESIGN.md#mpi-backend).
 // Each operation validates its arguments, issues one MPI non-blocking call, and hands back an
 // MpiWork that owns everything MPI may still touch (tensors, all-to-all count arrays) plus the
 // post-processing to run on completion (avg division, received-size check). A Work that has to be
@@ -32,8 +33,8 @@ using detail::reduce_op_name;
 
 using Clock = std::chrono::steady_clock;
 
-// Wait-loop pacing (see the header): yield while an answer is likely imminent, then sleep so that
-// oversubscribed ranks leave the core to the peers they are waiting for.
+// Wait-loop pacing (docs/DESIGN.md#mpi-backend): yield while an answer is likely imminent, then
+// sleep so that oversubscribed ranks leave the core to the peers they are waiting for.
 constexpr auto kSpinPhase = std::chrono::milliseconds(2);
 constexpr auto kPollSleep = std::chrono::microseconds(50);
 

@@ -1,56 +1,16 @@
-// DataParallelOptimizer: the one object a trainer or pipeline executor uses for data parallelism:
-// bucketed gradient reduction overlapped with backward, ZeRO stage 0-3, the global gradient norm
-// and AdamW, checkpoint state by global name, and a per-rank memory report.
-//
-// Parameters (a stage's sharded_parameters()) are split by how their gradient is synchronised
-// (parallel/param_sharding.h, the contract synchronize_gradients_reference implements):
-//  - "dense": replicated/tensor-parallel weights, summed over dp then divided by dp;
-//  - "dense-tp-partial": gradients partial over tp (router, norms under sequence parallelism):
-//    summed over the dp*tp group (these weights are replicated over it) then divided by dp;
-//  - "experts": routed experts, summed over expert-dp then divided by dp.
-// Each is a BucketedGroup over that group's communicator, which is also the group ZeRO shards
-// over. These communicators must carry nothing else during backward: the model issues its own
-// collectives on tp and ep there, in an order that need not interleave with ours the same way on
-// every rank (hence dp*tp, never tp, for partial-over-tp gradients, also when dp = 1).
-// Gradients of a bucket are reduced as soon as every gradient in it is final: a
-// post-accumulate-grad hook on each parameter marks it ready (only while armed by
-// begin_backward), and buckets launch strictly in one fixed order (reverse parameter order,
-// across groups) so that every rank issues the same collectives in the same order even if some
-// gradient never arrives (an unused parameter waits for end_backward). With the B/W split the
-// hooks cannot tell: autograd reports a deferred weight as accumulated before its W has run. So a
-// backward whose weight gradients are deferred is begun with weight_grads_deferred = true: the
-// hooks then mark nothing, and the executor calls mark_ready(param) as gradients become final
-// (after their W) or simply end_backward() after the last W of the backward.
-//
-// One optimizer step (every rank of the job, same order):
+// DataParallelOptimizer: data parallelism for one rank's parameters (a stage's
+// sharded_parameters()): bucketed gradient reduction overlapped with backward, ZeRO 0-3, the
+// global gradient norm, AdamW, checkpoint state by global name and a memory report. Gradients
+// are reduced as param_sharding.h says, over dp, dp*tp (partial over tp) or expert-dp: those
+// communicators must carry nothing else during backward. One step, on every rank in this order:
 //   opt.zero_grad();
-//   for each micro-batch m of M:
-//     opt.begin_backward(/*final_backward=*/m == M - 1, /*weight_grads_deferred=*/false);
-//     forward; backward (hooks launch buckets as they fill)   [+ W queue, mark_ready()]
-//     opt.end_backward();        // launches what is left (ZeRO 2/3: and completes it)
-//   opt.finish_gradient_sync();  // waits; gradients follow the contract (ZeRO >= 1: this rank's slice)
-//   double norm = opt.global_grad_norm();   // collective over world
-//   opt.step(lr, clip_scale(norm, max_norm));
-// ZeRO 0/1 accumulate micro-batches locally in full gradient buffers and reduce after the final
-// backward only; ZeRO 2/3 reduce-scatter after every backward (final_backward is ignored) so that
-// no full gradient outlives a backward. Calling none of begin/end_backward also works: then
-// finish_gradient_sync() reduces everything, without overlap.
-//
-// ZeRO-3 additionally needs the model to report layer use: give layer_hooks() to every stage
-// (model::Stage::set_layer_hooks) BEFORE the first forward. A decoder layer's parameters are
-// gathered just before its forward (with the next layer's gather prefetched), released after
-// it, gathered again when its backward starts (prefetching the previous layer) and released when
-// its backward is done. Parameters outside decoder layers (embedding, final norm, head) stay
-// gathered. A forward of a ZeRO-3 model without the hooks reads released memory. Since gathers
-// and reductions share communicators, ZeRO-3 reduces a layer's buckets when its backward is done
-// (after_backward) rather than from the gradient hooks, and the rest at end_backward: layer
-// callbacks come in the same order on every rank, gradient hooks do not when ranks leave
-// different parameters unused (an expert that received no token has no gradient: zero).
-//
-// Requirements: parameters are float32 leaves on one device, each passed once; every rank of a
-// group holds the same parameter list (same names, shapes, order) and runs the same graph (as
-// DDP/FSDP require), so hooks fire in the same order everywhere. Not thread-safe (hooks run on
-// the autograd engine's thread during backward, everything else on the caller's).
+//   for m in [0, M): opt.begin_backward(/*final_backward=*/m == M - 1); forward; backward;
+//                    opt.end_backward();      // hooks launched full buckets during backward
+//   opt.finish_gradient_sync();               // waits; ZeRO >= 1: this rank's slice is final
+//   opt.step(lr, clip_scale(opt.global_grad_norm(), max_norm));
+// Without begin/end_backward, finish_gradient_sync() reduces everything (no overlap). Not
+// thread-safe: gradient hooks run on the autograd engine's thread during backward.
+// Why: docs/DESIGN.md#gradient-synchronisation-and-zero
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -109,7 +69,9 @@ struct GradSyncStats {
 class DataParallelOptimizer {
  public:
   // Takes over the parameters' storage (values kept) and installs gradient hooks on them. No
-  // communication. Throws tandem::Error (kConfig for bad options or missing groups).
+  // communication. Parameters: float32 leaves on one device, each passed once; every rank of a
+  // group passes the same list (names, shapes, order) and runs the same graph (as DDP/FSDP
+  // require). Throws tandem::Error (kConfig for bad options or missing groups).
   DataParallelOptimizer(const std::vector<ShardedParam>& params, DataParallelGroups groups,
                         DataParallelOptions options);
   ~DataParallelOptimizer();  // removes the hooks; layer_hooks() become no-ops
@@ -119,10 +81,15 @@ class DataParallelOptimizer {
   // --- one step (see the file comment for the order) ----------------------------------------
   void zero_grad();
   // `final_backward`: after this backward every gradient is final for the step (ZeRO 0/1 reduce
-  // then; ZeRO 2/3 reduce after every backward). `weight_grads_deferred`: see the file comment.
+  // then; ZeRO 2/3 reduce after every backward). `weight_grads_deferred`: this backward leaves
+  // weight gradients to a W queue, so the hooks mark nothing; call mark_ready(param) as each
+  // becomes final (after its W), or just end_backward() after the last W.
   void begin_backward(bool final_backward, bool weight_grads_deferred = false);
   void mark_ready(const at::Tensor& param);  // this parameter's gradient is final for this backward
+  // Ends the backward begun by begin_backward: launches what is left (ZeRO 2/3: and completes it).
   void end_backward();
+  // Waits for every reduction; then the gradients follow the contract (ZeRO >= 1: this rank's
+  // slice of them).
   void finish_gradient_sync();
   // sqrt of the sum of squares of every gradient element of the global model, each counted once:
   // ZeRO shards summed over their group, tp slices summed, tp-replicated weights counted on tp
@@ -134,7 +101,10 @@ class DataParallelOptimizer {
   int64_t step_count() const;
   void set_step_count(int64_t steps);  // checkpoint resume
 
-  // ZeRO-3's layer callbacks (no-ops under other stages). Valid after the optimizer is gone.
+  // ZeRO-3's layer callbacks (no-ops under other stages; valid after the optimizer is gone).
+  // Under ZeRO-3 give them to every stage (model::Stage::set_layer_hooks) BEFORE the first
+  // forward: a decoder layer's parameters are gathered only around its forward and its backward,
+  // and a forward without the hooks reads released memory.
   std::shared_ptr<LayerHooks> layer_hooks() const;
 
   // --- checkpoint state ----------------------------------------------------------------------

@@ -1,37 +1,16 @@
-// Expert-parallel token dispatch and combine: the all-to-alls that move MoE token rows from the
-// rank that routed them to the rank holding the chosen expert, and the expert outputs back.
-// Routed experts are split evenly over the `ep` group: with E experts and ep ranks, expert e lives
-// on ep rank e / (E / ep) as local expert e % (E / ep).
-//
-// One MoE call, on every rank of the ep group:
-//   1. the caller permutes its token rows so that rows of one expert are contiguous, experts in
-//      global order (model/routing.cpp's plan_dispatch), and knows rows_per_expert [E];
-//   2. start_count_exchange -> wait: an all-to-all of the per-expert counts gives the layout
-//      (who sends how many rows to whom, and how received rows regroup per local expert);
-//   3. start_dispatch -> wait: the uneven all-to-all of the rows, then one gather that puts the
-//      received rows in local-expert order (within an expert: by source rank, then as sent);
-//   4. the caller runs each local expert on its contiguous block;
-//   5. start_combine -> wait: one gather back to arrival order, the reverse all-to-all, and the
-//      rows are back on their sender in the order of step 1.
-// Permutations are index_select on whole tensors (no per-token loops); ranks may send or receive
-// nothing and experts may receive no rows (zero-sized splits).
-//
-// Overlap: every start_* issues its collective and returns a handle at once; wait() completes it.
-// A DualPipe executor starts a dispatch or combine, computes another micro-batch's chunk, then
-// waits. Collective ordering: all ranks of `ep` must start the same exchanges in the same order;
-// at most one thread drives a given communicator.
-//
-// Gradients: the tensors returned by DispatchHandle::wait and CombineHandle::wait are autograd
-// outputs. Backward of a dispatch is a combine-direction transport of the gradient and backward of
-// a combine a dispatch-direction transport; inside plain autograd they block (start + wait). An
-// executor that wants those backward all-to-alls in flight too splits the graph at the exchange:
-// it takes the forward result with wait_detached() (a fresh leaf requiring grad), runs the backward
-// of the part after it (which leaves .grad on that leaf), calls start_to_senders (for a dispatch)
-// or start_to_experts (for a combine) on that gradient, does other work, waits, and continues with
-// torch::autograd::backward({input_of_the_exchange}, {transported_gradient}).
-// An executor that overlaps inside plain autograd instead (schedule/executor/pair_runner.h) passes an
-// OverlapHook to start_dispatch / start_combine: the backward transport then calls it between its
-// start and its wait, so the other micro-batch's work runs while the gradient is on the wire.
+// Expert-parallel dispatch and combine: the all-to-alls that move MoE token rows to the ep rank
+// holding their expert and the expert outputs back. With E experts over ep ranks, expert e lives
+// on ep rank e / (E / ep) as local expert e % (E / ep). One MoE call, on every rank of `ep`:
+//   1. permute the rows so that each expert's are contiguous, experts in global order; count them;
+//   2. layout = start_count_exchange(rows_per_expert, ep, device).wait();
+//   3. grouped = start_dispatch(rows, layout, ep).wait();   // [R_recv, C] by local expert
+//   4. run each local expert on its block (layout->rows_per_local_expert);
+//   5. back = start_combine(expert_out, layout, ep).wait(); // [R_send, C] in step 1's order
+// start_* issue the collective and return at once; wait() completes it. Every rank of `ep` starts
+// the same exchanges in the same order; one thread drives a communicator. Results are autograd
+// outputs whose backward is the opposite transport (blocking, or calling an OverlapHook between
+// its start and its wait). Any rank or expert may have zero rows.
+// Why: docs/DESIGN.md#expert-dispatch-and-combine
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -114,8 +93,11 @@ class DispatchHandle {
                  OverlapHookPtr hook = nullptr);
   DispatchHandle(DispatchHandle&&) = default;
   // Blocks; the result's backward transports its gradient to the senders (blocking, in autograd).
+  // Within a local expert the rows come by source rank, then in the order they were sent.
   at::Tensor wait();
-  // Blocks; returns the result as a new leaf requiring grad (executor-driven backward, see top).
+  // Blocks; returns the result as a new leaf requiring grad, for an executor that moves the
+  // gradient itself: start_to_senders(leaf.grad()), other work, wait, then
+  // torch::autograd::backward({rows}, {moved gradient}).
   at::Tensor wait_detached();
 
  private:
@@ -136,6 +118,8 @@ class CombineHandle {
   CombineHandle(at::Tensor grouped, TransportHandle transport, DispatchLayoutPtr layout, CommunicatorPtr ep,
                 OverlapHookPtr hook = nullptr);
   CombineHandle(CombineHandle&&) = default;
+  // As DispatchHandle's, in the other direction (the detached form moves its gradient with
+  // start_to_experts).
   at::Tensor wait();
   at::Tensor wait_detached();
 

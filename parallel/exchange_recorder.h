@@ -1,24 +1,18 @@
 // Timeline of the expert all-to-alls of traced steps: a Communicator decorator that records, for
-// every all_to_all_async it forwards while recording is on, when it was issued, when its owner
-// started to wait for it, when the wait returned, and how many bytes left for / arrived from the
-// other ranks. The MoE layer labels its exchanges through OpOptions::label ("counts", "dispatch"
-// for rows travelling to their experts, "combine" for rows travelling back; a backward transport
-// carries the label of its direction: the dispatch's backward is a "combine").
-// Why these times: in an overlapped DualPipe pair the owner of an exchange hands the turn to the
-// other micro-batch between issue and wait (parallel/overlap_hook.h), so [posted, wait_begin) is
-// time the other half ran on this rank, and [wait_begin, end) is time this rank sat blocked on
-// the exchange; [issued, posted) is the backend posting it (copies, MPI/NCCL calls). Without
-// overlap [posted, wait_begin) is only the caller's own bookkeeping (about zero).
-// Definitions built on these spans (tests/bench/scale_report.py, docs/benchmarks.md):
-//   exchange time  = sum over exchanges of (end - issued)
-//   hidden time    = sum over exchanges of the part of [posted, wait_begin) during which the rank
-//                    was not itself blocked in another exchange's wait
-//   achieved bandwidth = bytes sent to peers / (end - issued) of non-overlapped exchanges.
+// every all_to_all_async it forwards while recording is on, when it was issued, when the backend
+// had posted it, when its owner started to wait for it and when the wait returned, and how many
+// bytes left for / arrived from the other ranks. The MoE layer labels its exchanges through
+// OpOptions::label ("counts"; "dispatch": rows to their experts; "combine": rows back; a backward
+// transport carries the label of its direction, so a dispatch's backward is a "combine").
+// In an overlapped pair (parallel/overlap_hook.h) [posted, wait_begin) is time the other
+// micro-batch ran on this rank and [wait_begin, end) time this rank sat blocked on the exchange;
+// [issued, posted) is the backend posting it (copies, MPI/NCCL calls); without overlap
+// [posted, wait_begin) is the caller's own bookkeeping (about zero). The exchange time, hidden
+// time and bandwidth built on them: docs/benchmarks.md, tests/bench/scale_report.py.
 // Times are ms on std::chrono::steady_clock since its epoch, the clock of the pipeline executor's
-// op timelines (schedule/executor/executor.h), so both can be drawn together.
-// Cost: off (the default), all_to_all_async forwards with one atomic load; on, one small record
-// per exchange. Everything else is forwarded untouched. Thread-safe: the pair runner's two
-// threads may record into one recorder.
+// op timelines (schedule/executor/executor.h), so both can be drawn together. Off (the default):
+// one atomic load per all_to_all_async; on: one small record per exchange. Everything else is
+// forwarded untouched. Thread-safe: the pair runner's two threads may record into one recorder.
 #pragma once
 
 #include <atomic>

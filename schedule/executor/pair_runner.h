@@ -1,22 +1,17 @@
 // PairRunner: runs the two sides of an overlapped pair (the forward of one micro-batch and the
-// backward of another, docs/dualpipe.md#overlapped-pairs) so that each side's communication is in flight while
-// the other side computes. The first side runs on the calling thread, the second on a worker
-// thread the runner owns; exactly one of them runs at any time. They trade turns at every
-// OverlapHook::on_in_flight() call (the MoE layer's dispatch and combine, forward and backward):
-// the caller of on_in_flight has just started an exchange, so the other side computes until it
-// starts one of its own (or finishes), and the turn comes back.
-//
-// Why two threads and not a rewrite of forward/backward into resumable pieces: the backward runs
-// inside the autograd engine, which cannot be suspended at an arbitrary node except by blocking
-// the thread that runs it (on CPU, the thread that called backward). The hand-over is strict, so
-// there is no concurrent compute: results are bit-identical to running the two sides one after
-// the other, and the interleaving (hence the order of every collective) depends only on where the
-// sides reach on_in_flight, which is the same on every rank of a tensor/expert group.
-//
+// backward of another) so that each side's communication is in flight while the other side
+// computes. The first side runs on the calling thread, the second on a worker thread the runner
+// owns; exactly one of them runs at any time. They trade turns at every OverlapHook::on_in_flight()
+// call (the MoE layer's dispatch and combine, forward and backward): the caller of on_in_flight
+// has just started an exchange, so the other side computes until it starts one of its own (or
+// finishes), and the turn comes back. No compute is concurrent, so results are bit-identical to
+// running the sides one after the other, and the order of collectives depends only on where the
+// sides reach on_in_flight: the same on every rank of a tensor/expert group.
 // on_in_flight() from a thread that is not a side of the running pair (a piece run alone, a GPU
 // autograd worker) returns at once. Exceptions: a failing second side ends its turn and is
 // rethrown by run() after the first side finishes; a failing first side wakes the second one,
 // whose next on_in_flight() throws, and run() rethrows the first side's error.
+// Why two threads: docs/dualpipe.md#overlapped-pairs
 #pragma once
 
 #include <condition_variable>

@@ -1,8 +1,9 @@
 // WeightGradQueue: the deferred weight-gradient ("W") work of zero-bubble pipeline schedules.
-// A split-capable linear layer (split_linear.h) computes its input gradient ("B") during the
-// autograd backward and, while the queue is deferring, pushes the weight-gradient computation
-// here instead of running it. Work is grouped per backward call: everything pushed between two
-// close_group() calls is one group, and groups run first-in-first-out (DualPipe's W queue).
+// A split-capable linear layer (split_linear / grouped_split_linear, model/detail/layers.h)
+// computes its input gradient ("B") during the autograd backward and, while the queue is
+// deferring, pushes the weight-gradient computation here instead of running it. Work is grouped
+// per backward call: everything pushed between two close_group() calls is one group, and groups
+// run first-in-first-out (DualPipe's W queue).
 // Running a task accumulates into the parameter's .grad exactly as autograd would have, so a
 // step with deferred W is bit-identical to one without once the queue is drained.
 // Thread-safety: push/close/run may come from different threads (the autograd engine runs GPU

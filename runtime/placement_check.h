@@ -1,9 +1,9 @@
 // Start-of-job check that ranks and accelerators match on each node: one rank per GPU is the
 // launcher's contract (device.h selects GPU local_rank % count). Too many ranks per node makes
-// ranks share a GPU (NCCL refuses a communicator with two ranks on one device); too few leaves
-// GPUs idle; on CPU runs, more busy threads than cores slows every rank. The check is a pure
-// function of what it is given, so tests can feed it any node; log_rank_placement() gathers the
-// real values and logs the result.
+// ranks share a GPU (less memory each, and NCCL refuses a group with two ranks on one device, so
+// such groups stay on host-staged MPI); too few leaves GPUs idle; on CPU runs, more busy threads
+// than cores slows every rank. The check is a pure function of what it is given, so tests can
+// feed it any node; log_rank_placement() gathers the real values and logs the result.
 #pragma once
 
 #include <string>

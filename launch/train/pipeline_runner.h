@@ -2,11 +2,12 @@
 // stages for the job's schedule (parallel.pipeline.schedule over parallel.pp ranks, two stages
 // per rank for DualPipe/DualPipeV, virtual_stages for interleaved), runs each step's forward and
 // backward through the schedule executor (schedule/executor/executor.h), evaluates through the
-// pipeline, and sums losses and expert loads over the pp group. For logging.trace_steps it
-// writes every rank's measured op timeline (run.output_dir/traces/stepN/rankR.json) and, on
-// global rank 0, the measured pipeline next to its re-simulation (compare.svg,
-// compare.chrome.json, a bubble table in the log).
-// Gradients are reduced over dp after the schedule's last backward (ZeRO 0 and 1 only).
+// pipeline and sums losses over the pp group (expert loads are summed over its chunks; the
+// trainer sums them over the world). For logging.trace_steps it writes every rank's measured op
+// timeline (run.output_dir/traces/stepN/rankR.json) and, on global rank 0, the measured pipeline
+// next to its re-simulation (compare.svg, compare.chrome.json, a bubble table in the log).
+// Gradients are reduced over dp after the schedule's last backward (ZeRO 0 and 1 only). The pp
+// group needs a tag-matching backend (MPI, host-staged on GPUs), not NCCL.
 #pragma once
 
 #include <ATen/core/Tensor.h>

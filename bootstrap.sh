@@ -29,6 +29,7 @@ have_file /usr/include/spdlog/spdlog.h /usr/local/include/spdlog/spdlog.h || mis
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler libprotobuf-dev)
 have_file /usr/include/google/protobuf/message.h /usr/local/include/google/protobuf/message.h || missing+=(libprotobuf-dev)
 have_file /usr/include/CLI/CLI.hpp /usr/local/include/CLI/CLI.hpp || missing+=(libcli11-dev)
+have_file /usr/include/nlohmann/json.hpp /usr/local/include/nlohmann/json.hpp || missing+=(nlohmann-json3-dev)
 have_file /usr/include/gtest/gtest.h /usr/local/include/gtest/gtest.h || missing+=(libgtest-dev libgmock-dev)
 command -v ninja >/dev/null 2>&1 || missing+=(ninja-build)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)

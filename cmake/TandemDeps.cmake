@@ -27,6 +27,21 @@ if(NOT CLI11_FOUND)
   add_library(CLI11::CLI11 INTERFACE IMPORTED)
   target_include_directories(CLI11::CLI11 INTERFACE ${CLI11_INCLUDE_DIR})
 endif()
+# nlohmann-json: every JSON file tandem reads or writes (schedules, timelines, traces, metrics,
+# safetensors headers, config.json; runtime/json.h). Chosen because it is the well-kept,
+# header-only JSON library that is packaged both here (Debian: nlohmann-json3-dev, which
+# bootstrap.sh installs) and on the offline GPU machines; simdjson is not available there.
+# 3.9 is the first release with ordered_json (writers keep their key order).
+find_package(nlohmann_json 3.9 CONFIG QUIET)
+if(NOT nlohmann_json_FOUND)
+  find_path(NLOHMANN_JSON_INCLUDE_DIR nlohmann/json.hpp)
+  if(NOT NLOHMANN_JSON_INCLUDE_DIR)
+    message(FATAL_ERROR "tandem: nlohmann/json.hpp (nlohmann-json 3.9 or newer) not found: install the Debian "
+                        "package nlohmann-json3-dev (./bootstrap.sh does) or pass -DNLOHMANN_JSON_INCLUDE_DIR=DIR")
+  endif()
+  add_library(nlohmann_json::nlohmann_json INTERFACE IMPORTED)
+  target_include_directories(nlohmann_json::nlohmann_json INTERFACE ${NLOHMANN_JSON_INCLUDE_DIR})
+endif()
 if(TANDEM_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

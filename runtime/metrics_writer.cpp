@@ -1,78 +1,40 @@
-// JSON-lines metrics: hand-written serialisation (strings escaped per RFC 8259, doubles in
-// shortest round-trip form), append + flush per line, truncation of a dead run's tail on resume.
+// JSON-lines metrics: one compact nlohmann-json object per line (runtime/json.h: doubles in
+// shortest round-trip form, integral ones as integers, non-finite ones as null), append + flush
+// per line, truncation of a dead run's tail on resume.
 #include "runtime/metrics_writer.h"
 
 #include <cerrno>
-#include <charconv>
-#include <cmath>
 #include <cstring>
 #include <set>
 
 #include "runtime/error.h"
 #include "runtime/file_util.h"
+#include "runtime/json.h"
 
 namespace tandem::runtime {
-namespace {
-
-void append_json_string(std::string& out, std::string_view text) {
-  out.push_back('"');
-  for (const char c : text) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
-        } else {
-          out.push_back(c);
-        }
-    }
-  }
-  out.push_back('"');
-}
-
-void append_value(std::string& out, const MetricValue& value) {
-  if (const double* number = std::get_if<double>(&value)) {
-    if (!std::isfinite(*number)) {
-      out += "null";
-      return;
-    }
-    char buffer[32];
-    const auto result = std::to_chars(buffer, buffer + sizeof(buffer), *number);  // shortest round trip
-    out.append(buffer, result.ptr);
-  } else if (const int64_t* integer = std::get_if<int64_t>(&value)) {
-    out += std::to_string(*integer);
-  } else {
-    append_json_string(out, std::get<std::string>(value));
-  }
-}
-
-}  // namespace
 
 std::string metrics_json_line(const std::vector<MetricField>& fields) {
-  std::string line = "{";
-  for (size_t i = 0; i < fields.size(); ++i) {
-    if (i > 0) line.push_back(',');
-    append_json_string(line, fields[i].first);
-    line.push_back(':');
-    append_value(line, fields[i].second);
+  nlohmann::ordered_json line = nlohmann::ordered_json::object();
+  for (const auto& [key, value] : fields) {
+    nlohmann::ordered_json encoded;
+    if (const double* number = std::get_if<double>(&value)) {
+      encoded = json::number(*number);
+    } else if (const int64_t* integer = std::get_if<int64_t>(&value)) {
+      encoded = *integer;
+    } else {
+      encoded = std::get<std::string>(value);
+    }
+    json::append_unique(line, key, std::move(encoded));  // as given: write() refuses a repeated key
   }
-  line.push_back('}');
-  return line;
+  return json::dump(line);
 }
 
 std::optional<int64_t> metrics_line_int(std::string_view line, std::string_view key) {
-  const std::string needle = fmt::format("\"{}\":", key);
-  const size_t at = line.find(needle);
-  if (at == std::string_view::npos) return std::nullopt;
-  const char* begin = line.data() + at + needle.size();
-  int64_t value = 0;
-  const auto [end, error] = std::from_chars(begin, line.data() + line.size(), value);
-  if (error != std::errc() || end == begin) return std::nullopt;
-  return value;
+  const nlohmann::json object = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  if (!object.is_object()) return std::nullopt;  // also a torn line (discarded)
+  const auto it = object.find(key);
+  if (it == object.end() || !it->is_number_integer()) return std::nullopt;
+  return it->get<int64_t>();
 }
 
 MetricsWriter::MetricsWriter(std::string path, std::optional<int64_t> resume_after_step,

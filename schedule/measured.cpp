@@ -1,5 +1,5 @@
-// Measured timelines (measured.h): JSON round trip, assembly of one step's per-rank files, and
-// the measured-vs-simulated comparison.
+// Measured timelines (measured.h): JSON round trip (runtime/json.h), assembly of one step's
+// per-rank files, and the measured-vs-simulated comparison.
 #include "schedule/measured.h"
 
 #include <spdlog/fmt/fmt.h>
@@ -8,7 +8,7 @@
 #include <limits>
 
 #include "runtime/error.h"
-#include "schedule/json_io.h"
+#include "runtime/json.h"
 #include "schedule/render.h"
 #include "schedule/validator.h"
 
@@ -16,35 +16,42 @@ namespace tandem::schedule {
 
 std::string rank_timeline_to_json(const RankTimeline& t) {
   TANDEM_CHECK(t.ops.size() == t.times.size(), "a timeline of {} ops has {} times", t.ops.size(), t.times.size());
-  std::string out = "{\"format\": \"tandem-timeline\", \"kind\": ";
-  json::append_string(out, schedule_kind_name(t.kind));
-  out += fmt::format(
-      ", \"num_ranks\": {}, \"num_microbatches\": {}, \"num_chunks\": {}, \"step\": {}, \"pp_rank\": {}, \"dp_rank\": "
-      "{}, \"tp_rank\": {},\n \"ops\": [",
-      t.num_ranks, t.num_microbatches, t.num_chunks, t.step, t.pp_rank, t.dp_rank, t.tp_rank);
   const bool chunk = shows_chunk(t.kind);
+  nlohmann::ordered_json ops = nlohmann::ordered_json::array();
   for (std::size_t i = 0; i < t.ops.size(); ++i) {
-    out += i == 0 ? "\n  {\"token\": " : ",\n  {\"token\": ";
-    json::append_string(out, format_op(t.ops[i], chunk));
-    out += fmt::format(", \"start\": {}, \"end\": {}}}", t.times[i].start, t.times[i].end);
+    nlohmann::ordered_json op;
+    op["token"] = format_op(t.ops[i], chunk);
+    op["start"] = json::number(t.times[i].start);
+    op["end"] = json::number(t.times[i].end);
+    ops.push_back(std::move(op));
   }
-  out += "\n ]}\n";
-  return out;
+  nlohmann::ordered_json root;
+  root["format"] = "tandem-timeline";
+  root["kind"] = schedule_kind_name(t.kind);
+  root["num_ranks"] = t.num_ranks;
+  root["num_microbatches"] = t.num_microbatches;
+  root["num_chunks"] = t.num_chunks;
+  root["step"] = t.step;
+  root["pp_rank"] = t.pp_rank;
+  root["dp_rank"] = t.dp_rank;
+  root["tp_rank"] = t.tp_rank;
+  root["ops"] = std::move(ops);
+  return json::dump_rows(root);
 }
 
 RankTimeline rank_timeline_from_json(std::string_view text) {
-  const json::Value root = json::parse(text);
-  TANDEM_CHECK_INPUT(root.is(json::Value::Type::kObject), "a timeline file is a JSON object");
-  const json::Value* format = root.find("format");
-  TANDEM_CHECK_INPUT(format && format->is(json::Value::Type::kString) && format->as_string() == "tandem-timeline",
+  const nlohmann::json root = json::parse(text);
+  TANDEM_CHECK_INPUT(root.is_object(), "a timeline file is a JSON object");
+  const auto format = root.find("format");
+  TANDEM_CHECK_INPUT(format != root.end() && *format == "tandem-timeline",
                      "not a tandem timeline (\"format\" must be \"tandem-timeline\")");
-  const json::Value* kind = root.find("kind");
-  TANDEM_CHECK_INPUT(kind && kind->is(json::Value::Type::kString), "a timeline needs \"kind\" as a string");
+  const auto kind = root.find("kind");
+  TANDEM_CHECK_INPUT(kind != root.end() && kind->is_string(), "a timeline needs \"kind\" as a string");
   RankTimeline t;
-  t.kind = parse_schedule_kind(kind->as_string());
-  auto integer = [&](std::string_view key, int min) {
-    const json::Value* v = root.find(key);
-    TANDEM_CHECK_INPUT(v != nullptr, "a timeline needs \"{}\"", key);
+  t.kind = parse_schedule_kind(kind->get_ref<const std::string&>());
+  auto integer = [&](const char* key, int min) {
+    const auto v = root.find(key);
+    TANDEM_CHECK_INPUT(v != root.end(), "a timeline needs \"{}\"", key);
     return json::as_int(*v, key, min);
   };
   t.num_ranks = integer("num_ranks", 1);
@@ -56,15 +63,14 @@ RankTimeline rank_timeline_from_json(std::string_view text) {
   t.tp_rank = integer("tp_rank", 0);
   TANDEM_CHECK_INPUT(t.pp_rank < t.num_ranks, "pp_rank {} outside {} pipeline ranks", t.pp_rank, t.num_ranks);
   const Placement placement = placement_for(t.kind, t.num_ranks, t.num_chunks, t.num_microbatches);
-  const json::Value* ops = root.find("ops");
-  TANDEM_CHECK_INPUT(ops && ops->is(json::Value::Type::kArray), "a timeline needs \"ops\" as an array");
-  for (std::size_t i = 0; i < ops->items().size(); ++i) {
-    const json::Value& op = ops->items()[i];
-    const json::Value* token = op.find("token");
-    TANDEM_CHECK_INPUT(op.is(json::Value::Type::kObject) && token && token->is(json::Value::Type::kString),
-                       "ops[{}] needs a \"token\" string", i);
+  const auto ops = root.find("ops");
+  TANDEM_CHECK_INPUT(ops != root.end() && ops->is_array(), "a timeline needs \"ops\" as an array");
+  for (std::size_t i = 0; i < ops->size(); ++i) {
+    const nlohmann::json& op = (*ops)[i];
+    const auto token = op.is_object() ? op.find("token") : op.end();
+    TANDEM_CHECK_INPUT(token != op.end() && token->is_string(), "ops[{}] needs a \"token\" string", i);
     try {
-      t.ops.push_back(parse_op(token->as_string(), placement));
+      t.ops.push_back(parse_op(token->get_ref<const std::string&>(), placement));
       t.times.push_back({json::number_at(op, "start"), json::number_at(op, "end")});
     } catch (const Error& e) {
       TANDEM_THROW(kInput, "ops[{}]: {}", i, e.message());

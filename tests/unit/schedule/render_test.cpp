@@ -10,6 +10,7 @@
 
 #include "runtime/error.h"
 #include "schedule/generators.h"
+#include "runtime/json.h"
 #include "schedule/json_io.h"
 #include "schedule/render.h"
 #include "schedule/simulator.h"
@@ -38,41 +39,41 @@ TEST(ScheduleRender, JsonHasTheKeys) {
   const Schedule s = generate(ScheduleKind::kDualPipe, 4, 8);
   const CostModel costs = parse_cost_string("FB=2.5");
   const SimResult r = simulate(s, costs);
-  const json::Value doc = json::parse(render_json(s, r, &costs));
-  ASSERT_TRUE(doc.find("makespan"));
-  EXPECT_EQ(doc.find("makespan")->as_number(), r.makespan);
-  EXPECT_EQ(doc.find("kind")->as_string(), "dualpipe");
-  EXPECT_EQ(doc.find("cost")->as_string(), "F=1,B=1,W=1,FB=2.5,P2P=0,A2A=0");
-  const json::Value* ranks = doc.find("ranks");
-  ASSERT_TRUE(ranks && ranks->is(json::Value::Type::kArray));
-  ASSERT_EQ(ranks->items().size(), 4u);
+  const nlohmann::json doc = json::parse(render_json(s, r, &costs));
+  ASSERT_TRUE(doc.contains("makespan"));
+  EXPECT_EQ(doc.at("makespan").get<double>(), r.makespan);
+  EXPECT_EQ(doc.at("kind"), "dualpipe");
+  EXPECT_EQ(doc.at("cost"), "F=1,B=1,W=1,FB=2.5,P2P=0,A2A=0");
+  const nlohmann::json& ranks = doc.at("ranks");
+  ASSERT_TRUE(ranks.is_array());
+  ASSERT_EQ(ranks.size(), 4u);
   for (std::size_t i = 0; i < 4; ++i) {
-    const json::Value& rank = ranks->items()[i];
-    EXPECT_EQ(rank.find("rank")->as_number(), static_cast<double>(i));
-    EXPECT_EQ(rank.find("busy")->as_number(), r.ranks[i].busy);
-    EXPECT_EQ(rank.find("bubble")->as_number(), r.ranks[i].bubble);
-    EXPECT_EQ(rank.find("peak_live_chunks")->as_number(), 5);
+    const nlohmann::json& rank = ranks[i];
+    EXPECT_EQ(rank.at("rank").get<double>(), static_cast<double>(i));
+    EXPECT_EQ(rank.at("busy").get<double>(), r.ranks[i].busy);
+    EXPECT_EQ(rank.at("bubble").get<double>(), r.ranks[i].bubble);
+    EXPECT_EQ(rank.at("peak_live_chunks").get<double>(), 5);
   }
-  const json::Value* timeline = doc.find("timeline");
-  ASSERT_TRUE(timeline);
-  EXPECT_EQ(timeline->items().size(), s.num_ops());
-  EXPECT_EQ(timeline->items()[7].find("token")->as_string(), "F3+BW5");
+  ASSERT_TRUE(doc.contains("timeline"));
+  EXPECT_EQ(doc.at("timeline").size(), s.num_ops());
+  EXPECT_EQ(doc.at("timeline")[7].at("token"), "F3+BW5");
 }
 
 TEST(ScheduleRender, ChromeTraceHasOneTrackPerRank) {
   const Schedule s = generate(ScheduleKind::kZb1p, 3, 4);
   const SimResult r = simulate(s);
-  const json::Value doc = json::parse(render_chrome(s, r));
-  ASSERT_TRUE(doc.is(json::Value::Type::kArray));
+  const std::string text = render_chrome(s, r);
+  const nlohmann::json doc = json::parse(text);
+  ASSERT_TRUE(doc.is_array());
+  EXPECT_EQ(testing::count_of(text, "\n"), doc.size() + 2) << "one event per line";
   std::size_t complete = 0, thread_names = 0;
-  for (const json::Value& e : doc.items()) {
-    const std::string& ph = e.find("ph")->as_string();
-    EXPECT_EQ(e.find("pid")->as_number(), 0);
-    if (ph == "X") {
+  for (const nlohmann::json& e : doc) {
+    EXPECT_EQ(e.at("pid"), 0);
+    if (e.at("ph") == "X") {
       ++complete;
-      EXPECT_TRUE(e.find("ts") && e.find("dur") && e.find("tid") && e.find("name"));
-    } else if (e.find("name")->as_string() == "thread_name") {
-      EXPECT_EQ(e.find("args")->find("name")->as_string(), "rank " + std::to_string(static_cast<int>(e.find("tid")->as_number())));
+      EXPECT_TRUE(e.contains("ts") && e.contains("dur") && e.contains("tid") && e.contains("name"));
+    } else if (e.at("name") == "thread_name") {
+      EXPECT_EQ(e.at("args").at("name"), "rank " + std::to_string(e.at("tid").get<int>()));
       ++thread_names;
     }
   }
@@ -108,12 +109,12 @@ TEST(ScheduleRender, TwoRunsSideBySide) {
   EXPECT_EQ(testing::count_of(svg, "<g class=\"op\">"), 2 * s.num_ops());
   EXPECT_NE(svg.find(">simulated</text>"), std::string::npos);
   EXPECT_NE(svg.find("measured &lt;rank 0 &amp; 1&gt;"), std::string::npos);
-  const json::Value trace = json::parse(render_chrome(runs));
+  const nlohmann::json trace = json::parse(render_chrome(runs));
   std::size_t per_pid[2] = {0, 0};
-  for (const json::Value& e : trace.items()) {
-    if (e.find("ph")->as_string() == "X") ++per_pid[static_cast<int>(e.find("pid")->as_number())];
-    if (e.find("name")->as_string() == "process_name" && e.find("pid")->as_number() == 1) {
-      EXPECT_EQ(e.find("args")->find("name")->as_string(), "measured <rank 0 & 1>");
+  for (const nlohmann::json& e : trace) {
+    if (e.at("ph") == "X") ++per_pid[e.at("pid").get<int>()];
+    if (e.at("name") == "process_name" && e.at("pid") == 1) {
+      EXPECT_EQ(e.at("args").at("name"), "measured <rank 0 & 1>");
     }
   }
   EXPECT_EQ(per_pid[0], s.num_ops());

@@ -1,10 +1,10 @@
 // Recording all-to-alls of traced steps (exchange_recorder.h).
 #include "parallel/exchange_recorder.h"
 
-#include <fmt/format.h>
-
 #include <chrono>
 #include <utility>
+
+#include "runtime/json.h"
 
 namespace tandem::parallel {
 namespace {
@@ -130,26 +130,37 @@ double exchange_clock_ms() {
 }
 
 std::string exchange_trace_json(const std::vector<ExchangeSpan>& spans, int rank, int64_t step) {
-  // Chrome trace times are microseconds; the raw ms values ride along in args for exact sums.
-  std::string out = fmt::format("{{\"format\": \"tandem-exchanges\", \"rank\": {}, \"step\": {},\n \"traceEvents\": [",
-                                rank, step);
-  bool first = true;
+  // Chrome trace times are microseconds (to the nanosecond); the ms values ride along in args
+  // (to the nanosecond too) for exact sums.
+  nlohmann::ordered_json events = nlohmann::ordered_json::array();
   auto event = [&](const ExchangeSpan& s, const char* track, double from, double to) {
-    out += first ? "\n  " : ",\n  ";
-    first = false;
-    out += fmt::format(
-        "{{\"name\": \"{}\", \"cat\": \"{}\", \"ph\": \"X\", \"pid\": {}, \"tid\": \"{}\", \"ts\": {:.3f}, \"dur\": {:.3f}, "
-        "\"args\": {{\"issued_ms\": {:.6f}, \"posted_ms\": {:.6f}, \"wait_begin_ms\": {:.6f}, \"end_ms\": {:.6f}, "
-        "\"bytes_sent\": {}, \"bytes_received\": {}}}}}",
-        s.label, track, rank, track, from * 1e3, (to - from) * 1e3, s.issued_ms, s.posted_ms, s.wait_begin_ms, s.end_ms,
-        s.bytes_sent, s.bytes_received);
+    nlohmann::ordered_json e;
+    e["name"] = s.label;
+    e["cat"] = track;
+    e["ph"] = "X";
+    e["pid"] = rank;
+    e["tid"] = track;
+    e["ts"] = json::rounded(from * 1e3, 3);
+    e["dur"] = json::rounded((to - from) * 1e3, 3);
+    nlohmann::ordered_json& args = e["args"];
+    args["issued_ms"] = json::rounded(s.issued_ms, 6);
+    args["posted_ms"] = json::rounded(s.posted_ms, 6);
+    args["wait_begin_ms"] = json::rounded(s.wait_begin_ms, 6);
+    args["end_ms"] = json::rounded(s.end_ms, 6);
+    args["bytes_sent"] = s.bytes_sent;
+    args["bytes_received"] = s.bytes_received;
+    events.push_back(std::move(e));
   };
   for (const ExchangeSpan& s : spans) {
     event(s, "exchange", s.issued_ms, s.end_ms);
     event(s, "blocked", s.wait_begin_ms, s.end_ms);
   }
-  out += "\n ]}\n";
-  return out;
+  nlohmann::ordered_json root;
+  root["format"] = "tandem-exchanges";
+  root["rank"] = rank;
+  root["step"] = step;
+  root["traceEvents"] = std::move(events);
+  return json::dump_rows(root);
 }
 
 }  // namespace tandem::parallel

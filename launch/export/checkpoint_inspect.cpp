@@ -14,7 +14,7 @@
 #include "runtime/crc32c.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
-#include "schedule/json_io.h"
+#include "runtime/json.h"
 
 namespace tandem::launch {
 namespace {
@@ -255,52 +255,73 @@ std::string render_inspect_text(const InspectReport& report) {
   return out;
 }
 
-std::string render_inspect_json(const InspectReport& report) {
-  namespace json = schedule::json;
-  const CheckpointManifest& m = report.manifest;
-  const runtime::CheckpointLayout& l = m.layout;
-  auto str = [](std::string_view text) {
-    std::string out;
-    json::append_string(out, text);
-    return out;
-  };
-  std::string out = "{";
-  out += fmt::format("\"dir\": {}, \"step\": {}, \"optimizer_step\": {}, \"format_version\": {}, \"created_by\": {}, "
-                     "\"wall_time\": {:.3f},\n",
-                     str(report.dir), m.step, m.optimizer_step, m.format_version, str(m.created_by), m.wall_time);
-  out += fmt::format(" \"layout\": {{\"world_size\": {}, \"pp\": {}, \"dp\": {}, \"tp\": {}, \"ep\": {}, \"zero\": {}, "
-                     "\"schedule\": {}, \"order\": {}, \"virtual_stages\": {}, \"micro_batches\": {}}},\n",
-                     l.world_size, l.pp, l.dp, l.tp, l.ep, l.zero, str(l.schedule), str(l.order), l.virtual_stages,
-                     l.micro_batches);
-  out += fmt::format(" \"model\": {},\n \"scalars\": {{", str(report.model_summary));
-  bool first = true;
-  for (const auto& [key, value] : m.scalars) {
-    out += fmt::format("{}{}: {}", first ? "" : ", ", str(key), value);
-    first = false;
-  }
-  out += "},\n \"tensors\": [";
-  for (size_t i = 0; i < report.tensors.size(); ++i) {
-    const TensorSummary& t = report.tensors[i];
-    out += fmt::format("{}\n  {{\"name\": {}, \"kind\": {}, \"dtype\": {}, \"shape\": [{}], \"pieces\": {}, "
-                       "\"stored_bytes\": {}, \"global_bytes\": {}, \"covered\": {}}}",
-                       i == 0 ? "" : ",", str(t.name), str(runtime::tensor_kind_name(t.kind)),
-                       str(runtime::storage_dtype_name(t.dtype)), fmt::join(t.global_shape, ", "), t.num_entries,
-                       t.stored_bytes, t.global_bytes, t.covered);
-  }
-  out += "],\n \"files\": [";
-  for (size_t i = 0; i < report.files.size(); ++i) {
-    const FileCheck& f = report.files[i];
-    out += fmt::format("{}\n  {{\"rank\": {}, \"name\": {}, \"size_bytes\": {}, \"crc32c\": \"{:08x}\", \"ok\": {}, "
-                       "\"problem\": {}}}",
-                       i == 0 ? "" : ",", f.rank, str(f.name), f.expected_size_bytes, f.expected_crc32c,
-                       f.problem.empty(), str(f.problem));
-  }
-  out += fmt::format("],\n \"checksums_verified\": {}, \"ok\": {}, \"problems\": [", report.checksums_verified,
-                     report.ok());
-  const std::vector<std::string> problems = report.problems();
-  for (size_t i = 0; i < problems.size(); ++i) out += (i == 0 ? "" : ", ") + str(problems[i]);
-  out += "]}\n";
+namespace {
+
+nlohmann::ordered_json layout_json(const runtime::CheckpointLayout& l) {
+  nlohmann::ordered_json out;
+  out["world_size"] = l.world_size;
+  out["pp"] = l.pp;
+  out["dp"] = l.dp;
+  out["tp"] = l.tp;
+  out["ep"] = l.ep;
+  out["zero"] = l.zero;
+  out["schedule"] = l.schedule;
+  out["order"] = l.order;
+  out["virtual_stages"] = l.virtual_stages;
+  out["micro_batches"] = l.micro_batches;
   return out;
+}
+
+nlohmann::ordered_json tensor_json(const TensorSummary& t) {
+  nlohmann::ordered_json out;
+  out["name"] = t.name;
+  out["kind"] = runtime::tensor_kind_name(t.kind);
+  out["dtype"] = runtime::storage_dtype_name(t.dtype);
+  out["shape"] = t.global_shape;
+  out["pieces"] = t.num_entries;
+  out["stored_bytes"] = t.stored_bytes;
+  out["global_bytes"] = t.global_bytes;
+  out["covered"] = t.covered;
+  return out;
+}
+
+nlohmann::ordered_json file_json(const FileCheck& f) {
+  nlohmann::ordered_json out;
+  out["rank"] = f.rank;
+  out["name"] = f.name;
+  out["size_bytes"] = f.expected_size_bytes;
+  out["crc32c"] = fmt::format("{:08x}", f.expected_crc32c);
+  out["ok"] = f.problem.empty();
+  out["problem"] = f.problem;
+  return out;
+}
+
+}  // namespace
+
+std::string render_inspect_json(const InspectReport& report) {
+  const CheckpointManifest& m = report.manifest;
+  nlohmann::ordered_json root;
+  root["dir"] = report.dir;
+  root["step"] = m.step;
+  root["optimizer_step"] = m.optimizer_step;
+  root["format_version"] = m.format_version;
+  root["created_by"] = m.created_by;
+  root["wall_time"] = json::rounded(m.wall_time, 3);
+  root["layout"] = layout_json(m.layout);
+  root["model"] = report.model_summary;
+  nlohmann::ordered_json scalars = nlohmann::ordered_json::object();
+  for (const auto& [key, value] : m.scalars) json::append_unique(scalars, key, json::number(value));
+  root["scalars"] = std::move(scalars);
+  nlohmann::ordered_json tensors = nlohmann::ordered_json::array();
+  for (const TensorSummary& t : report.tensors) tensors.push_back(tensor_json(t));
+  root["tensors"] = std::move(tensors);
+  nlohmann::ordered_json files = nlohmann::ordered_json::array();
+  for (const FileCheck& f : report.files) files.push_back(file_json(f));
+  root["files"] = std::move(files);
+  root["checksums_verified"] = report.checksums_verified;
+  root["ok"] = report.ok();
+  root["problems"] = report.problems();
+  return json::dump_rows(root);
 }
 
 }  // namespace tandem::launch

@@ -11,7 +11,6 @@
 #include <map>
 #include <optional>
 #include <set>
-#include <type_traits>
 
 #include "launch/export/checkpoint_inspect.h"
 #include "launch/config/config_loader.h"
@@ -21,7 +20,7 @@
 #include "runtime/checkpoint_tensors.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
-#include "schedule/json_io.h"
+#include "runtime/json.h"
 
 namespace tandem::launch {
 namespace {
@@ -38,58 +37,22 @@ bool has_moe(const model::ModelConfig& c) {
   return c.n_routed_experts > 0 && c.first_k_dense_replace < c.num_hidden_layers;
 }
 
-// Ordered JSON object with raw (already encoded) values.
-class JsonObject {
- public:
-  JsonObject& raw(std::string key, std::string value) {
-    fields_.emplace_back(std::move(key), std::move(value));
-    return *this;
-  }
-  JsonObject& str(std::string key, std::string_view value) {
-    std::string encoded;
-    schedule::json::append_string(encoded, value);
-    return raw(std::move(key), std::move(encoded));
-  }
-  // Floating-point values keep a decimal point ("1.0", not "1"): transformers' configs validate
-  // field types strictly, and 1 is an integer to JSON readers.
-  template <class T>
-  JsonObject& num(std::string key, T value) {
-    std::string text = fmt::format("{}", value);
-    if constexpr (std::is_floating_point_v<T>) {
-      if (text.find_first_of(".eEn") == std::string::npos) text += ".0";
-    }
-    return raw(std::move(key), std::move(text));
-  }
-  JsonObject& boolean(std::string key, bool value) { return raw(std::move(key), value ? "true" : "false"); }
-  std::string render(int indent) const {
-    const std::string pad(static_cast<size_t>(indent) + 2, ' ');
-    std::string out = "{";
-    for (size_t i = 0; i < fields_.size(); ++i) {
-      out += (i == 0 ? "\n" : ",\n") + pad;
-      schedule::json::append_string(out, fields_[i].first);
-      out += ": " + fields_[i].second;
-    }
-    out += "\n" + std::string(static_cast<size_t>(indent), ' ') + "}";
-    return out;
-  }
-
- private:
-  std::vector<std::pair<std::string, std::string>> fields_;
-};
-
-std::string rope_scaling_json(const model::ModelConfig& c) {
+// config.json values: doubles are JSON floats, which nlohmann writes with a decimal point ("1.0",
+// not "1"): transformers' configs validate field types strictly, and 1 is an integer to JSON
+// readers. Keys keep the order they are set in (ordered_json).
+nlohmann::ordered_json rope_scaling_json(const model::ModelConfig& c) {
   const model::RopeScalingConfig& y = c.rope_scaling;
-  if (!c.uses_yarn()) return "null";
-  return JsonObject()
-      .str("type", "yarn")
-      .str("rope_type", "yarn")
-      .num("factor", y.factor)
-      .num("original_max_position_embeddings", y.original_max_position_embeddings)
-      .num("beta_fast", y.beta_fast)
-      .num("beta_slow", y.beta_slow)
-      .num("mscale", y.mscale)
-      .num("mscale_all_dim", y.mscale_all_dim)
-      .render(2);
+  if (!c.uses_yarn()) return nullptr;
+  nlohmann::ordered_json o;
+  o["type"] = "yarn";
+  o["rope_type"] = "yarn";
+  o["factor"] = y.factor;
+  o["original_max_position_embeddings"] = y.original_max_position_embeddings;
+  o["beta_fast"] = y.beta_fast;
+  o["beta_slow"] = y.beta_slow;
+  o["mscale"] = y.mscale;
+  o["mscale_all_dim"] = y.mscale_all_dim;
+  return o;
 }
 
 // "model.layers.10.x" after "model.layers.9.x": digit runs compare as numbers.
@@ -264,6 +227,31 @@ void write_reference_logits(runtime::CheckpointReader& reader, const JobConfig& 
   writer.finish();
 }
 
+// The DeepseekV3 fields: MLA attention and the MoE router. A dense MLA model is a DeepseekV3
+// whose layers are all below first_k_dense_replace.
+void add_deepseek_fields(nlohmann::ordered_json& o, const model::ModelConfig& c) {
+  o["moe_intermediate_size"] = c.moe_intermediate_size;
+  o["q_lora_rank"] = c.q_lora_rank ? nlohmann::ordered_json(*c.q_lora_rank) : nlohmann::ordered_json(nullptr);
+  o["kv_lora_rank"] = c.kv_lora_rank;
+  o["qk_nope_head_dim"] = c.qk_nope_head_dim;
+  o["qk_rope_head_dim"] = c.qk_rope_head_dim;
+  o["v_head_dim"] = c.v_head_dim;
+  o["n_routed_experts"] = has_moe(c) ? c.n_routed_experts : 0;
+  o["n_shared_experts"] = c.n_shared_experts;
+  o["num_experts_per_tok"] = c.num_experts_per_tok;
+  o["n_group"] = c.n_group;
+  o["topk_group"] = c.topk_group;
+  o["routed_scaling_factor"] = c.routed_scaling_factor;
+  o["norm_topk_prob"] = c.norm_topk_prob;
+  o["scoring_func"] = config::enum_name(c.scoring_func);
+  o["topk_method"] = "noaux_tc";
+  o["first_k_dense_replace"] = has_moe(c) ? c.first_k_dense_replace : c.num_hidden_layers;
+  o["moe_layer_freq"] = 1;
+  o["aux_loss_alpha"] = c.aux_loss_alpha;
+  o["seq_aux"] = true;
+  o["rope_interleave"] = true;
+}
+
 }  // namespace
 
 std::string hf_architecture(const model::ModelConfig& c) {
@@ -278,60 +266,41 @@ std::string hf_architecture(const model::ModelConfig& c) {
 std::string hf_config_json(const model::ModelConfig& c, const std::string& torch_dtype) {
   const std::string architecture = hf_architecture(c);
   const bool llama = architecture == "LlamaForCausalLM";
-  JsonObject o;
-  o.raw("architectures", fmt::format("[\"{}\"]", architecture))
-      .str("model_type", llama ? "llama" : "deepseek_v3")
-      .num("vocab_size", c.vocab_size)
-      .num("hidden_size", c.hidden_size)
-      .num("intermediate_size", c.intermediate_size)
-      .num("num_hidden_layers", c.num_hidden_layers)
-      .num("num_nextn_predict_layers", c.num_nextn_predict_layers)
-      .num("num_attention_heads", c.num_attention_heads)
-      .num("num_key_value_heads", llama ? c.num_key_value_heads : c.num_attention_heads)
-      .str("hidden_act", "silu")
-      .boolean("attention_bias", false);
+  nlohmann::ordered_json o;
+  o["architectures"] = nlohmann::ordered_json::array({architecture});
+  o["model_type"] = llama ? "llama" : "deepseek_v3";
+  o["vocab_size"] = c.vocab_size;
+  o["hidden_size"] = c.hidden_size;
+  o["intermediate_size"] = c.intermediate_size;
+  o["num_hidden_layers"] = c.num_hidden_layers;
+  o["num_nextn_predict_layers"] = c.num_nextn_predict_layers;
+  o["num_attention_heads"] = c.num_attention_heads;
+  o["num_key_value_heads"] = llama ? c.num_key_value_heads : c.num_attention_heads;
+  o["hidden_act"] = "silu";
+  o["attention_bias"] = false;
   if (llama) {
-    o.num("head_dim", c.gqa_head_dim()).boolean("mlp_bias", false);
+    o["head_dim"] = c.gqa_head_dim();
+    o["mlp_bias"] = false;
   } else {
-    // A dense MLA model is a DeepseekV3 whose layers are all below first_k_dense_replace.
-    o.num("moe_intermediate_size", c.moe_intermediate_size)
-        .raw("q_lora_rank", c.q_lora_rank ? fmt::format("{}", *c.q_lora_rank) : "null")
-        .num("kv_lora_rank", c.kv_lora_rank)
-        .num("qk_nope_head_dim", c.qk_nope_head_dim)
-        .num("qk_rope_head_dim", c.qk_rope_head_dim)
-        .num("v_head_dim", c.v_head_dim)
-        .num("n_routed_experts", has_moe(c) ? c.n_routed_experts : 0)
-        .num("n_shared_experts", c.n_shared_experts)
-        .num("num_experts_per_tok", c.num_experts_per_tok)
-        .num("n_group", c.n_group)
-        .num("topk_group", c.topk_group)
-        .num("routed_scaling_factor", c.routed_scaling_factor)
-        .boolean("norm_topk_prob", c.norm_topk_prob)
-        .str("scoring_func", config::enum_name(c.scoring_func))
-        .str("topk_method", "noaux_tc")
-        .num("first_k_dense_replace", has_moe(c) ? c.first_k_dense_replace : c.num_hidden_layers)
-        .num("moe_layer_freq", 1)
-        .num("aux_loss_alpha", c.aux_loss_alpha)
-        .boolean("seq_aux", true)
-        .boolean("rope_interleave", true);
+    add_deepseek_fields(o, c);
   }
-  o.num("max_position_embeddings", c.max_position_embeddings)
-      .num("rms_norm_eps", c.rms_norm_eps)
-      .num("rope_theta", c.rope_theta)
-      .raw("rope_scaling", rope_scaling_json(c))
-      .num("attention_dropout", 0.0)
-      .num("initializer_range", c.initializer_range)
-      .boolean("tie_word_embeddings", c.tie_word_embeddings)
-      .boolean("use_cache", true);
+  o["max_position_embeddings"] = c.max_position_embeddings;
+  o["rms_norm_eps"] = c.rms_norm_eps;
+  o["rope_theta"] = c.rope_theta;
+  o["rope_scaling"] = rope_scaling_json(c);
+  o["attention_dropout"] = 0.0;
+  o["initializer_range"] = c.initializer_range;
+  o["tie_word_embeddings"] = c.tie_word_embeddings;
+  o["use_cache"] = true;
   // The byte tokenizer's special tokens, when the vocabulary has room for them.
   using runtime::ByteTokenizer;
   if (c.vocab_size >= ByteTokenizer::kVocabSize) {
-    o.num("bos_token_id", ByteTokenizer::kBos)
-        .num("eos_token_id", ByteTokenizer::kEod)
-        .num("pad_token_id", ByteTokenizer::kPad);
+    o["bos_token_id"] = ByteTokenizer::kBos;
+    o["eos_token_id"] = ByteTokenizer::kEod;
+    o["pad_token_id"] = ByteTokenizer::kPad;
   }
-  o.str("torch_dtype", torch_dtype);
-  return o.render(0) + "\n";
+  o["torch_dtype"] = torch_dtype;
+  return json::dump(o, 2) + "\n";  // as transformers writes it (json.dumps, indent 2)
 }
 
 ExportResult export_hugging_face(const std::string& checkpoint_path, const std::string& out_dir,

@@ -7,14 +7,13 @@
 #include <algorithm>
 #include <cstring>
 #include <set>
+#include <string_view>
 
 #include "runtime/error.h"
-#include "schedule/json_io.h"
+#include "runtime/json.h"
 
 namespace tandem::launch {
 namespace {
-
-namespace json = schedule::json;
 
 constexpr int64_t kLengthFieldBytes = 8;
 constexpr int64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
@@ -31,13 +30,100 @@ uint64_t read_uint64_le(const uint8_t* bytes) {
 }
 
 // A JSON number that must be a non-negative integer below 2^53 (exact in a double).
-int64_t as_index(const json::Value& value, const std::string& path, std::string_view what) {
-  TANDEM_CHECK_INPUT(value.is(json::Value::Type::kNumber), "{}: {} must be a number, got {}", path, what,
-                     json::type_name(value.type()));
-  const double number = value.as_number();
-  TANDEM_CHECK_INPUT(number >= 0 && number < 9007199254740992.0 && number == static_cast<double>(static_cast<int64_t>(number)),
-                     "{}: {} must be a non-negative integer, got {}", path, what, number);
+int64_t as_index(const nlohmann::json& value, const std::string& where, std::string_view what) {
+  TANDEM_CHECK_INPUT(value.is_number(), "{}: {} must be a number, got {}", where, what, json::type_name(value));
+  const double number = value.get<double>();
+  TANDEM_CHECK_INPUT(
+      number >= 0 && number < 9007199254740992.0 && number == static_cast<double>(static_cast<int64_t>(number)),
+      "{}: {} must be a non-negative integer, got {}", where, what, number);
   return static_cast<int64_t>(number);
+}
+
+// The header's JSON text (without its space padding) after the length field has been checked
+// against the file; sets `header_size` to N.
+std::string_view header_text(const runtime::MappedFile& file, const std::string& path, int64_t& header_size) {
+  const int64_t size = static_cast<int64_t>(file.size());
+  TANDEM_CHECK_INPUT(size >= kLengthFieldBytes, "{}: {} bytes, too short for a safetensors file", path, size);
+  const uint64_t length = read_uint64_le(file.data());
+  TANDEM_CHECK_INPUT(
+      length <= static_cast<uint64_t>(kMaxHeaderBytes) && static_cast<int64_t>(length) <= size - kLengthFieldBytes,
+      "{}: header length {} does not fit the file of {} bytes (limit {})", path, length, size, kMaxHeaderBytes);
+  header_size = static_cast<int64_t>(length);
+  const std::string_view header(reinterpret_cast<const char*>(file.data()) + kLengthFieldBytes, length);
+  TANDEM_CHECK_INPUT(!header.empty() && header.front() == '{', "{}: the header does not start with '{{'", path);
+  // Only spaces may pad the JSON object (the format's padding); anything else after it is an error.
+  const size_t last = header.find_last_not_of(' ');
+  TANDEM_CHECK_INPUT(last != std::string_view::npos && header[last] == '}',
+                     "{}: the header's JSON object is followed by bytes other than space padding", path);
+  return header.substr(0, last + 1);
+}
+
+// Strict JSON (a tensor name twice is an error, not the last one winning).
+nlohmann::json parse_header(std::string_view text, const std::string& path) {
+  nlohmann::json root;
+  try {
+    root = json::parse(text);
+  } catch (const Error& error) {
+    TANDEM_THROW(kInput, "{}: header is not valid JSON: {}", path, error.message());
+  }
+  TANDEM_CHECK_INPUT(root.is_object(), "{}: the header is not a JSON object", path);
+  return root;
+}
+
+std::map<std::string, std::string> read_metadata(const nlohmann::json& value, const std::string& where) {
+  TANDEM_CHECK_INPUT(value.is_object(), "{} must be an object of strings", where);
+  std::map<std::string, std::string> metadata;
+  for (const auto& [key, item] : value.items()) {
+    TANDEM_CHECK_INPUT(item.is_string(), "{}: value of '{}' is not a string", where, key);
+    metadata[key] = item.get<std::string>();
+  }
+  return metadata;
+}
+
+// One tensor entry {"dtype", "shape", "data_offsets"}, checked against itself and the data size.
+SafetensorsTensor read_entry(const std::string& name, const nlohmann::json& value, const std::string& where,
+                             int64_t data_size) {
+  TANDEM_CHECK_INPUT(value.is_object(), "{} is not an object", where);
+  for (const auto& [key, item] : value.items()) {
+    TANDEM_CHECK_INPUT(key == "dtype" || key == "shape" || key == "data_offsets", "{} has an unknown field '{}'",
+                       where, key);
+  }
+  TANDEM_CHECK_INPUT(value.contains("dtype") && value.contains("shape") && value.contains("data_offsets"),
+                     "{} needs dtype, shape and data_offsets", where);
+  const nlohmann::json& dtype = value["dtype"];
+  const nlohmann::json& shape = value["shape"];
+  const nlohmann::json& offsets = value["data_offsets"];
+  SafetensorsTensor tensor;
+  tensor.name = name;
+  TANDEM_CHECK_INPUT(dtype.is_string() && safetensors_dtype_size_bytes(dtype.get_ref<const std::string&>()) > 0,
+                     "{}: unknown dtype", where);
+  tensor.dtype = dtype.get<std::string>();
+  TANDEM_CHECK_INPUT(shape.is_array(), "{}: shape is not a list", where);
+  for (const nlohmann::json& dim : shape) tensor.shape.push_back(as_index(dim, where, "a shape dim"));
+  TANDEM_CHECK_INPUT(offsets.is_array() && offsets.size() == 2, "{}: data_offsets is not [begin, end]", where);
+  tensor.begin = as_index(offsets[0], where, "data_offsets[0]");
+  tensor.end = as_index(offsets[1], where, "data_offsets[1]");
+  TANDEM_CHECK_INPUT(tensor.begin <= tensor.end && tensor.end <= data_size,
+                     "{}: data_offsets [{}, {}] lie outside the {} data bytes", where, tensor.begin, tensor.end,
+                     data_size);
+  const int64_t expected = tensor.numel() * safetensors_dtype_size_bytes(tensor.dtype);
+  TANDEM_CHECK_INPUT(tensor.size_bytes() == expected, "{}: {} bytes for shape [{}] of {} (expected {})", where,
+                     tensor.size_bytes(), fmt::join(tensor.shape, ", "), tensor.dtype, expected);
+  return tensor;
+}
+
+// Sorts `tensors` by offset and checks that they tile the data section exactly.
+void sort_and_check_tiling(std::vector<SafetensorsTensor>& tensors, const std::string& path, int64_t data_size) {
+  std::stable_sort(tensors.begin(), tensors.end(), [](const SafetensorsTensor& a, const SafetensorsTensor& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  int64_t covered = 0;
+  for (const SafetensorsTensor& t : tensors) {
+    TANDEM_CHECK_INPUT(t.begin == covered, "{}: '{}' starts at data offset {} but the previous tensor ends at {} ({})",
+                       path, t.name, t.begin, covered, t.begin > covered ? "a gap" : "an overlap");
+    covered = t.end;
+  }
+  TANDEM_CHECK_INPUT(covered == data_size, "{}: tensors cover {} of the {} data bytes", path, covered, data_size);
 }
 
 }  // namespace
@@ -58,45 +144,33 @@ int64_t SafetensorsTensor::numel() const {
 
 std::string safetensors_header_json(const std::vector<SafetensorsTensor>& tensors,
                                     const std::map<std::string, std::string>& metadata) {
-  std::string out = "{";
+  // append_unique: the writer has checked that names are unique (and none is __metadata__).
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
-    json::append_string(out, kMetadataKey);
-    out += ":{";
-    bool first = true;
-    for (const auto& [key, value] : metadata) {
-      if (!first) out += ',';
-      first = false;
-      json::append_string(out, key);
-      out += ':';
-      json::append_string(out, value);
-    }
-    out += '}';
+    nlohmann::ordered_json entries = nlohmann::ordered_json::object();
+    for (const auto& [key, value] : metadata) json::append_unique(entries, key, value);
+    json::append_unique(header, kMetadataKey, std::move(entries));
   }
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const SafetensorsTensor& t = tensors[i];
-    if (i > 0 || !metadata.empty()) out += ',';
-    json::append_string(out, t.name);
-    out += fmt::format(":{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}", t.dtype,
-                       fmt::join(t.shape, ","), t.begin, t.end);
+  for (const SafetensorsTensor& t : tensors) {
+    nlohmann::ordered_json entry;
+    entry["dtype"] = t.dtype;
+    entry["shape"] = t.shape;
+    entry["data_offsets"] = nlohmann::ordered_json::array({t.begin, t.end});
+    json::append_unique(header, t.name, std::move(entry));
   }
-  out += '}';
+  std::string out = json::dump(header);
   // Pad so that the data section starts at a multiple of 8 bytes (the length field is 8 bytes).
   while (out.size() % 8 != 0) out += ' ';
   return out;
 }
 
 std::string safetensors_index_json(int64_t total_size_bytes, const std::map<std::string, std::string>& weight_map) {
-  std::string out = fmt::format("{{\n  \"metadata\": {{\"total_size\": {}}},\n  \"weight_map\": {{", total_size_bytes);
-  bool first = true;
-  for (const auto& [name, file] : weight_map) {
-    out += first ? "\n    " : ",\n    ";
-    first = false;
-    json::append_string(out, name);
-    out += ": ";
-    json::append_string(out, file);
-  }
-  out += "\n  }\n}\n";
-  return out;
+  nlohmann::ordered_json files = nlohmann::ordered_json::object();
+  for (const auto& [name, file] : weight_map) json::append_unique(files, name, file);
+  nlohmann::ordered_json index;
+  index["metadata"]["total_size"] = total_size_bytes;
+  index["weight_map"] = std::move(files);
+  return json::dump(index, 2) + "\n";  // as transformers writes it (json.dumps, indent 2)
 }
 
 // --- writer ------------------------------------------------------------------------------------
@@ -157,84 +231,17 @@ int64_t SafetensorsWriter::file_size_bytes() const {
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
   SafetensorsFile file;
   file.file_ = runtime::MappedFile::open(path);
-  const int64_t size = static_cast<int64_t>(file.file_.size());
-  TANDEM_CHECK_INPUT(size >= kLengthFieldBytes, "{}: {} bytes, too short for a safetensors file", path, size);
-  const uint64_t header_size = read_uint64_le(file.file_.data());
-  TANDEM_CHECK_INPUT(header_size <= static_cast<uint64_t>(kMaxHeaderBytes) &&
-                         static_cast<int64_t>(header_size) <= size - kLengthFieldBytes,
-                     "{}: header length {} does not fit the file of {} bytes (limit {})", path, header_size, size,
-                     kMaxHeaderBytes);
-  file.header_size_ = static_cast<int64_t>(header_size);
-  std::string_view header(reinterpret_cast<const char*>(file.file_.data()) + kLengthFieldBytes, header_size);
-  TANDEM_CHECK_INPUT(!header.empty() && header.front() == '{', "{}: the header does not start with '{{'", path);
-  // Only spaces may pad the JSON object (the format's padding); anything else after it is an error.
-  const size_t last = header.find_last_not_of(' ');
-  TANDEM_CHECK_INPUT(last != std::string_view::npos && header[last] == '}',
-                     "{}: the header's JSON object is followed by bytes other than space padding", path);
-  json::Value root;
-  try {
-    root = json::parse(header.substr(0, last + 1));
-  } catch (const Error& error) {
-    TANDEM_THROW(kInput, "{}: header is not valid JSON: {}", path, error.message());
-  }
-  TANDEM_CHECK_INPUT(root.is(json::Value::Type::kObject), "{}: the header is not a JSON object", path);
-
-  const int64_t data_size = size - kLengthFieldBytes - file.header_size_;
-  std::set<std::string> seen;
-  for (size_t i = 0; i < root.keys().size(); ++i) {
-    const std::string& name = root.keys()[i];
-    const json::Value& value = root.items()[i];
-    TANDEM_CHECK_INPUT(seen.insert(name).second, "{}: tensor '{}' appears twice in the header", path, name);
+  const nlohmann::json root = parse_header(header_text(file.file_, path, file.header_size_), path);
+  const int64_t data_size = static_cast<int64_t>(file.file_.size()) - kLengthFieldBytes - file.header_size_;
+  for (const auto& [name, value] : root.items()) {
     const std::string where = fmt::format("{}: '{}'", path, name);
     if (name == kMetadataKey) {
-      TANDEM_CHECK_INPUT(value.is(json::Value::Type::kObject), "{} must be an object of strings", where);
-      for (size_t k = 0; k < value.keys().size(); ++k) {
-        TANDEM_CHECK_INPUT(value.items()[k].is(json::Value::Type::kString), "{}: value of '{}' is not a string", where,
-                           value.keys()[k]);
-        file.metadata_[value.keys()[k]] = value.items()[k].as_string();
-      }
-      continue;
+      file.metadata_ = read_metadata(value, where);
+    } else {
+      file.tensors_.push_back(read_entry(name, value, where, data_size));
     }
-    TANDEM_CHECK_INPUT(value.is(json::Value::Type::kObject), "{} is not an object", where);
-    for (const std::string& key : value.keys()) {
-      TANDEM_CHECK_INPUT(key == "dtype" || key == "shape" || key == "data_offsets", "{} has an unknown field '{}'",
-                         where, key);
-    }
-    const json::Value* dtype = value.find("dtype");
-    const json::Value* shape = value.find("shape");
-    const json::Value* offsets = value.find("data_offsets");
-    TANDEM_CHECK_INPUT(dtype != nullptr && shape != nullptr && offsets != nullptr,
-                       "{} needs dtype, shape and data_offsets", where);
-    SafetensorsTensor tensor;
-    tensor.name = name;
-    TANDEM_CHECK_INPUT(dtype->is(json::Value::Type::kString) && safetensors_dtype_size_bytes(dtype->as_string()) > 0,
-                       "{}: unknown dtype", where);
-    tensor.dtype = dtype->as_string();
-    TANDEM_CHECK_INPUT(shape->is(json::Value::Type::kArray), "{}: shape is not a list", where);
-    for (const json::Value& dim : shape->items()) tensor.shape.push_back(as_index(dim, where, "a shape dim"));
-    TANDEM_CHECK_INPUT(offsets->is(json::Value::Type::kArray) && offsets->items().size() == 2,
-                       "{}: data_offsets is not [begin, end]", where);
-    tensor.begin = as_index(offsets->items()[0], where, "data_offsets[0]");
-    tensor.end = as_index(offsets->items()[1], where, "data_offsets[1]");
-    TANDEM_CHECK_INPUT(tensor.begin <= tensor.end && tensor.end <= data_size,
-                       "{}: data_offsets [{}, {}] lie outside the {} data bytes", where, tensor.begin, tensor.end,
-                       data_size);
-    const int64_t expected = tensor.numel() * safetensors_dtype_size_bytes(tensor.dtype);
-    TANDEM_CHECK_INPUT(tensor.size_bytes() == expected, "{}: {} bytes for shape [{}] of {} (expected {})", where,
-                       tensor.size_bytes(), fmt::join(tensor.shape, ", "), tensor.dtype, expected);
-    file.tensors_.push_back(std::move(tensor));
   }
-  std::stable_sort(file.tensors_.begin(), file.tensors_.end(),
-                   [](const SafetensorsTensor& a, const SafetensorsTensor& b) {
-                     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-                   });
-  int64_t covered = 0;
-  for (const SafetensorsTensor& t : file.tensors_) {
-    TANDEM_CHECK_INPUT(t.begin == covered, "{}: '{}' starts at data offset {} but the previous tensor ends at {} ({})",
-                       path, t.name, t.begin, covered, t.begin > covered ? "a gap" : "an overlap");
-    covered = t.end;
-  }
-  TANDEM_CHECK_INPUT(covered == data_size, "{}: tensors cover {} of the {} data bytes", path, covered, data_size);
+  sort_and_check_tiling(file.tensors_, path, data_size);
   for (size_t i = 0; i < file.tensors_.size(); ++i) file.by_name_[file.tensors_[i].name] = i;
   return file;
 }

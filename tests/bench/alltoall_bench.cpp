@@ -22,6 +22,7 @@
 #include "parallel/nccl_communicator.h"
 #include "runtime/device.h"
 #include "runtime/error.h"
+#include "runtime/json.h"
 #include "runtime/mpi_session.h"
 
 namespace tandem::bench {
@@ -102,9 +103,14 @@ int run(int argc, char** argv) {
     const double ms = rounds[rounds.size() / 2];
     const int64_t sent = per_peer * (ranks - 1) * row_floats * 4;
     if (process.is_root()) {
-      std::printf("{\"bench\": \"alltoall\", \"backend\": \"%s\", \"ranks\": %d, \"bytes_sent\": %lld, \"ms\": %.6f, "
-                  "\"gbps\": %.6f}\n",
-                  comm->backend().c_str(), ranks, static_cast<long long>(sent), ms, static_cast<double>(sent) / ms / 1e6);
+      nlohmann::ordered_json line;
+      line["bench"] = "alltoall";
+      line["backend"] = comm->backend();
+      line["ranks"] = ranks;
+      line["bytes_sent"] = sent;
+      line["ms"] = json::rounded(ms, 6);
+      line["gbps"] = json::rounded(static_cast<double>(sent) / ms / 1e6, 6);
+      std::printf("%s\n", json::dump_line(line).c_str());
       std::fflush(stdout);
     }
   }

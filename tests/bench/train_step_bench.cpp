@@ -33,6 +33,7 @@
 #include "parallel/data_parallel_optimizer.h"
 #include "runtime/device.h"
 #include "runtime/error.h"
+#include "runtime/json.h"
 
 #ifdef TANDEM_HAVE_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -153,28 +154,56 @@ void profile_one_step(Step& step, const at::Device& device, const std::string& p
 void write_model_json(const std::string& path, const launch::JobConfig& job, bool bf16, double flops_per_token,
                       const model::ModelSize& size) {
   const model::ModelConfig& m = job.model;
+  nlohmann::ordered_json o;
+  o["attention_type"] = config::enum_name(m.attention_type);
+  o["vocab_size"] = m.vocab_size;
+  o["hidden_size"] = m.hidden_size;
+  o["num_hidden_layers"] = m.num_hidden_layers;
+  o["intermediate_size"] = m.intermediate_size;
+  o["moe_intermediate_size"] = m.moe_intermediate_size;
+  o["num_attention_heads"] = m.num_attention_heads;
+  o["num_key_value_heads"] = m.num_key_value_heads;
+  o["head_dim"] = m.gqa_head_dim();
+  o["n_routed_experts"] = m.n_routed_experts;
+  o["n_shared_experts"] = m.n_shared_experts;
+  o["num_experts_per_tok"] = m.num_experts_per_tok;
+  o["n_group"] = m.n_group;
+  o["topk_group"] = m.topk_group;
+  o["routed_scaling_factor"] = json::number(m.routed_scaling_factor);
+  o["norm_topk_prob"] = m.norm_topk_prob;
+  o["scoring_func"] = config::enum_name(m.scoring_func);
+  o["first_k_dense_replace"] = m.first_k_dense_replace;
+  o["rms_norm_eps"] = json::number(m.rms_norm_eps);
+  o["rope_theta"] = json::number(m.rope_theta);
+  o["tie_word_embeddings"] = m.tie_word_embeddings;
+  o["num_nextn_predict_layers"] = m.num_nextn_predict_layers;
+  o["aux_loss_alpha"] = json::number(m.aux_loss_alpha);
+  o["bias_update_speed"] = json::number(m.bias_update_speed);
+  o["initializer_range"] = json::number(m.initializer_range);
+  o["rope_scaling"] = config::enum_name(m.rope_scaling.type);
+  o["micro_batch_size"] = job.data.micro_batch_size;
+  o["seq_length"] = job.data.seq_length;
+  o["bf16"] = bf16;
+  o["lr"] = json::number(job.optim.lr);
+  o["beta1"] = json::number(job.optim.beta1);
+  o["beta2"] = json::number(job.optim.beta2);
+  o["eps"] = json::number(job.optim.eps);
+  o["weight_decay"] = json::number(job.optim.weight_decay);
+  o["grad_clip"] = json::number(job.optim.grad_clip);
+  o["seed"] = job.run.seed;
+  o["flops_per_token"] = json::number(flops_per_token);
+  o["peak_flops"] = json::number(job.hardware.gpu_tflops * 1e12);
+  o["cpu_peak_flops"] = json::number(cpu_peak_flops(job));
+  o["total_params"] = size.model_params();
   std::ofstream out(path);
   TANDEM_CHECK_KIND(kIo, out.good(), "cannot write {}", path);
-  out << fmt::format(
-      "{{\"attention_type\": \"{}\", \"vocab_size\": {}, \"hidden_size\": {}, \"num_hidden_layers\": {}, "
-      "\"intermediate_size\": {}, \"moe_intermediate_size\": {}, \"num_attention_heads\": {}, "
-      "\"num_key_value_heads\": {}, \"head_dim\": {}, \"n_routed_experts\": {}, \"n_shared_experts\": {}, "
-      "\"num_experts_per_tok\": {}, \"n_group\": {}, \"topk_group\": {}, \"routed_scaling_factor\": {}, "
-      "\"norm_topk_prob\": {}, \"scoring_func\": \"{}\", \"first_k_dense_replace\": {}, \"rms_norm_eps\": {}, "
-      "\"rope_theta\": {}, \"tie_word_embeddings\": {}, \"num_nextn_predict_layers\": {}, \"aux_loss_alpha\": {}, "
-      "\"bias_update_speed\": {}, \"initializer_range\": {}, \"rope_scaling\": \"{}\", "
-      "\"micro_batch_size\": {}, \"seq_length\": {}, \"bf16\": {}, \"lr\": {}, \"beta1\": {}, \"beta2\": {}, "
-      "\"eps\": {}, \"weight_decay\": {}, \"grad_clip\": {}, \"seed\": {}, \"flops_per_token\": {}, "
-      "\"peak_flops\": {}, \"cpu_peak_flops\": {}, \"total_params\": {}}}\n",
-      config::enum_name(m.attention_type), m.vocab_size, m.hidden_size, m.num_hidden_layers, m.intermediate_size,
-      m.moe_intermediate_size, m.num_attention_heads, m.num_key_value_heads, m.gqa_head_dim(), m.n_routed_experts,
-      m.n_shared_experts, m.num_experts_per_tok, m.n_group, m.topk_group, m.routed_scaling_factor,
-      m.norm_topk_prob ? "true" : "false", config::enum_name(m.scoring_func), m.first_k_dense_replace, m.rms_norm_eps, m.rope_theta,
-      m.tie_word_embeddings ? "true" : "false", m.num_nextn_predict_layers, m.aux_loss_alpha, m.bias_update_speed,
-      m.initializer_range, config::enum_name(m.rope_scaling.type), job.data.micro_batch_size, job.data.seq_length,
-      bf16 ? "true" : "false", job.optim.lr, job.optim.beta1, job.optim.beta2, job.optim.eps,
-      job.optim.weight_decay, job.optim.grad_clip, job.run.seed, flops_per_token,
-      job.hardware.gpu_tflops * 1e12, cpu_peak_flops(job), size.model_params());
+  out << json::dump_line(o) << "\n";
+}
+
+// One JSON line on stdout (what run_gpu_bench.sh and bench_table.py read).
+void print_json_line(const nlohmann::ordered_json& line) {
+  std::printf("%s\n", json::dump_line(line).c_str());
+  std::fflush(stdout);
 }
 
 int run(const Options& options) {
@@ -192,9 +221,12 @@ int run(const Options& options) {
   const double flops_per_token = size.train_flops_per_token(seq);
   if (!options.model_json.empty()) write_model_json(options.model_json, job, bf16, flops_per_token, size);
   if (options.describe) {
-    std::printf("{\"label\": \"%s\", \"params\": %lld, \"activated_params\": %lld, \"flops_per_token\": %.6g}\n",
-                options.label.c_str(), static_cast<long long>(size.model_params()),
-                static_cast<long long>(size.activated_params), flops_per_token);
+    nlohmann::ordered_json line;
+    line["label"] = options.label;
+    line["params"] = size.model_params();
+    line["activated_params"] = size.activated_params;
+    line["flops_per_token"] = json::number(flops_per_token);
+    print_json_line(line);
     return 0;
   }
 
@@ -246,15 +278,20 @@ int run(const Options& options) {
 
   const double tokens_per_s = static_cast<double>(options.steps * batch * seq) / seconds;
   const double peak_flops = device.is_cuda() ? job.hardware.gpu_tflops * 1e12 : cpu_peak_flops(job);
-  std::printf(
-      "{\"impl\": \"tandem\", \"label\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"params\": %lld, "
-      "\"tokens_per_step\": %lld, \"steps\": %lld, \"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"mfu\": %.5f, "
-      "\"peak_mem_gib\": %.3f, \"final_loss\": %.5f}\n",
-      options.label.c_str(), device_name(device).c_str(), bf16 ? "bf16" : "fp32",
-      static_cast<long long>(size.model_params()), static_cast<long long>(batch * seq),
-      static_cast<long long>(options.steps), 1e3 * seconds / static_cast<double>(options.steps), tokens_per_s,
-      flops_per_token * tokens_per_s / peak_flops, peak_memory_gib(device), last_loss.item<double>());
-  std::fflush(stdout);
+  nlohmann::ordered_json line;
+  line["impl"] = "tandem";
+  line["label"] = options.label;
+  line["device"] = device_name(device);
+  line["precision"] = bf16 ? "bf16" : "fp32";
+  line["params"] = size.model_params();
+  line["tokens_per_step"] = batch * seq;
+  line["steps"] = options.steps;
+  line["step_ms"] = json::rounded(1e3 * seconds / static_cast<double>(options.steps), 3);
+  line["tokens_per_s"] = json::rounded(tokens_per_s, 1);
+  line["mfu"] = json::rounded(flops_per_token * tokens_per_s / peak_flops, 5);
+  line["peak_mem_gib"] = json::rounded(peak_memory_gib(device), 3);
+  line["final_loss"] = json::rounded(last_loss.item<double>(), 5);
+  print_json_line(line);
   return 0;
 }
 

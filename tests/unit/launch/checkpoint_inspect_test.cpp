@@ -6,8 +6,8 @@
 
 #include "export_test_util.h"
 #include "launch/export/checkpoint_inspect.h"
+#include "runtime/json.h"
 #include "runtime_test_util.h"
-#include "schedule/json_io.h"
 
 namespace tandem::launch {
 namespace {
@@ -47,12 +47,12 @@ TEST(CheckpointInspect, DescribesAnIntactShardedCheckpoint) {
                                "verification: all 2 files intact (sizes and CRC-32C)"}) {
     EXPECT_NE(text.find(fragment), std::string::npos) << "missing '" << fragment << "' in:\n" << text;
   }
-  const schedule::json::Value json = schedule::json::parse(render_inspect_json(report));
-  EXPECT_EQ(json.find("step")->as_number(), 30);
-  EXPECT_TRUE(json.find("ok")->as_bool());
-  EXPECT_EQ(json.find("tensors")->items().size(), report.tensors.size());
-  EXPECT_EQ(json.find("files")->items().at(1).find("name")->as_string(), "rank_00001.bin");
-  EXPECT_EQ(json.find("layout")->find("tp")->as_number(), 2);
+  const nlohmann::json doc = json::parse(render_inspect_json(report));
+  EXPECT_EQ(doc.at("step"), 30);
+  EXPECT_TRUE(doc.at("ok").get<bool>());
+  EXPECT_EQ(doc.at("tensors").size(), report.tensors.size());
+  EXPECT_EQ(doc.at("files").at(1).at("name"), "rank_00001.bin");
+  EXPECT_EQ(doc.at("layout").at("tp"), 2);
 }
 
 TEST(CheckpointInspect, NamesEveryDamagedFileAndTensor) {

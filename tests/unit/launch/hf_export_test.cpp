@@ -13,8 +13,8 @@
 #include "launch/export/hf_export.h"
 #include "launch/export/safetensors.h"
 #include "runtime/file_util.h"
+#include "runtime/json.h"
 #include "runtime_test_util.h"
-#include "schedule/json_io.h"
 
 namespace tandem::launch {
 namespace {
@@ -23,7 +23,6 @@ using runtime::testing::TempDir;
 using testing::SavedCheckpoint;
 using testing::save_model_checkpoint;
 using testing::tiny_job;
-namespace json = schedule::json;
 
 // Every tensor of an export folder (single file or shards + index), as CPU tensors.
 std::map<std::string, at::Tensor> read_export(const std::string& dir, std::vector<std::string>* files = nullptr) {
@@ -46,12 +45,12 @@ std::map<std::string, at::Tensor> read_export(const std::string& dir, std::vecto
   return out;
 }
 
-json::Value read_json(const std::string& path) { return json::parse(runtime::read_file(path)); }
+nlohmann::json read_json(const std::string& path) { return json::parse(runtime::read_file(path)); }
 
-double number(const json::Value& object, const char* key) {
-  const json::Value* value = object.find(key);
-  EXPECT_NE(value, nullptr) << key;
-  return value != nullptr && value->is(json::Value::Type::kNumber) ? value->as_number() : -1.0;
+double number(const nlohmann::json& object, const char* key) {
+  const auto value = object.find(key);
+  EXPECT_NE(value, object.end()) << key;
+  return value != object.end() && value->is_number() ? value->get<double>() : -1.0;
 }
 
 TEST(HfExport, DeepseekFp32RoundTripsEveryTensor) {
@@ -91,10 +90,10 @@ TEST(HfExport, DeepseekFp32RoundTripsEveryTensor) {
   EXPECT_TRUE(exported.count("model.layers.1.mlp.experts.7.down_proj.weight"));
   EXPECT_TRUE(exported.count("model.layers.1.mlp.shared_experts.up_proj.weight"));
 
-  const json::Value config = read_json(dir / "hf/config.json");
+  const nlohmann::json config = read_json(dir / "hf/config.json");
   const model::ModelConfig& m = saved.config.model;
-  EXPECT_EQ(config.find("architectures")->items().at(0).as_string(), "DeepseekV3ForCausalLM");
-  EXPECT_EQ(config.find("model_type")->as_string(), "deepseek_v3");
+  EXPECT_EQ(config.at("architectures").at(0), "DeepseekV3ForCausalLM");
+  EXPECT_EQ(config.at("model_type"), "deepseek_v3");
   EXPECT_EQ(number(config, "hidden_size"), m.hidden_size);
   EXPECT_EQ(number(config, "num_hidden_layers"), m.num_hidden_layers);
   EXPECT_EQ(number(config, "num_nextn_predict_layers"), m.num_nextn_predict_layers);
@@ -116,11 +115,11 @@ TEST(HfExport, DeepseekFp32RoundTripsEveryTensor) {
   EXPECT_EQ(number(config, "rope_theta"), m.rope_theta);
   EXPECT_EQ(number(config, "routed_scaling_factor"), m.routed_scaling_factor);
   EXPECT_EQ(number(config, "max_position_embeddings"), m.max_position_embeddings);
-  EXPECT_TRUE(config.find("q_lora_rank")->is(json::Value::Type::kNull));  // tiny_moe has a direct q_proj
-  EXPECT_TRUE(config.find("rope_interleave")->as_bool());
-  EXPECT_FALSE(config.find("tie_word_embeddings")->as_bool());
-  EXPECT_TRUE(config.find("rope_scaling")->is(json::Value::Type::kNull));
-  EXPECT_EQ(config.find("torch_dtype")->as_string(), "float32");
+  EXPECT_TRUE(config.at("q_lora_rank").is_null());  // tiny_moe has a direct q_proj
+  EXPECT_TRUE(config.at("rope_interleave").get<bool>());
+  EXPECT_FALSE(config.at("tie_word_embeddings").get<bool>());
+  EXPECT_TRUE(config.at("rope_scaling").is_null());
+  EXPECT_EQ(config.at("torch_dtype"), "float32");
 }
 
 TEST(HfExport, Bf16RoundsWeightsAndKeepsTheRouterBiasFp32) {
@@ -138,9 +137,9 @@ TEST(HfExport, Bf16RoundsWeightsAndKeepsTheRouterBiasFp32) {
     EXPECT_EQ(exported.at(name).scalar_type(), at::kFloat) << name;
     EXPECT_TRUE(at::equal(exported.at(name), value)) << name;
   }
-  const json::Value config = read_json(dir / "hf/config.json");
+  const nlohmann::json config = read_json(dir / "hf/config.json");
   EXPECT_EQ(number(config, "q_lora_rank"), 16);
-  EXPECT_EQ(config.find("torch_dtype")->as_string(), "bfloat16");
+  EXPECT_EQ(config.at("torch_dtype"), "bfloat16");
 }
 
 TEST(HfExport, ShardedCheckpointExportsTheSameTensors) {
@@ -177,15 +176,15 @@ TEST(HfExport, ShardsWithAnIndexAboveTheLimit) {
     // Over the limit only when a single tensor is larger than the limit by itself.
     EXPECT_TRUE(data <= options.max_shard_bytes || shard.tensors().size() == 1) << file << ": " << data;
   }
-  const json::Value index = read_json(dir / "hf/model.safetensors.index.json");
-  EXPECT_EQ(number(*index.find("metadata"), "total_size"), static_cast<double>(result.total_bytes));
-  const json::Value& map = *index.find("weight_map");
-  EXPECT_EQ(map.keys().size(), exported.size());
+  const nlohmann::json index = read_json(dir / "hf/model.safetensors.index.json");
+  EXPECT_EQ(number(index.at("metadata"), "total_size"), static_cast<double>(result.total_bytes));
+  const nlohmann::json& map = index.at("weight_map");
+  EXPECT_EQ(map.size(), exported.size());
   int64_t total = 0;
-  for (size_t i = 0; i < map.keys().size(); ++i) {
-    const SafetensorsFile shard = SafetensorsFile::open(dir / "hf/" + map.items()[i].as_string());
-    const SafetensorsTensor* t = shard.find(map.keys()[i]);
-    ASSERT_NE(t, nullptr) << map.keys()[i] << " not in " << map.items()[i].as_string();
+  for (const auto& [name, file] : map.items()) {
+    const SafetensorsFile shard = SafetensorsFile::open(dir / "hf/" + file.get<std::string>());
+    const SafetensorsTensor* t = shard.find(name);
+    ASSERT_NE(t, nullptr) << name << " not in " << file;
     total += t->size_bytes();
   }
   EXPECT_EQ(total, result.total_bytes);
@@ -223,8 +222,8 @@ TEST(HfExport, LlamaExportPermutesQueryAndKeyRowsToHalfRotary) {
       }
     }
   }
-  const json::Value config = read_json(dir / "hf/config.json");
-  EXPECT_EQ(config.find("model_type")->as_string(), "llama");
+  const nlohmann::json config = read_json(dir / "hf/config.json");
+  EXPECT_EQ(config.at("model_type"), "llama");
   EXPECT_EQ(number(config, "num_key_value_heads"), 2);
   EXPECT_EQ(number(config, "head_dim"), head_dim);
   EXPECT_EQ(number(config, "intermediate_size"), 48);

@@ -95,7 +95,9 @@ TEST(JsonWriter, Layouts) {
   o["layout"] = {{"pp", 2}, {"dp", 1}};
   o["empty"] = ordered_json::array();
   o["last"] = number(2.5);
-  EXPECT_EQ(dump(o), R"({"format":"x","n":2,"rows":[["F0","BW0"],["F1","BW1"]],"layout":{"pp":2,"dp":1},"empty":[],"last":2.5})");
+  EXPECT_EQ(dump(o),
+            R"({"format":"x","n":2,"rows":[["F0","BW0"],["F1","BW1"]],"layout":{"pp":2,"dp":1},"empty":[],)"
+            R"("last":2.5})");
   EXPECT_EQ(dump_line(o["layout"]), R"({"pp": 2, "dp": 1})");
   EXPECT_EQ(dump_rows(o),
             "{\"format\": \"x\", \"n\": 2,\n"

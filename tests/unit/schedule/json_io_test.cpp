@@ -41,7 +41,11 @@ TEST(ScheduleJson, RoundTripEveryKind) {
   // The layout tandem has always written: scalars on the first line, one rank per line.
   EXPECT_EQ(schedule_to_json(generate(ScheduleKind::k1F1B, 2, 2)),
             "{\"format\": \"tandem-schedule/1\", \"kind\": \"1f1b\", \"num_ranks\": 2, \"num_microbatches\": 2, "
-            "\"num_chunks\": 1,\n \"ranks\": [\n  [\"F0\", \"F1\", \"BW0\", \"BW1\"],\n  [\"F0\", \"BW0\", \"F1\", \"BW1\"]\n ]}\n");
+            "\"num_chunks\": 1,\n"
+            " \"ranks\": [\n"
+            "  [\"F0\", \"F1\", \"BW0\", \"BW1\"],\n"
+            "  [\"F0\", \"BW0\", \"F1\", \"BW1\"]\n"
+            " ]}\n");
 }
 
 TEST(ScheduleJson, HandWrittenFileValidates) {

@@ -18,8 +18,9 @@ constexpr double kTwoTo53 = 9007199254740992.0;  // doubles below it hold every 
 using nlohmann::json;
 using nlohmann::ordered_json;
 
-// nlohmann's DOM builder behind a SAX filter that knows where it is (for messages), refuses a
-// key repeated within one object (nlohmann keeps the last silently) and bounds the nesting.
+// nlohmann's DOM builder (detail::json_sax_dom_parser, what json::parse() itself runs, there
+// since 3.2) behind a SAX filter that knows where it is (for messages), refuses a key repeated
+// within one object (nlohmann keeps the last silently) and bounds the nesting.
 class StrictSax {
  public:
   explicit StrictSax(json& root) : dom_(root, /*allow_exceptions=*/true) {}

@@ -1,9 +1,10 @@
 // Single-device training-step benchmark of tandem's own path: the job's model (model::Model),
 // fp32 master weights with AdamW through parallel::DataParallelOptimizer (as `tandem train`, here
-// over groups of size 1), bf16 autocast on the GPU, global-norm clipping and the routing-bias update, on one fixed random token batch that
-// lives on the device (data loading is not measured; tests/bench/reference_model.py does the
-// same). Prints one JSON line: tokens/s, step time, MFU (ModelSize's training FLOPs over
-// hardware.gpu_tflops), peak allocated device memory, and the final loss.
+// over groups of size 1), bf16 autocast on the GPU, global-norm clipping and the routing-bias
+// update, on one fixed random token batch that lives on the device (data loading is not
+// measured; tests/bench/reference_model.py does the same). Prints one JSON line: tokens/s, step
+// time, MFU (ModelSize's training FLOPs over hardware.gpu_tflops), peak allocated device memory,
+// and the final loss.
 // `--model-json PATH` also writes what the PyTorch reference needs to build the same model and
 // step (architecture, batch, precision, optimizer), so both sides read one resolved config.
 // Host synchronisation per step: the gradient norm (clipping needs it on the host, as in the
@@ -206,6 +207,60 @@ void print_json_line(const nlohmann::ordered_json& line) {
   std::fflush(stdout);
 }
 
+// One step of tandem's own training path on one fixed device batch, as the trainer runs it:
+// the model built on the CPU (init is a pure function of seed and name) and moved, AdamW through
+// DataParallelOptimizer, autocast as the job says, clipping and the routing-bias update.
+class BenchStep {
+ public:
+  BenchStep(const launch::JobConfig& job, const launch::TrainingDevice& on)
+      : job_(job), on_(on), model_(job.model, static_cast<uint64_t>(job.run.seed)) {
+    model_.to(on.device);
+    model_.train(true);
+    parallel::DataParallelOptions options;
+    options.adamw = parallel::AdamWConfig{job.optim.beta1, job.optim.beta2, job.optim.eps, job.optim.weight_decay};
+    options.decays = [](const std::string& name) {
+      return !model::is_norm_weight(name) && name.find(".bias") == std::string::npos;
+    };
+    optimizer_ = std::make_unique<parallel::DataParallelOptimizer>(model_.sharded_parameters(),
+                                                                   parallel::DataParallelGroups{}, options);
+    // One fixed batch of random tokens on the device: [B, T+1] (inputs and shifted labels).
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(job.run.seed));
+    tokens_ = at::randint(0, job.model.vocab_size, {job.data.micro_batch_size, job.data.seq_length + 1}, gen,
+                          at::TensorOptions().dtype(at::kLong))
+                  .to(on.device);
+  }
+
+  void operator()() {
+    optimizer_->zero_grad();
+    model::LossPieces pieces;
+    {
+      const model::AutocastScope autocast(on_.device.type(), at::kBFloat16, on_.bf16());
+      pieces = model_.forward_loss(tokens_, 1.0);
+    }
+    optimizer_->begin_backward(/*final_backward=*/true);
+    torch::autograd::backward({pieces.loss}, {at::ones({}, pieces.loss.options())});
+    optimizer_->end_backward();
+    optimizer_->finish_gradient_sync();
+    const double grad_norm = optimizer_->global_grad_norm();  // the step's one host sync
+    optimizer_->step(job_.optim.lr, parallel::clip_scale(grad_norm, job_.optim.grad_clip));
+    if (job_.model.n_routed_experts > 0) {
+      model_.update_routing_bias(model_.expert_load());
+      model_.reset_expert_load();
+    }
+    last_loss_ = pieces.lm_loss.detach();
+  }
+
+  double last_loss() const { return last_loss_.item<double>(); }
+
+ private:
+  const launch::JobConfig& job_;
+  launch::TrainingDevice on_;
+  model::Model model_;
+  std::unique_ptr<parallel::DataParallelOptimizer> optimizer_;
+  at::Tensor tokens_;
+  at::Tensor last_loss_;
+};
+
 int run(const Options& options) {
   const launch::JobConfig job = launch::load_job_config(options.config_path, options.overrides, 1);
   // --describe touches no device: it reports on the device the job is meant for (as check-config).
@@ -214,12 +269,10 @@ int run(const Options& options) {
                                                 launch::estimated_precision(job)}
                        : launch::resolve_training_device(job, /*local_rank=*/0, "this host");
   const at::Device device = trained_on.device;
-  const bool bf16 = trained_on.bf16();
   const model::ModelSize size = model::compute_model_size(job.model);
-  const int64_t batch = job.data.micro_batch_size;
-  const int64_t seq = job.data.seq_length;
-  const double flops_per_token = size.train_flops_per_token(seq);
-  if (!options.model_json.empty()) write_model_json(options.model_json, job, bf16, flops_per_token, size);
+  const int64_t tokens_per_step = job.data.micro_batch_size * job.data.seq_length;
+  const double flops_per_token = size.train_flops_per_token(job.data.seq_length);
+  if (!options.model_json.empty()) write_model_json(options.model_json, job, trained_on.bf16(), flops_per_token, size);
   if (options.describe) {
     nlohmann::ordered_json line;
     line["label"] = options.label;
@@ -230,67 +283,31 @@ int run(const Options& options) {
     return 0;
   }
 
-  // As the trainer: built on the CPU (init is a pure function of seed and name), then moved.
-  model::Model model(job.model, static_cast<uint64_t>(job.run.seed));
-  model.to(device);
-  model.train(true);
-  parallel::DataParallelOptions optimizer_options;
-  optimizer_options.adamw = parallel::AdamWConfig{job.optim.beta1, job.optim.beta2, job.optim.eps, job.optim.weight_decay};
-  optimizer_options.decays = [](const std::string& name) {
-    return !model::is_norm_weight(name) && name.find(".bias") == std::string::npos;
-  };
-  parallel::DataParallelOptimizer optimizer(model.sharded_parameters(), parallel::DataParallelGroups{},
-                                            optimizer_options);
-  // One fixed batch of random tokens on the device: [B, T+1] (inputs and shifted labels).
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(job.run.seed));
-  const at::Tensor tokens = at::randint(0, job.model.vocab_size, {batch, seq + 1}, gen,
-                                        at::TensorOptions().dtype(at::kLong)).to(device);
-
-  at::Tensor last_loss;
-  auto step = [&] {
-    optimizer.zero_grad();
-    model::LossPieces pieces;
-    {
-      const model::AutocastScope autocast(device.type(), at::kBFloat16, bf16);
-      pieces = model.forward_loss(tokens, 1.0);
-    }
-    optimizer.begin_backward(/*final_backward=*/true);
-    torch::autograd::backward({pieces.loss}, {at::ones({}, pieces.loss.options())});
-    optimizer.end_backward();
-    optimizer.finish_gradient_sync();
-    const double grad_norm = optimizer.global_grad_norm();  // the step's one host sync
-    optimizer.step(job.optim.lr, parallel::clip_scale(grad_norm, job.optim.grad_clip));
-    if (job.model.n_routed_experts > 0) {
-      model.update_routing_bias(model.expert_load());
-      model.reset_expert_load();
-    }
-    last_loss = pieces.lm_loss.detach();
-  };
+  BenchStep step(job, trained_on);
   for (int64_t i = 0; i < options.warmup; ++i) step();
   synchronize(device);
   const auto start = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < options.steps; ++i) step();
   synchronize(device);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-
   // Profiled after timing so the profiler's own overhead never enters the figures.
   if (!options.profile_path.empty()) profile_one_step(step, device, options.profile_path);
 
-  const double tokens_per_s = static_cast<double>(options.steps * batch * seq) / seconds;
+  const double tokens_per_s = static_cast<double>(options.steps * tokens_per_step) / seconds;
   const double peak_flops = device.is_cuda() ? job.hardware.gpu_tflops * 1e12 : cpu_peak_flops(job);
   nlohmann::ordered_json line;
   line["impl"] = "tandem";
   line["label"] = options.label;
   line["device"] = device_name(device);
-  line["precision"] = bf16 ? "bf16" : "fp32";
+  line["precision"] = trained_on.bf16() ? "bf16" : "fp32";
   line["params"] = size.model_params();
-  line["tokens_per_step"] = batch * seq;
+  line["tokens_per_step"] = tokens_per_step;
   line["steps"] = options.steps;
   line["step_ms"] = json::rounded(1e3 * seconds / static_cast<double>(options.steps), 3);
   line["tokens_per_s"] = json::rounded(tokens_per_s, 1);
   line["mfu"] = json::rounded(flops_per_token * tokens_per_s / peak_flops, 5);
   line["peak_mem_gib"] = json::rounded(peak_memory_gib(device), 3);
-  line["final_loss"] = json::rounded(last_loss.item<double>(), 5);
+  line["final_loss"] = json::rounded(step.last_loss(), 5);
   print_json_line(line);
   return 0;
 }

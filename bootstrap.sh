@@ -22,7 +22,7 @@ log() { printf '[bootstrap] %s\n' "$*"; }
 # network on the GPU machines) are recognised as complete.
 have_file() { for p in "$@"; do [ -e "$p" ] && return 0; done; return 1; }
 missing=()   # needed to build and test
-optional=()  # used when present: ccache (fast rebuilds), Google Benchmark (bench label), fortunes (corpus)
+optional=()  # used when present: ccache (fast rebuilds), Google Benchmark (bench label), fortunes (corpus), clang-format
 command -v mpicxx >/dev/null 2>&1 || missing+=(libopenmpi-dev openmpi-bin)
 have_file /usr/include/yaml-cpp/yaml.h /usr/local/include/yaml-cpp/yaml.h || missing+=(libyaml-cpp-dev)
 have_file /usr/include/spdlog/spdlog.h /usr/local/include/spdlog/spdlog.h || missing+=(libspdlog-dev)
@@ -35,6 +35,7 @@ command -v ninja >/dev/null 2>&1 || missing+=(ninja-build)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 have_file /usr/include/benchmark/benchmark.h /usr/local/include/benchmark/benchmark.h || optional+=(libbenchmark-dev)
 command -v ccache >/dev/null 2>&1 || optional+=(ccache)
+command -v clang-format >/dev/null 2>&1 || optional+=(clang-format)  # the lint.format test (skipped without it)
 have_file /usr/share/games/fortunes/fortunes || optional+=(fortunes)
 if [ $((${#missing[@]} + ${#optional[@]})) -gt 0 ]; then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

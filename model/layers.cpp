@@ -1,6 +1,6 @@
-// RMSNorm, SwiGLU and rotary embedding with YaRN (docs/model.md#rmsnorm, #swiglu, #rotary-embedding). Numerics: norm statistics and
-// rotary tables are computed in at least fp32 (tables in float64, then cast), so a bf16 model
-// does not lose the rotary phase at long positions.
+// RMSNorm, SwiGLU and rotary embedding with YaRN (docs/model.md#rmsnorm, #swiglu,
+// #rotary-embedding). Numerics: norm statistics and rotary tables are computed in at least fp32
+// (tables in float64, then cast), so a bf16 model does not lose the rotary phase at long positions.
 #include <ATen/autocast_mode.h>
 
 #include <cmath>

@@ -54,7 +54,10 @@ struct ParallelConfig {
     v("order", order, {.doc = "Rank layout, innermost axis first (a permutation of tp, dp, pp joined by '-')"});
     v("sequence_parallel", sequence_parallel, {.doc = "Shard activations along the sequence between TP regions"});
     v("grad_bucket_mb", grad_bucket_mb, {.doc = "Data-parallel gradient bucket size in MiB", .min = 0.001});
-    v("backend", backend, {.doc = "Communication backend of GPU runs: mpi (device tensors staged through the host), nccl (NCCL for device tensors and MPI for host ones; the pipeline group stays on MPI) or auto (mpi until the NCCL path is validated on GPUs); CPU runs use MPI"});
+    v("backend", backend,
+      {.doc = "Communication backend of GPU runs: mpi (device tensors staged through the host), nccl (NCCL for "
+              "device tensors and MPI for host ones; the pipeline group stays on MPI) or auto (mpi until the NCCL "
+              "path is validated on GPUs); CPU runs use MPI"});
     v.section("pipeline", pipeline, "Pipeline schedule");
   }
 };

@@ -118,8 +118,8 @@ std::string header(const JobConfig& config, int64_t world) {
   const JobWork work = job_work(config);
   return fmt::format(
       "# {} on {} ranks: pp {} x dp {} x tp {}, ep {}; hardware {:.0f} TFLOP/s x {:.0f}% assumed, all-to-all "
-      "{:.0f} GB/s\n# one micro-batch through all decoder layers, per tensor-parallel rank: F {:.3f} / B {:.3f} / W {:.3f} "
-      "TFLOP, all-to-all {:.1f} MB\n",
+      "{:.0f} GB/s\n# one micro-batch through all decoder layers, per tensor-parallel rank: "
+      "F {:.3f} / B {:.3f} / W {:.3f} TFLOP, all-to-all {:.1f} MB\n",
       config.run.name, world, config.parallel.pp, config.parallel.dp, config.parallel.tp, config.parallel.ep,
       config.hardware.gpu_tflops, 100.0 * config.hardware.mfu_assumed, work.hardware.a2a_gbps, work.layers.f_tflop,
       work.layers.b_tflop, work.layers.w_tflop, work.layers.f_a2a_bytes / 1e6);

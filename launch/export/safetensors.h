@@ -1,7 +1,8 @@
 // Safetensors files, the tensor container of the Hugging Face ecosystem, written and read by
-// tandem itself (the JSON header through nlohmann-json, runtime/json.h). A file is: an 8-byte little-endian header length N, N bytes of
-// JSON ({"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets": [begin, end]}}),
-// padded with spaces so the data starts 8-byte aligned, then the raw little-endian tensor bytes;
+// tandem itself (the JSON header through nlohmann-json, runtime/json.h). A file is: an 8-byte
+// little-endian header length N, N bytes of JSON
+// ({"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets": [begin, end]}}), padded
+// with spaces so the data starts 8-byte aligned, then the raw little-endian tensor bytes;
 // offsets are relative to the data start. Our files hold tensors back to back in the order given,
 // so the offsets tile the data exactly. The reader is strict: it rejects everything the format
 // does not allow (see SafetensorsFile::open), so tests can use it as an independent check.

@@ -1,4 +1,5 @@
-// Internal decoder layer (pre-norm attention + dense MLP or MoE) and MTP module (docs/model.md#network-shape, #multi-token-prediction).
+// Internal decoder layer (pre-norm attention + dense MLP or MoE) and MTP module
+// (docs/model.md#network-shape, #multi-token-prediction).
 // Module names are the HF names below "model.layers.{i}.".
 #pragma once
 

@@ -49,7 +49,8 @@ at::Tensor gate_weights(const at::Tensor& scores, const at::Tensor& topk_idx, co
 Routing route(const at::Tensor& logits, const at::Tensor& bias, const RoutingOptions& options);
 // Tokens per expert: topk_idx [..., K] -> [E] int64.
 at::Tensor expert_counts(const at::Tensor& topk_idx, int64_t num_experts);
-// alpha * mean over sequences of sum_i f_i P_i (docs/model.md#sequence-balance-loss). scores [B, T, E], topk_idx [B, T, K].
+// alpha * mean over sequences of sum_i f_i P_i (docs/model.md#sequence-balance-loss).
+// scores [B, T, E], topk_idx [B, T, K].
 at::Tensor sequence_balance_loss(const at::Tensor& scores, const at::Tensor& topk_idx, const RoutingOptions& options,
                                  double alpha);
 // The same loss when each tp rank holds only some token rows of the sequences: scores [n, E],

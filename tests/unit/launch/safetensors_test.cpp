@@ -108,11 +108,13 @@ TEST(Safetensors, StrictReaderRejectsMalformedFiles) {
   expect_rejected(dir, raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", four),
                   "4 bytes for shape [2] of F32 (expected 8)");
   expect_rejected(dir,
-                  raw_file(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[4,8]},"b":{"dtype":"F32","shape":[],"data_offsets":[4,8]}})",
+                  raw_file(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[4,8]},)"
+                           R"("b":{"dtype":"F32","shape":[],"data_offsets":[4,8]}})",
                            eight),
                   "starts at data offset 4 but the previous tensor ends at 0 (a gap)");
   expect_rejected(dir,
-                  raw_file(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]},"b":{"dtype":"I16","shape":[2],"data_offsets":[2,6]}})",
+                  raw_file(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]},)"
+                           R"("b":{"dtype":"I16","shape":[2],"data_offsets":[2,6]}})",
                            eight),
                   "(an overlap)");
   expect_rejected(dir, raw_file(R"({"a":{"dtype":"F12","shape":[],"data_offsets":[0,4]}})", four), "unknown dtype");
@@ -122,7 +124,8 @@ TEST(Safetensors, StrictReaderRejectsMalformedFiles) {
                   "unknown field 'extra'");
   expect_rejected(dir, raw_file(R"({"a":{"dtype":"F32","shape":[]}})", four), "needs dtype, shape and data_offsets");
   expect_rejected(dir,
-                  raw_file(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})",
+                  raw_file(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]},)"
+                           R"("a":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})",
                            four),
                   "appears twice");
   expect_rejected(dir, raw_file(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}x   )", four),

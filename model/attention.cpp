@@ -36,8 +36,8 @@ at::Tensor GqaAttentionImpl::forward(const at::Tensor& x_local, ForwardContext& 
     v = v.repeat_interleave(groups, 1);
   }
   const at::Tensor o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale_);  // [B, H, T, hd]
-  const at::Tensor merged = o.transpose(1, 2).reshape({b, t, heads_ * head_dim_});  // [B, T, H*hd]
-  return row_parallel_linear(merged, o_proj->weight, ctx);                           // [B, T(/tp), C]
+  const at::Tensor merged = o.transpose(1, 2).reshape({b, t, heads_ * head_dim_});                      // [B, T, H*hd]
+  return row_parallel_linear(merged, o_proj->weight, ctx);  // [B, T(/tp), C]
 }
 
 }  // namespace tandem::model::detail

@@ -35,7 +35,7 @@ void DecoderLayerImpl::register_children_on(torch::nn::Module& owner) {
 }
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
-  const at::Tensor normed = input_layernorm->forward(x);                                // [B, T, C]
+  const at::Tensor normed = input_layernorm->forward(x);                                   // [B, T, C]
   const at::Tensor h = x + (mla ? mla->forward(normed, ctx) : gqa->forward(normed, ctx));  // [B, T, C]
   const at::Tensor normed2 = post_attention_layernorm->forward(h);
   return h + (moe ? moe->forward(normed2, ctx) : mlp->forward_parallel(normed2, ctx));  // [B, T, C]

@@ -73,9 +73,9 @@ struct SwiGLUGateFunction : torch::autograd::Function<SwiGLUGateFunction> {
     kernels::RowType type{};
     TANDEM_CHECK(kernel_row_type(g, type), "swiglu kernel: unsupported dtype {}", c10::toString(g.scalar_type()));
     at::Tensor out = at::empty_like(g);
-    TANDEM_KERNEL_CHECK(kernels::launch_swiglu_forward(g.data_ptr(), u.data_ptr(), out.data_ptr(), type, g.numel(),
-                                                       current_stream(g)),
-                        "kernels::launch_swiglu_forward");
+    TANDEM_KERNEL_CHECK(
+        kernels::launch_swiglu_forward(g.data_ptr(), u.data_ptr(), out.data_ptr(), type, g.numel(), current_stream(g)),
+        "kernels::launch_swiglu_forward");
     ctx->save_for_backward({g, u});
     return out;
   }
@@ -139,7 +139,7 @@ at::Tensor rms_norm_fused_or_composite(const at::Tensor& x, const at::Tensor& we
     return at::rms_norm(x, {x.size(-1)}, weight, eps);
   }
   const at::ScalarType compute = at::promote_types(x.scalar_type(), at::kFloat);
-  const at::Tensor xf = x.to(compute);                                    // [..., d]
+  const at::Tensor xf = x.to(compute);                                   // [..., d]
   const at::Tensor inv_rms = at::rsqrt(xf.pow(2).mean(-1, true) + eps);  // [..., 1]
   return (xf * inv_rms).to(x.scalar_type()) * weight;
 }

@@ -40,8 +40,7 @@ std::pair<at::Tensor, at::Tensor> routing_topk(const at::Tensor& scores, const a
   // The kernel's limits (moe_kernels.h); anything else takes the reference, which explains itself.
   const bool fits = scores.is_cuda() && scores.scalar_type() == at::kFloat && o.sigmoid && o.num_experts <= 1024 &&
                     o.n_group >= 1 && o.n_group <= 32 && o.num_experts % o.n_group == 0 && o.topk_group >= 1 &&
-                    o.topk_group <= o.n_group && o.top_k >= 1 && o.top_k <= 32 &&
-                    o.top_k <= o.topk_group * per_group;
+                    o.topk_group <= o.n_group && o.top_k >= 1 && o.top_k <= 32 && o.top_k <= o.topk_group * per_group;
   if (fits) {
     const c10::cuda::CUDAGuard guard(scores.device());
     const at::Tensor s = scores.detach().contiguous();
@@ -110,8 +109,7 @@ at::Tensor unpermute_combine(const at::Tensor& expert_rows, const at::Tensor& ga
 #endif
   // As the kernel: products and sums in at least fp32, one rounding to the result at the end.
   const at::ScalarType result = out_dtype.value_or(expert_rows.scalar_type());
-  const at::ScalarType compute =
-      at::promote_types(at::promote_types(expert_rows.scalar_type(), result), at::kFloat);
+  const at::ScalarType compute = at::promote_types(at::promote_types(expert_rows.scalar_type(), result), at::kFloat);
   at::Tensor weighted = expert_rows.to(compute);  // [R, C]
   if (gate.defined()) weighted = weighted * gate.to(compute).unsqueeze(1);
   return at::zeros({num_tokens, expert_rows.size(1)}, expert_rows.options().dtype(compute))

@@ -40,7 +40,8 @@ SwiGLUImpl::SwiGLUImpl(int64_t dim, int64_t width) {
 }
 
 at::Tensor SwiGLUImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
-  const at::Tensor hidden = swiglu_gate_differentiable(gate_proj->forward(x, ctx), up_proj->forward(x, ctx));  // [..., width]
+  const at::Tensor hidden =
+      swiglu_gate_differentiable(gate_proj->forward(x, ctx), up_proj->forward(x, ctx));  // [..., width]
   return down_proj->forward(hidden, ctx);
 }
 
@@ -60,8 +61,8 @@ double correction_dim(double rotations, int64_t dim, double theta, double origin
 at::Tensor rope_inv_freq(const ModelConfig& c, int64_t rope_dim) {
   TANDEM_CHECK(rope_dim % 2 == 0, "rotary width {} must be even", rope_dim);
   const auto opts = at::TensorOptions().dtype(at::kDouble);
-  const at::Tensor index = at::arange(0, rope_dim / 2, opts);                        // [d/2]
-  const at::Tensor base = at::pow(c.rope_theta, index * (-2.0 / rope_dim));           // theta^(-2i/d)
+  const at::Tensor index = at::arange(0, rope_dim / 2, opts);                // [d/2]
+  const at::Tensor base = at::pow(c.rope_theta, index * (-2.0 / rope_dim));  // theta^(-2i/d)
   if (!c.uses_yarn()) return base;
   const auto& y = c.rope_scaling;
   const double original = static_cast<double>(y.original_max_position_embeddings);
@@ -93,7 +94,7 @@ double attention_softmax_scale(const ModelConfig& c, int64_t qk_head_dim) {
 RopeTables make_rope_tables(const ModelConfig& c, int64_t rope_dim, int64_t length, at::ScalarType dtype,
                             at::Device device) {
   const at::Tensor positions = at::arange(0, length, at::TensorOptions().dtype(at::kDouble));  // [T]
-  const at::Tensor angles = at::outer(positions, rope_inv_freq(c, rope_dim));                 // [T, d/2]
+  const at::Tensor angles = at::outer(positions, rope_inv_freq(c, rope_dim));                  // [T, d/2]
   const double amplitude = rope_amplitude(c);
   const auto to = at::TensorOptions().dtype(dtype).device(device);
   return {(at::cos(angles) * amplitude).to(to), (at::sin(angles) * amplitude).to(to)};

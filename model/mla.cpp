@@ -37,14 +37,14 @@ at::Tensor MlaAttentionImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
   const at::Tensor q_flat =
       q_proj ? column_parallel_linear(x, q_proj->weight, ctx)
              : q_b_proj->forward(enter_tp_region(q_a_layernorm->forward(q_a_proj->forward(x, ctx)), ctx), ctx);
-  const int64_t b = q_flat.size(0), t = q_flat.size(1);  // full sequence
+  const int64_t b = q_flat.size(0), t = q_flat.size(1);                                     // full sequence
   const at::Tensor q = q_flat.view({b, t, heads_, nope_dim_ + rope_dim_}).transpose(1, 2);  // [B, H, T, dn+dr]
-  const at::Tensor q_nope = q.narrow(-1, 0, nope_dim_);                                    // [B, H, T, dn]
-  const at::Tensor q_rope = apply_rope(q.narrow(-1, nope_dim_, rope_dim_), ctx.rope);      // [B, H, T, dr]
+  const at::Tensor q_nope = q.narrow(-1, 0, nope_dim_);                                     // [B, H, T, dn]
+  const at::Tensor q_rope = apply_rope(q.narrow(-1, nope_dim_, rope_dim_), ctx.rope);       // [B, H, T, dr]
 
   const at::Tensor compressed = kv_a_proj_with_mqa->forward(x, ctx);              // [B, T(/tp), kv_rank + dr]
   at::Tensor c_kv = kv_a_layernorm->forward(compressed.narrow(-1, 0, kv_rank_));  // [B, T(/tp), kv_rank]
-  at::Tensor k_pe = compressed.narrow(-1, kv_rank_, rope_dim_);                  // [B, T(/tp), dr]
+  at::Tensor k_pe = compressed.narrow(-1, kv_rank_, rope_dim_);                   // [B, T(/tp), dr]
   if (ctx.tp_size() > 1) {
     // One collective for both: the latent and the shared rotary key feed every local head.
     const at::Tensor latent = enter_tp_region(at::cat({c_kv, k_pe}, -1), ctx);  // [B, T, kv_rank + dr]
@@ -52,18 +52,17 @@ at::Tensor MlaAttentionImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
     k_pe = latent.narrow(-1, kv_rank_, rope_dim_);
   }
   const at::Tensor k_rope = apply_rope(k_pe.unsqueeze(1), ctx.rope);  // [B, 1, T, dr]
-  const at::Tensor kv = kv_b_proj->forward(c_kv, ctx)
-                            .view({b, t, heads_, nope_dim_ + v_dim_})
-                            .transpose(1, 2);              // [B, H, T, dn+dv]
-  const at::Tensor k_nope = kv.narrow(-1, 0, nope_dim_);   // [B, H, T, dn]
-  const at::Tensor v = kv.narrow(-1, nope_dim_, v_dim_);   // [B, H, T, dv]
+  const at::Tensor kv =
+      kv_b_proj->forward(c_kv, ctx).view({b, t, heads_, nope_dim_ + v_dim_}).transpose(1, 2);  // [B, H, T, dn+dv]
+  const at::Tensor k_nope = kv.narrow(-1, 0, nope_dim_);                                       // [B, H, T, dn]
+  const at::Tensor v = kv.narrow(-1, nope_dim_, v_dim_);                                       // [B, H, T, dv]
 
-  const at::Tensor q_full = at::cat({q_nope, q_rope}, -1);                            // [B, H, T, dn+dr]
+  const at::Tensor q_full = at::cat({q_nope, q_rope}, -1);                                    // [B, H, T, dn+dr]
   const at::Tensor k_full = at::cat({k_nope, k_rope.expand({b, heads_, t, rope_dim_})}, -1);  // [B, H, T, dn+dr]
   const at::Tensor o =
       at::scaled_dot_product_attention(q_full, k_full, v, {}, 0.0, /*is_causal=*/true, scale_);  // [B, H, T, dv]
-  const at::Tensor merged = o.transpose(1, 2).reshape({b, t, heads_ * v_dim_});  // [B, T, H*dv]
-  return row_parallel_linear(merged, o_proj->weight, ctx);                       // [B, T(/tp), C]
+  const at::Tensor merged = o.transpose(1, 2).reshape({b, t, heads_ * v_dim_});                  // [B, T, H*dv]
+  return row_parallel_linear(merged, o_proj->weight, ctx);                                       // [B, T(/tp), C]
 }
 
 }  // namespace tandem::model::detail

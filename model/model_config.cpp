@@ -34,8 +34,8 @@ void ModelConfig::validate() const {
     TANDEM_CONFIG_REQUIRE(rope_scaling.beta_fast > rope_scaling.beta_slow, "model.rope_scaling.beta_fast",
                           "beta_fast = {} must exceed beta_slow = {} (the ramp runs between them)",
                           rope_scaling.beta_fast, rope_scaling.beta_slow);
-    TANDEM_CONFIG_REQUIRE(rope_scaling.beta_slow > 0, "model.rope_scaling.beta_slow",
-                          "must be positive (got {})", rope_scaling.beta_slow);
+    TANDEM_CONFIG_REQUIRE(rope_scaling.beta_slow > 0, "model.rope_scaling.beta_slow", "must be positive (got {})",
+                          rope_scaling.beta_slow);
   } else {
     TANDEM_CONFIG_REQUIRE(rope_scaling.factor == 1.0, "model.rope_scaling.factor",
                           "factor = {} has no effect unless rope_scaling.type is yarn", rope_scaling.factor);
@@ -44,16 +44,15 @@ void ModelConfig::validate() const {
   // Mixture of experts.
   if (n_routed_experts > 0) {
     TANDEM_CONFIG_REQUIRE(n_routed_experts % n_group == 0, "model.n_group",
-                          "n_routed_experts = {} must split into n_group = {} equal groups", n_routed_experts,
+                          "n_routed_experts = {} must split into n_group = {} equal groups", n_routed_experts, n_group);
+    TANDEM_CONFIG_REQUIRE(topk_group <= n_group, "model.topk_group", "topk_group = {} exceeds n_group = {}", topk_group,
                           n_group);
-    TANDEM_CONFIG_REQUIRE(topk_group <= n_group, "model.topk_group", "topk_group = {} exceeds n_group = {}",
-                          topk_group, n_group);
     TANDEM_CONFIG_REQUIRE(num_experts_per_tok <= n_routed_experts, "model.num_experts_per_tok",
                           "K = {} exceeds n_routed_experts = {}", num_experts_per_tok, n_routed_experts);
     const int64_t experts_per_group = n_routed_experts / n_group;
     TANDEM_CONFIG_REQUIRE(num_experts_per_tok <= topk_group * experts_per_group, "model.num_experts_per_tok",
-                          "K = {} exceeds the {} experts in the topk_group = {} kept groups of {}",
-                          num_experts_per_tok, topk_group * experts_per_group, topk_group, experts_per_group);
+                          "K = {} exceeds the {} experts in the topk_group = {} kept groups of {}", num_experts_per_tok,
+                          topk_group * experts_per_group, topk_group, experts_per_group);
   }
 }
 

@@ -46,8 +46,10 @@ struct RopeScalingConfig {
     v("factor", factor, {.doc = "YaRN scale factor (new context / original context)", .min = 1.0});
     v("original_max_position_embeddings", original_max_position_embeddings,
       {.doc = "Context length the rotary frequencies were trained for", .min = 1});
-    v("beta_fast", beta_fast, {.doc = "YaRN: wavelengths shorter than original/beta_fast keep their frequency", .min = 0});
-    v("beta_slow", beta_slow, {.doc = "YaRN: wavelengths longer than original/beta_slow are divided by factor", .min = 0});
+    v("beta_fast", beta_fast,
+      {.doc = "YaRN: wavelengths shorter than original/beta_fast keep their frequency", .min = 0});
+    v("beta_slow", beta_slow,
+      {.doc = "YaRN: wavelengths longer than original/beta_slow are divided by factor", .min = 0});
     v("mscale", mscale, {.doc = "YaRN attention-temperature coefficient", .min = 0});
     v("mscale_all_dim", mscale_all_dim, {.doc = "YaRN: mscale applied to the softmax scale (MLA)", .min = 0});
   }
@@ -60,10 +62,10 @@ struct ModelConfig {
   int64_t intermediate_size = 512;      // dense MLP width (first_k_dense_replace layers)
   int64_t moe_intermediate_size = 128;  // width of each routed / shared expert
   int64_t num_attention_heads = 4;
-  int64_t num_key_value_heads = 4;      // GQA groups (attention_type gqa)
+  int64_t num_key_value_heads = 4;                     // GQA groups (attention_type gqa)
   AttentionType attention_type = AttentionType::kMla;  // tandem addition
-  int64_t head_dim = 0;                 // gqa head width; 0 = hidden_size / num_attention_heads
-  std::optional<int64_t> q_lora_rank;   // MLA query compression; null = direct q_proj
+  int64_t head_dim = 0;                                // gqa head width; 0 = hidden_size / num_attention_heads
+  std::optional<int64_t> q_lora_rank;                  // MLA query compression; null = direct q_proj
   int64_t kv_lora_rank = 64;
   int64_t qk_nope_head_dim = 32;
   int64_t qk_rope_head_dim = 16;
@@ -91,21 +93,25 @@ struct ModelConfig {
 
   template <class V>
   void visit(V& v) {
-    v("vocab_size", vocab_size, {.doc = "Vocabulary size (byte tokenizer: 256 bytes + special tokens, padded)", .min = 1});
+    v("vocab_size", vocab_size,
+      {.doc = "Vocabulary size (byte tokenizer: 256 bytes + special tokens, padded)", .min = 1});
     v("hidden_size", hidden_size, {.doc = "Model width d", .min = 1});
     v("num_hidden_layers", num_hidden_layers, {.doc = "Decoder layers N (MTP modules not included)", .min = 1});
     v("intermediate_size", intermediate_size, {.doc = "Dense SwiGLU MLP width", .min = 1});
     v("moe_intermediate_size", moe_intermediate_size, {.doc = "Width of each routed and shared expert", .min = 1});
     v("num_attention_heads", num_attention_heads, {.doc = "Attention heads", .min = 1});
-    v("num_key_value_heads", num_key_value_heads, {.doc = "Key/value heads for gqa attention (= heads for MHA)", .min = 1});
-    v("attention_type", attention_type, {.doc = "mla (multi-head latent attention) or gqa (grouped-query / multi-head)"});
+    v("num_key_value_heads", num_key_value_heads,
+      {.doc = "Key/value heads for gqa attention (= heads for MHA)", .min = 1});
+    v("attention_type", attention_type,
+      {.doc = "mla (multi-head latent attention) or gqa (grouped-query / multi-head)"});
     v("head_dim", head_dim, {.doc = "gqa head width; 0 means hidden_size / num_attention_heads", .min = 0});
     v("q_lora_rank", q_lora_rank, {.doc = "MLA query low-rank dimension; null for a direct q_proj", .min = 1});
     v("kv_lora_rank", kv_lora_rank, {.doc = "MLA compressed key/value dimension", .min = 1});
     v("qk_nope_head_dim", qk_nope_head_dim, {.doc = "MLA per-head query/key width without rotary", .min = 1});
     v("qk_rope_head_dim", qk_rope_head_dim, {.doc = "MLA per-head rotary query/key width (even)", .min = 2});
     v("v_head_dim", v_head_dim, {.doc = "MLA per-head value width", .min = 1});
-    v("n_routed_experts", n_routed_experts, {.doc = "Routed experts per MoE layer; 0 makes every layer dense", .min = 0});
+    v("n_routed_experts", n_routed_experts,
+      {.doc = "Routed experts per MoE layer; 0 makes every layer dense", .min = 0});
     v("n_shared_experts", n_shared_experts, {.doc = "Shared experts per MoE layer", .min = 0});
     v("num_experts_per_tok", num_experts_per_tok, {.doc = "Routed experts chosen per token (K)", .min = 1});
     v("n_group", n_group, {.doc = "Expert groups for group-limited routing", .min = 1});
@@ -113,17 +119,21 @@ struct ModelConfig {
     v("routed_scaling_factor", routed_scaling_factor, {.doc = "Multiplier on routed gate values", .min = 0});
     v("norm_topk_prob", norm_topk_prob, {.doc = "Normalise gate values over the chosen experts"});
     v("scoring_func", scoring_func, {.doc = "Router affinity: sigmoid (V3) or softmax"});
-    v("first_k_dense_replace", first_k_dense_replace, {.doc = "Leading layers that use the dense MLP instead of MoE", .min = 0});
+    v("first_k_dense_replace", first_k_dense_replace,
+      {.doc = "Leading layers that use the dense MLP instead of MoE", .min = 0});
     v("rms_norm_eps", rms_norm_eps, {.doc = "RMSNorm epsilon", .min = 0});
     v("rope_theta", rope_theta, {.doc = "Rotary base frequency", .min = 1});
     v("max_position_embeddings", max_position_embeddings, {.doc = "Longest sequence the model supports", .min = 1});
     v.section("rope_scaling", rope_scaling, "YaRN context extension");
     v("tie_word_embeddings", tie_word_embeddings, {.doc = "Share the embedding matrix with lm_head"});
-    v("num_nextn_predict_layers", num_nextn_predict_layers, {.doc = "Multi-token-prediction depth D (0 = off)", .min = 0});
+    v("num_nextn_predict_layers", num_nextn_predict_layers,
+      {.doc = "Multi-token-prediction depth D (0 = off)", .min = 0});
     v("mtp_loss_weight", mtp_loss_weight, {.doc = "MTP loss weight lambda", .min = 0});
     v("aux_loss_alpha", aux_loss_alpha, {.doc = "Sequence-wise balance loss weight alpha (0 = off)", .min = 0});
-    v("bias_update_speed", bias_update_speed, {.doc = "Auxiliary-loss-free balancing: bias step gamma per optimizer step", .min = 0});
-    v("capacity_factor", capacity_factor, {.doc = "Expert capacity as a multiple of the even share; 0 = no token dropping", .min = 0});
+    v("bias_update_speed", bias_update_speed,
+      {.doc = "Auxiliary-loss-free balancing: bias step gamma per optimizer step", .min = 0});
+    v("capacity_factor", capacity_factor,
+      {.doc = "Expert capacity as a multiple of the even share; 0 = no token dropping", .min = 0});
     v("initializer_range", initializer_range, {.doc = "Standard deviation of the normal weight init", .min = 0});
   }
 

@@ -26,7 +26,7 @@ int64_t attention_matmul_params(const ModelConfig& c) {
   } else {
     n += d * h * qk;  // q_proj
   }
-  n += d * (c.kv_lora_rank + c.qk_rope_head_dim);                // kv_a_proj_with_mqa
+  n += d * (c.kv_lora_rank + c.qk_rope_head_dim);                 // kv_a_proj_with_mqa
   n += c.kv_lora_rank * h * (c.qk_nope_head_dim + c.v_head_dim);  // kv_b_proj
   n += h * c.v_head_dim * d;                                      // o_proj
   return n;
@@ -78,8 +78,7 @@ int64_t moe_params(const ModelConfig& c) {
 }
 
 int64_t decoder_layer_params(const ModelConfig& c, int64_t layer) {
-  TANDEM_CHECK(layer >= 0 && layer < num_layers_with_mtp(c), "layer {} outside [0, {})", layer,
-               num_layers_with_mtp(c));
+  TANDEM_CHECK(layer >= 0 && layer < num_layers_with_mtp(c), "layer {} outside [0, {})", layer, num_layers_with_mtp(c));
   return layer_norm_params(c) + attention_params(c) + (c.is_moe_layer(layer) ? moe_params(c) : dense_mlp_params(c));
 }
 
@@ -114,7 +113,8 @@ ModelSize compute_model_size(const ModelConfig& c) {
     s.mtp_params += n;
     s.mtp_activated_params += mtp_wrapper_norm_params(c) + mtp_wrapper_matmul_params(c) +
                               layer_activated_params(c, layer) + vocab_by_d;
-    s.mtp_activated_matmul_params += mtp_wrapper_matmul_params(c) + layer_activated_matmul_params(c, layer) + vocab_by_d;
+    s.mtp_activated_matmul_params += mtp_wrapper_matmul_params(c) + layer_activated_matmul_params(c, layer) +
+                                     vocab_by_d;
   }
   s.attention_layers = num_layers_with_mtp(c);
   s.attention_heads = c.num_attention_heads;
@@ -147,8 +147,8 @@ int64_t stage_params(const ModelConfig& c, int64_t layer_begin, int64_t layer_en
   for (int64_t layer = layer_begin; layer < layer_end; ++layer) n += decoder_layer_params(c, layer);
   if (has_embedding) n += vocab_by_d;
   if (has_head_and_mtp) {
-    n += c.hidden_size;                                // model.norm
-    n += c.tie_word_embeddings ? 0 : vocab_by_d;       // lm_head
+    n += c.hidden_size;                           // model.norm
+    n += c.tie_word_embeddings ? 0 : vocab_by_d;  // lm_head
     for (int64_t depth = 1; depth <= c.num_nextn_predict_layers; ++depth) n += mtp_module_params(c, depth);
     const bool needs_embedding = c.tie_word_embeddings || c.num_nextn_predict_layers > 0;
     if (needs_embedding && !has_embedding) n += vocab_by_d;  // local copy, kept in sync with stage 0

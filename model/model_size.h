@@ -45,19 +45,19 @@ struct ModelSize {
   double train_flops_per_token(int64_t seq_length) const;
 
   // Filled by compute_model_size for train_flops_per_token.
-  int64_t attention_layers = 0;     // N + D
+  int64_t attention_layers = 0;  // N + D
   int64_t attention_heads = 0;
-  int64_t attention_qk_dim = 0;     // per head
-  int64_t attention_v_dim = 0;      // per head
+  int64_t attention_qk_dim = 0;  // per head
+  int64_t attention_v_dim = 0;   // per head
 };
 
 ModelSize compute_model_size(const ModelConfig& config);
 
 // Per-module counts, mirroring the modules (used by compute_model_size and stage_params).
 int64_t attention_params(const ModelConfig& config);
-int64_t dense_mlp_params(const ModelConfig& config);   // gate, up, down of intermediate_size
-int64_t expert_params(const ModelConfig& config);      // one routed expert (moe_intermediate_size)
-int64_t moe_params(const ModelConfig& config);         // router + shared + all routed experts
+int64_t dense_mlp_params(const ModelConfig& config);                     // gate, up, down of intermediate_size
+int64_t expert_params(const ModelConfig& config);                        // one routed expert (moe_intermediate_size)
+int64_t moe_params(const ModelConfig& config);                           // router + shared + all routed experts
 int64_t decoder_layer_params(const ModelConfig& config, int64_t layer);  // layer in [0, N + D)
 int64_t mtp_module_params(const ModelConfig& config, int64_t depth);     // depth in [1, D]
 

@@ -81,8 +81,8 @@ at::Tensor MoEImpl::run_experts_grouped(const at::Tensor& rows, const at::Tensor
     up_w.push_back(expert->up_proj->weight);
     down_w.push_back(expert->down_proj->weight);
   }
-  const at::Tensor gate_out = grouped_split_linear(rows, gate_w, offsets, ctx.queue);  // [R, I]
-  const at::Tensor up_out = grouped_split_linear(rows, up_w, offsets, ctx.queue);      // [R, I]
+  const at::Tensor gate_out = grouped_split_linear(rows, gate_w, offsets, ctx.queue);                     // [R, I]
+  const at::Tensor up_out = grouped_split_linear(rows, up_w, offsets, ctx.queue);                         // [R, I]
   return grouped_split_linear(swiglu_gate_differentiable(gate_out, up_out), down_w, offsets, ctx.queue);  // [R, C]
 }
 
@@ -150,7 +150,7 @@ at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing&
   if (fused) {
     return unpermute_combine_differentiable(expert_out, plan.gate, plan.token_index, n, rows.scalar_type());  // [n, C]
   }
-  const at::Tensor weighted = expert_out * plan.gate.to(rows.scalar_type()).unsqueeze(1);  // [R, C]
+  const at::Tensor weighted = expert_out * plan.gate.to(rows.scalar_type()).unsqueeze(1);        // [R, C]
   return at::zeros({n, rows.size(1)}, rows.options()).index_add(0, plan.token_index, weighted);  // [n, C]
 }
 
@@ -159,9 +159,9 @@ at::Tensor MoEImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
   const int64_t num_experts = options_.num_experts;
   const int64_t tp = ctx.tp_size();
   Routing routing;
-  at::Tensor out;              // [B, T(/tp), C]
-  at::Tensor seq_id;           // [n] sequence of each routed row (tp > 1)
-  int64_t seq_len = t;         // full sequence length
+  at::Tensor out;       // [B, T(/tp), C]
+  at::Tensor seq_id;    // [n] sequence of each routed row (tp > 1)
+  int64_t seq_len = t;  // full sequence length
   if (tp == 1) {
     const at::Tensor x2 = x.reshape({b * t, d});  // [N, C]
     at::Tensor y = routed(x2, ctx, routing);
@@ -180,7 +180,7 @@ at::Tensor MoEImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
     const int64_t n = b * t;
     const at::Tensor x_in = parallel::copy_to_tp(x, ctx.tp).reshape({n, d});  // [N, C]
     const parallel::RowRange range = parallel::even_row_range(n, tp, ctx.tp->rank());
-    const at::Tensor y = routed(x_in.narrow(0, range.begin, range.count), ctx, routing);  // [count, C]
+    const at::Tensor y = routed(x_in.narrow(0, range.begin, range.count), ctx, routing);              // [count, C]
     at::Tensor partial = at::constant_pad_nd(y, {0, 0, range.begin, n - range.begin - range.count});  // [N, C]
     if (shared_experts) partial = partial + shared_experts->forward(x_in, ctx);
     out = parallel::reduce_from_tp(partial, ctx.tp).view({b, t, d});
@@ -188,11 +188,11 @@ at::Tensor MoEImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
   }
 
   if (aux_alpha_ > 0 && is_training()) {
-    const at::Tensor aux =
-        tp == 1 ? sequence_balance_loss(routing.scores.view({b, t, num_experts}),
-                                        routing.topk_idx.view({b, t, options_.top_k}), options_, aux_alpha_)
-                : sequence_balance_loss_sharded(routing.scores, routing.topk_idx, seq_id, b, seq_len, options_,
-                                                aux_alpha_, ctx.tp);
+    const at::Tensor aux = tp == 1 ? sequence_balance_loss(routing.scores.view({b, t, num_experts}),
+                                                           routing.topk_idx.view({b, t, options_.top_k}), options_,
+                                                           aux_alpha_)
+                                   : sequence_balance_loss_sharded(routing.scores, routing.topk_idx, seq_id, b, seq_len,
+                                                                   options_, aux_alpha_, ctx.tp);
     out = attach_aux_loss(out, aux, ctx.loss_scale);
     ctx.aux_loss = ctx.aux_loss.defined() ? ctx.aux_loss + aux.detach() : aux.detach();
   }

@@ -33,8 +33,8 @@ struct HeadOutput {
   at::Tensor logits;
   // targets[0] [B*T] next tokens of the main head, targets[k] [B*(T-k)] tokens k+1 ahead.
   std::vector<at::Tensor> targets;
-  at::Tensor aux_loss;        // [] balance loss of the stage's MoE layers (detached); may be undefined
-  int64_t vocab_start = 0;    // this tp rank's first vocabulary column
+  at::Tensor aux_loss;           // [] balance loss of the stage's MoE layers (detached); may be undefined
+  int64_t vocab_start = 0;       // this tp rank's first vocabulary column
   parallel::CommunicatorPtr tp;  // the vocabulary's tensor-parallel group (null: all of it here)
 };
 

@@ -16,10 +16,10 @@
 namespace tandem::model {
 
 struct ParallelGroups {
-  parallel::CommunicatorPtr tp;   // tensor-parallel peers of this rank (null = size 1)
-  parallel::CommunicatorPtr ep;   // expert-parallel peers (null = size 1)
-  parallel::CommunicatorPtr edp;  // ranks holding the same experts (expert data parallel)
-  parallel::CommunicatorPtr dp;   // data-parallel peers (replicas of the dense weights)
+  parallel::CommunicatorPtr tp;    // tensor-parallel peers of this rank (null = size 1)
+  parallel::CommunicatorPtr ep;    // expert-parallel peers (null = size 1)
+  parallel::CommunicatorPtr edp;   // ranks holding the same experts (expert data parallel)
+  parallel::CommunicatorPtr dp;    // data-parallel peers (replicas of the dense weights)
   bool sequence_parallel = false;  // split activations along the sequence over tp (needs tp > 1)
 
   int tp_size() const { return tp ? tp->size() : 1; }

@@ -8,7 +8,8 @@ std::vector<StageSpec> partition_layers(const ModelConfig& config, int64_t num_s
   TANDEM_CONFIG_REQUIRE(num_stages >= 1, "parallel.pp", "need at least one pipeline stage (got {})", num_stages);
   std::vector<int64_t> sizes;
   const int64_t n = config.num_hidden_layers;
-  for (int64_t stage = 0; stage < num_stages; ++stage) sizes.push_back(n / num_stages + (stage < n % num_stages ? 1 : 0));
+  for (int64_t stage = 0; stage < num_stages; ++stage)
+    sizes.push_back(n / num_stages + (stage < n % num_stages ? 1 : 0));
   return partition_layers(config, sizes);
 }
 
@@ -25,10 +26,8 @@ std::vector<StageSpec> partition_layers(const ModelConfig& config, const std::ve
   int64_t begin = 0;
   const auto num_stages = static_cast<int64_t>(layers_per_stage.size());
   for (int64_t stage = 0; stage < num_stages; ++stage) {
-    specs.push_back({.index = stage,
-                     .num_stages = num_stages,
-                     .layer_begin = begin,
-                     .layer_end = begin + layers_per_stage[stage]});
+    specs.push_back(
+        {.index = stage, .num_stages = num_stages, .layer_begin = begin, .layer_end = begin + layers_per_stage[stage]});
     begin += layers_per_stage[stage];
   }
   return specs;

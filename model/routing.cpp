@@ -30,9 +30,9 @@ at::Tensor group_limited_topk(const at::Tensor& selection, const RoutingOptions&
   at::Tensor candidates = selection;  // [N, E]
   if (o.topk_group < o.n_group) {
     const int64_t per_group = e / o.n_group;
-    const at::Tensor grouped = selection.view({n, o.n_group, per_group});                           // [N, G, E/G]
+    const at::Tensor grouped = selection.view({n, o.n_group, per_group});  // [N, G, E/G]
     const at::Tensor group_score = std::get<0>(grouped.topk(std::min<int64_t>(2, per_group), -1)).sum(-1);  // [N, G]
-    const at::Tensor kept_groups = std::get<1>(group_score.topk(o.topk_group, -1));                // [N, topk_group]
+    const at::Tensor kept_groups = std::get<1>(group_score.topk(o.topk_group, -1));  // [N, topk_group]
     const at::Tensor kept = at::zeros({n, o.n_group}, selection.options().dtype(at::kBool))
                                 .scatter_(1, kept_groups, true)
                                 .unsqueeze(-1)
@@ -76,21 +76,21 @@ at::Tensor sequence_balance_loss(const at::Tensor& scores, const at::Tensor& top
   const int64_t b = scores.size(0), t = scores.size(1), e = scores.size(2);
   const at::Tensor normalized = scores / scores.sum(-1, true);  // [B, T, E] s_i,t / sum_j s_j,t
   const at::Tensor p = normalized.mean(1);                      // [B, E] P_i
-  const at::Tensor chosen = at::zeros({b, e}, scores.options())
-                                .scatter_add_(1, topk_idx.reshape({b, -1}),
-                                              at::ones({b, t * o.top_k}, scores.options()));  // [B, E] counts
-  const at::Tensor f = chosen * (static_cast<double>(e) / static_cast<double>(o.top_k * t));  // [B, E] f_i
+  const at::Tensor chosen =
+      at::zeros({b, e}, scores.options())
+          .scatter_add_(1, topk_idx.reshape({b, -1}), at::ones({b, t * o.top_k}, scores.options()));  // [B, E] counts
+  const at::Tensor f = chosen * (static_cast<double>(e) / static_cast<double>(o.top_k * t));          // [B, E] f_i
   return (f * p).sum(-1).mean() * alpha;
 }
 
-at::Tensor sequence_balance_loss_sharded(const at::Tensor& scores, const at::Tensor& topk_idx,
-                                         const at::Tensor& seq_id, int64_t num_seqs, int64_t seq_len,
-                                         const RoutingOptions& o, double alpha, const parallel::CommunicatorPtr& tp) {
+at::Tensor sequence_balance_loss_sharded(const at::Tensor& scores, const at::Tensor& topk_idx, const at::Tensor& seq_id,
+                                         int64_t num_seqs, int64_t seq_len, const RoutingOptions& o, double alpha,
+                                         const parallel::CommunicatorPtr& tp) {
   const int64_t e = scores.size(1);
   const at::Tensor normalized = scores / scores.sum(-1, true);  // [n, E]
-  const at::Tensor p_part =
-      at::zeros({num_seqs, e}, scores.options()).index_add(0, seq_id, normalized) / static_cast<double>(seq_len);
-  const at::Tensor p = parallel::reduce_from_tp(p_part, tp);  // [B, E] P_i
+  const at::Tensor p_part = at::zeros({num_seqs, e}, scores.options()).index_add(0, seq_id, normalized) /
+                            static_cast<double>(seq_len);
+  const at::Tensor p = parallel::reduce_from_tp(p_part, tp);                    // [B, E] P_i
   const at::Tensor slots = (seq_id.unsqueeze(1) * e + topk_idx).reshape({-1});  // [n*K] flat (sequence, expert)
   at::Tensor chosen = at::zeros({num_seqs * e}, scores.options().requires_grad(false))
                           .index_add_(0, slots, at::ones({slots.numel()}, scores.options().requires_grad(false)));
@@ -131,8 +131,8 @@ at::Tensor attach_aux_loss(const at::Tensor& hidden, const at::Tensor& aux, doub
 
 DispatchPlan plan_dispatch(const Routing& routing, int64_t num_experts, int64_t capacity, bool host_counts) {
   const int64_t k = routing.topk_idx.size(1);
-  const at::Tensor flat_expert = routing.topk_idx.reshape({-1});                  // [N*K]
-  const at::Tensor order = at::argsort(flat_expert, /*stable=*/true, 0, false);   // rows grouped by expert
+  const at::Tensor flat_expert = routing.topk_idx.reshape({-1});                 // [N*K]
+  const at::Tensor order = at::argsort(flat_expert, /*stable=*/true, 0, false);  // rows grouped by expert
   DispatchPlan plan;
   plan.token_index = at::floor_divide(order, k);                                  // [N*K]
   plan.gate = routing.topk_weight.reshape({-1}).index_select(0, order);           // [N*K]
@@ -144,8 +144,8 @@ DispatchPlan plan_dispatch(const Routing& routing, int64_t num_experts, int64_t 
   plan.rows_per_expert.assign(c, c + num_experts);
   if (capacity > 0) {
     // Rank of each row inside its expert's block; keep the first `capacity` of every block.
-    const at::Tensor sorted_expert = flat_expert.index_select(0, order);            // [N*K]
-    const at::Tensor block_start = at::cumsum(counts, 0) - counts;                  // [E]
+    const at::Tensor sorted_expert = flat_expert.index_select(0, order);  // [N*K]
+    const at::Tensor block_start = at::cumsum(counts, 0) - counts;        // [E]
     const at::Tensor rank = at::arange(order.numel(), order.options()) -
                             block_start.to(order.device()).index_select(0, sorted_expert);
     const at::Tensor keep = rank < capacity;

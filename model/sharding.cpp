@@ -82,8 +82,8 @@ parallel::ParamSharding make(const std::string& name, std::vector<int64_t> globa
     s.local_shape[dim] /= tp;
     s.offset = groups.tp_rank() * s.local_shape[dim];
   }
-  s.grad_partial_over_tp =
-      tp > 1 && s.kind == parallel::ShardKind::kReplicated && partial_over_tp(parts, config, groups.sequence_parallel);
+  s.grad_partial_over_tp = tp > 1 && s.kind == parallel::ShardKind::kReplicated &&
+                           partial_over_tp(parts, config, groups.sequence_parallel);
   return s;
 }
 

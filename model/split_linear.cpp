@@ -122,7 +122,8 @@ struct SplitLinearFunction : torch::autograd::Function<SplitLinearFunction> {
       weight_c = at::autocast::cached_cast(dtype, weight, device_type);
     }
     ctx->save_for_backward({input_c, weight_c, weight});
-    if (queue) ctx->saved_data["queue"] = c10::IValue::make_capsule(c10::make_intrusive<QueueCapsule>(std::move(queue)));
+    if (queue)
+      ctx->saved_data["queue"] = c10::IValue::make_capsule(c10::make_intrusive<QueueCapsule>(std::move(queue)));
     at::Tensor out2d = flatten_rows(input_c).mm(weight_c.t());  // [M, in] x [in, out] -> [M, out]
     std::vector<int64_t> shape = input.sizes().vec();
     shape.back() = weight.size(0);
@@ -171,8 +172,8 @@ struct GroupedSplitLinearFunction : torch::autograd::Function<GroupedSplitLinear
     std::vector<at::Tensor> cast;  // each [out, in], in the compute dtype (autocast's cached copies)
     cast.reserve(weights.size());
     for (const at::Tensor& w : weights) cast.push_back(autocast ? at::autocast::cached_cast(dtype, w, device_type) : w);
-    const at::Tensor stacked = at::stack(cast);                                   // [G, out, in]
-    const at::Tensor x = (autocast ? input.to(dtype) : input).contiguous();       // [R, in]
+    const at::Tensor stacked = at::stack(cast);                              // [G, out, in]
+    const at::Tensor x = (autocast ? input.to(dtype) : input).contiguous();  // [R, in]
     std::vector<at::Tensor> saved = {x, stacked, offsets};
     saved.insert(saved.end(), weights.begin(), weights.end());  // the leaves a deferred W lands in
     ctx->save_for_backward(saved);

@@ -88,7 +88,8 @@ std::vector<std::pair<std::string, at::Tensor>> Stage::Impl::named_parameters() 
 std::vector<std::pair<std::string, at::Tensor>> Stage::Impl::named_buffers() const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (auto& [layer, moe] : moe_layers()) {
-    out.emplace_back(fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias", layer), moe->gate->e_score_correction_bias);
+    out.emplace_back(fmt::format("model.layers.{}.mlp.gate.e_score_correction_bias", layer),
+                     moe->gate->e_score_correction_bias);
   }
   return out;
 }
@@ -152,10 +153,9 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
     h = embed->forward(tokens.narrow(1, 0, t), ctx, sp);
   } else {
     h = input.hidden;
-    TANDEM_CHECK_INPUT(h.defined() && h.dim() == 3 && h.size(0) == b && h.size(1) == t_local &&
-                           h.size(2) == config.hidden_size,
-                       "stage {} expects hidden [{}, {}, {}] from the previous stage", spec.index, b, t_local,
-                       config.hidden_size);
+    TANDEM_CHECK_INPUT(
+        h.defined() && h.dim() == 3 && h.size(0) == b && h.size(1) == t_local && h.size(2) == config.hidden_size,
+        "stage {} expects hidden [{}, {}, {}] from the previous stage", spec.index, b, t_local, config.hidden_size);
   }
   ctx.rope = rope_tables(t, h.scalar_type(), h.device());
   for (DecoderLayer& layer : layers) h = run_layer(layer, h, ctx);
@@ -186,11 +186,11 @@ LossPieces Stage::Impl::head_losses(const at::Tensor& h, const at::Tensor& token
     const int64_t k = m->depth();
     const int64_t len = t - k;
     const at::Tensor ids = tokens.narrow(1, k, len);
-    const at::Tensor emb = embed->forward(ids, ctx, false);              // [B, T-k, C] Emb(t_{i+k})
+    const at::Tensor emb = embed->forward(ids, ctx, false);  // [B, T-k, C] Emb(t_{i+k})
     const int64_t layer = m->block->layer_index();
     const std::vector<at::Tensor> fed = begin_layer(layer, {prev.narrow(1, 0, len), emb});
     const at::Tensor hk = m->forward(fed[0], fed[1], ctx);  // [B, T-k, C]
-    const at::Tensor head_in = m->head_input(hk);                        // [B, T-k, C]
+    const at::Tensor head_in = m->head_input(hk);           // [B, T-k, C]
     end_layer(layer, {hk, head_in});
     head_rows.push_back(detail::enter_tp_region(head_in, ctx).reshape({b * len, -1}));
     targets.push_back(tokens.narrow(1, k + 1, len).reshape({-1}));
@@ -218,7 +218,7 @@ at::Tensor Stage::Impl::main_logits(const at::Tensor& tokens) {
   detail::ForwardContext ctx = make_context();
   at::Tensor h = embed->forward(tokens, ctx, ctx.sequence_parallel);
   ctx.rope = rope_tables(t, h.scalar_type(), h.device());
-  for (DecoderLayer& layer : layers) h = run_layer(layer, h, ctx);  // [B, T(/tp), C]
+  for (DecoderLayer& layer : layers) h = run_layer(layer, h, ctx);                                    // [B, T(/tp), C]
   return detail::split_linear(detail::enter_tp_region(norm->forward(h), ctx), head_weight(), queue);  // [B, T, V/tp]
 }
 

@@ -30,8 +30,8 @@
 #include "model/objective.h"
 #include "model/parallel_groups.h"
 #include "model/weight_grad_queue.h"
-#include "parallel/overlap_hook.h"
 #include "parallel/layer_hooks.h"
+#include "parallel/overlap_hook.h"
 #include "parallel/param_sharding.h"
 
 namespace tandem::model {
@@ -44,8 +44,8 @@ struct StageSpec {
   int64_t num_stages = 1;
   int64_t layer_begin = 0;
   int64_t layer_end = 0;
-  bool is_first() const { return index == 0; }                // embedding
-  bool is_last() const { return index == num_stages - 1; }    // final norm, head, MTP
+  bool is_first() const { return index == 0; }              // embedding
+  bool is_last() const { return index == num_stages - 1; }  // final norm, head, MTP
 };
 
 // Whether a stage holds "model.embed_tokens.weight": stage 0 (the lookup) and the last stage when

@@ -48,12 +48,9 @@ ParamMemory& ParamMemory::operator+=(const ParamMemory& other) {
 
 const char* state_kind_name(StateKind kind) {
   switch (kind) {
-    case StateKind::kParam:
-      return "param";
-    case StateKind::kExpAvg:
-      return "exp_avg";
-    case StateKind::kExpAvgSq:
-      return "exp_avg_sq";
+    case StateKind::kParam: return "param";
+    case StateKind::kExpAvg: return "exp_avg";
+    case StateKind::kExpAvgSq: return "exp_avg_sq";
   }
   return "?";
 }
@@ -296,8 +293,7 @@ int64_t BucketedGroup::optimizer_numel(int64_t bucket) const {
 at::Tensor BucketedGroup::optimizer_param(int64_t bucket) {
   const BucketSpec& spec = layout_.buckets[bucket];
   switch (options_.zero_stage) {
-    case 0:
-      return buckets_[bucket].full_params;
+    case 0: return buckets_[bucket].full_params;
     default:
       if (!persistent(bucket)) return param_shard(bucket);
       return buckets_[bucket].full_params.narrow(0, shard_rank_ * spec.shard_numel, spec.shard_numel);
@@ -396,10 +392,10 @@ void BucketedGroup::visit_state(const StateVisitor& visit) {
       params = at::empty({layout_.bucket_numel(b)}, param_shard(b).options());
       options_.comm->all_gather(params, param_shard(b));
     }
-    const at::Tensor m =
-        sharded_state ? gather(exp_avg_, b) : exp_avg_.narrow(0, optimizer_offset(b), optimizer_numel(b));
-    const at::Tensor v =
-        sharded_state ? gather(exp_avg_sq_, b) : exp_avg_sq_.narrow(0, optimizer_offset(b), optimizer_numel(b));
+    const at::Tensor m = sharded_state ? gather(exp_avg_, b)
+                                       : exp_avg_.narrow(0, optimizer_offset(b), optimizer_numel(b));
+    const at::Tensor v = sharded_state ? gather(exp_avg_sq_, b)
+                                       : exp_avg_sq_.narrow(0, optimizer_offset(b), optimizer_numel(b));
     for (size_t slot = 0; slot < spec.members.size(); ++slot) {
       const int64_t member = spec.members[slot];
       const at::IntArrayRef shape = members_[member].param.sizes();
@@ -418,8 +414,8 @@ void BucketedGroup::visit_owned(const OwnedVisitor& visit) const {
   for (int64_t b = 0; b < num_buckets(); ++b) {
     const BucketSpec& spec = layout_.buckets[b];
     const ElementRun slice{shard_rank_ * spec.shard_numel, spec.shard_numel};
-    const at::Tensor params =
-        persistent(b) ? buckets_[b].full_params.narrow(0, slice.begin, slice.length) : param_shard(b);
+    const at::Tensor params = persistent(b) ? buckets_[b].full_params.narrow(0, slice.begin, slice.length)
+                                            : param_shard(b);
     const int64_t moments_begin = optimizer_offset(b) + (options_.zero_stage == 0 ? slice.begin : 0);
     const at::Tensor m = exp_avg_.narrow(0, moments_begin, slice.length);
     const at::Tensor v = exp_avg_sq_.narrow(0, moments_begin, slice.length);

@@ -55,7 +55,7 @@ class Communicator {
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
 
-  virtual int rank() const = 0;              // rank inside this communicator
+  virtual int rank() const = 0;  // rank inside this communicator
   virtual int size() const = 0;
   virtual const std::string& name() const = 0;  // axis name for messages: "tp", "dp", "world", ...
   virtual std::string backend() const = 0;      // "mpi" or "nccl"
@@ -65,8 +65,7 @@ class Communicator {
   // `output` is size() * input.numel() elements: rank i's input lands in slice i (dim 0).
   virtual WorkHandle all_gather_async(at::Tensor output, at::Tensor input, OpOptions options = {}) = 0;
   // `input` is size() * output.numel() elements; rank i gets the reduction of everyone's slice i.
-  virtual WorkHandle reduce_scatter_async(at::Tensor output, at::Tensor input, ReduceOp op,
-                                          OpOptions options = {}) = 0;
+  virtual WorkHandle reduce_scatter_async(at::Tensor output, at::Tensor input, ReduceOp op, OpOptions options = {}) = 0;
   virtual WorkHandle broadcast_async(at::Tensor tensor, int root, OpOptions options = {}) = 0;
   // Uneven all-to-all along dim 0: rank sends input rows [sum(input_splits[:j]), +input_splits[j])
   // to rank j and receives output_splits[j] rows from rank j, in rank order. Splits count rows
@@ -82,7 +81,9 @@ class Communicator {
 
   // Blocking forms.
   void all_reduce(at::Tensor tensor, ReduceOp op = ReduceOp::kSum) { all_reduce_async(std::move(tensor), op)->wait(); }
-  void all_gather(at::Tensor output, at::Tensor input) { all_gather_async(std::move(output), std::move(input))->wait(); }
+  void all_gather(at::Tensor output, at::Tensor input) {
+    all_gather_async(std::move(output), std::move(input))->wait();
+  }
   void reduce_scatter(at::Tensor output, at::Tensor input, ReduceOp op = ReduceOp::kSum) {
     reduce_scatter_async(std::move(output), std::move(input), op)->wait();
   }

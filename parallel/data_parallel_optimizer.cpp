@@ -241,8 +241,7 @@ void DataParallelOptimizer::Impl::check_options(size_t num_params) const {
                options.counted.size(), num_params);
 }
 
-DataParallelOptimizer::Impl::Classified DataParallelOptimizer::Impl::classify(
-    const std::vector<ShardedParam>& params) {
+DataParallelOptimizer::Impl::Classified DataParallelOptimizer::Impl::classify(const std::vector<ShardedParam>& params) {
   const int tp = size_of(comms.tp);
   const int tp_rank = comms.tp ? comms.tp->rank() : 0;
   Classified out;
@@ -418,8 +417,8 @@ double DataParallelOptimizer::global_grad_norm() {
   total = total.reshape({1}).contiguous();
   if (!trivial(s.comms.world)) {
     // The communicator reduces tensors on its own device; the sum is a single number.
-    const at::Device device =
-        s.groups.empty() ? at::Device(at::kCPU) : s.groups.front()->members().front().param.device();
+    const at::Device device = s.groups.empty() ? at::Device(at::kCPU)
+                                               : s.groups.front()->members().front().param.device();
     at::Tensor on_device = total.to(device);
     s.comms.world->all_reduce(on_device, ReduceOp::kSum);
     total = on_device.to(at::kCPU);

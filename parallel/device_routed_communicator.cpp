@@ -69,8 +69,8 @@ class DeviceRoutedCommunicator final : public Communicator {
       devices.push_back(t.device().str());
     }
     TANDEM_CHECK_KIND(kCommunication, on_host == 0 || off_host == 0,
-                      "{} on '{}' ({}): the tensors are on {}; pass them all on the host or all on the device",
-                      op, name(), backend(), fmt::join(devices, " and "));
+                      "{} on '{}' ({}): the tensors are on {}; pass them all on the host or all on the device", op,
+                      name(), backend(), fmt::join(devices, " and "));
     return off_host > 0 ? *device_ : *host_;
   }
 
@@ -85,8 +85,8 @@ CommunicatorPtr make_device_routed(CommunicatorPtr host_backend, CommunicatorPtr
 }
 
 CommunicatorFactory device_routed_factory(CommunicatorFactory host_factory, CommunicatorFactory device_factory) {
-  return [host_factory = std::move(host_factory), device_factory = std::move(device_factory)](
-             GroupKind kind, MPI_Comm group_comm, const std::string& name) {
+  return [host_factory = std::move(host_factory),
+          device_factory = std::move(device_factory)](GroupKind kind, MPI_Comm group_comm, const std::string& name) {
     CommunicatorPtr host = host_factory(kind, group_comm, name);
     return make_device_routed(std::move(host), device_factory(kind, group_comm, name));
   };

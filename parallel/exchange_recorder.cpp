@@ -32,8 +32,12 @@ class RecordingWork final : public Work {
     inner_.reset();
     finish();
   }
-  void wait() override { timed([this] { inner_->wait(); }); }
-  void synchronize() override { timed([this] { inner_->synchronize(); }); }
+  void wait() override {
+    timed([this] { inner_->wait(); });
+  }
+  void synchronize() override {
+    timed([this] { inner_->synchronize(); });
+  }
   bool is_completed() override { return inner_->is_completed(); }
 
  private:

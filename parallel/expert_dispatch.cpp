@@ -141,7 +141,8 @@ TransportHandle start_all_to_all(const at::Tensor& input, const std::vector<int6
 TransportHandle start_to_experts(const at::Tensor& rows, const DispatchLayoutPtr& layout, const CommunicatorPtr& ep) {
   TANDEM_CHECK(rows.dim() >= 1 && rows.size(0) == layout->num_send_rows(), "dispatching {} rows, the layout sends {}",
                rows.dim() >= 1 ? rows.size(0) : -1, layout->num_send_rows());
-  return start_all_to_all(rows.detach(), layout->recv_splits, layout->send_splits, ep, layout->expert_order, "dispatch");
+  return start_all_to_all(rows.detach(), layout->recv_splits, layout->send_splits, ep, layout->expert_order,
+                          "dispatch");
 }
 
 TransportHandle start_to_senders(const at::Tensor& grouped, const DispatchLayoutPtr& layout,
@@ -196,8 +197,8 @@ CountsHandle start_count_exchange(const std::vector<int64_t>& rows_per_expert, c
   const int64_t local = num_experts / ep_size;
   const at::Tensor send = to_tensor(rows_per_expert).to(device);  // [E], experts of rank j contiguous
   std::vector<int64_t> splits(ep_size, local);
-  return CountsHandle(start_all_to_all(send, splits, splits, ep, at::Tensor(), "counts"), ep_size, local, rows_per_expert,
-                      device);
+  return CountsHandle(start_all_to_all(send, splits, splits, ep, at::Tensor(), "counts"), ep_size, local,
+                      rows_per_expert, device);
 }
 
 DispatchLayoutPtr exchange_counts(const std::vector<int64_t>& rows_per_expert, const CommunicatorPtr& ep,

@@ -22,8 +22,9 @@ namespace {
 void check_operand(const at::Tensor& t, const char* what, const at::Device& device, int64_t numel) {
   TANDEM_CHECK(t.defined() && t.is_cuda() && t.scalar_type() == at::kFloat && t.dim() == 1 && t.is_contiguous(),
                "fused optimizer: {} must be a 1-D contiguous float32 CUDA tensor", what);
-  TANDEM_CHECK(t.device() == device && t.numel() == numel, "fused optimizer: {} is {} elements on {}, expected {} on {}",
-               what, t.numel(), t.device().str(), numel, device.str());
+  TANDEM_CHECK(t.device() == device && t.numel() == numel,
+               "fused optimizer: {} is {} elements on {}, expected {} on {}", what, t.numel(), t.device().str(), numel,
+               device.str());
 }
 
 }  // namespace
@@ -68,8 +69,8 @@ at::Tensor fused_sum_squares(const std::vector<TensorRuns>& parts, at::Device de
     const float* data = part.tensor.data_ptr<float>();
     for (const ElementRun& run : *part.runs) {
       TANDEM_CHECK(run.begin >= 0 && run.length >= 0 && run.begin + run.length <= part.tensor.numel(),
-                   "fused_sum_squares: run [{}, {}) outside a tensor of {} elements", run.begin,
-                   run.begin + run.length, part.tensor.numel());
+                   "fused_sum_squares: run [{}, {}) outside a tensor of {} elements", run.begin, run.begin + run.length,
+                   part.tensor.numel());
       segments.push_back({data + run.begin, run.length});
     }
   }
@@ -80,9 +81,9 @@ at::Tensor fused_sum_squares(const std::vector<TensorRuns>& parts, at::Device de
   at::Tensor scratch = at::empty({kernels::sum_squares_scratch_numel()}, fp64);
   at::Tensor total = at::empty({}, fp64);
   runtime::CudaStream stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
-  TANDEM_CUDA_CHECK(static_cast<cudaError_t>(kernels::launch_sum_squares(
-      segments.data(), static_cast<int64_t>(segments.size()), scratch.data_ptr<double>(), total.data_ptr<double>(),
-      stream)));
+  TANDEM_CUDA_CHECK(static_cast<cudaError_t>(
+      kernels::launch_sum_squares(segments.data(), static_cast<int64_t>(segments.size()), scratch.data_ptr<double>(),
+                                  total.data_ptr<double>(), stream)));
   return total;
 }
 

@@ -13,7 +13,9 @@ namespace {
 bool on_host(const at::Tensor& t) { return t.device().is_cpu(); }
 
 at::Tensor host_copy(const at::Tensor& t) { return on_host(t) ? t : t.to(at::kCPU).contiguous(); }
-at::Tensor host_buffer(const at::Tensor& t) { return on_host(t) ? t : at::empty(t.sizes(), t.options().device(at::kCPU)); }
+at::Tensor host_buffer(const at::Tensor& t) {
+  return on_host(t) ? t : at::empty(t.sizes(), t.options().device(at::kCPU));
+}
 
 // Finishes the host operation, then copies each staged output back to its device tensor.
 class StagedWork final : public Work {

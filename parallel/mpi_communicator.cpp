@@ -383,8 +383,9 @@ WorkHandle MpiCommunicator::broadcast_async(at::Tensor tensor, int root, OpOptio
   const std::string what = fmt::format("broadcast from rank {}", root);
   check_usable(what);
   check_cpu_tensor(what, tensor, "tensor");
-  TANDEM_COMM_CHECK(*this, root >= 0 && root < size(), "{}: root {} is not a rank of this communicator (expected 0..{})",
-                    describe(what), root, size() - 1);
+  TANDEM_COMM_CHECK(*this, root >= 0 && root < size(),
+                    "{}: root {} is not a rank of this communicator (expected 0..{})", describe(what), root,
+                    size() - 1);
   const WireType wire = wire_type(tensor.scalar_type());
   const int count = checked_count(what, "`tensor`", tensor.numel() * wire.units_per_element);
   auto buffers = std::make_unique<InFlight>(InFlight{{tensor}, {}});

@@ -119,8 +119,7 @@ class NcclWork final : public Work {
   bool waited_ = false;
 };
 
-class NcclCommunicator final : public detail::CommunicatorBase,
-                               public std::enable_shared_from_this<NcclCommunicator> {
+class NcclCommunicator final : public detail::CommunicatorBase, public std::enable_shared_from_this<NcclCommunicator> {
  public:
   NcclCommunicator(MPI_Comm group, std::string name, std::chrono::milliseconds timeout);
   ~NcclCommunicator() override;
@@ -268,9 +267,9 @@ void NcclCommunicator::watchdog_loop() {
       if (!problem && ncclCommGetAsyncError(comm_, &async) == ncclSuccess && async != ncclSuccess &&
           async != ncclInProgress) {
         const char* last = ncclGetLastError(comm_);
-        problem.emplace(ErrorKind::kNccl, fmt::format("asynchronous NCCL error: {} (last error: {})",
-                                                      ncclGetErrorString(async),
-                                                      (last != nullptr && *last != 0) ? last : "none"));
+        problem.emplace(ErrorKind::kNccl,
+                        fmt::format("asynchronous NCCL error: {} (last error: {})", ncclGetErrorString(async),
+                                    (last != nullptr && *last != 0) ? last : "none"));
       } else if (problem) {
         const char* last = ncclGetLastError(comm_);
         if (last != nullptr && *last != 0) problem->second += fmt::format(" (NCCL last error: {})", last);
@@ -304,9 +303,9 @@ void NcclCommunicator::check_peer_and_tag(std::string_view op, int peer, int tag
 ncclDataType_t NcclCommunicator::wire_type(std::string_view op, at::ScalarType dtype) const {
   const std::optional<ncclDataType_t> type = nccl_dtype(dtype);
   TANDEM_COMM_CHECK(*this, type.has_value(),
-                         "{}: dtype {} cannot travel through NCCL (float32, float64, bfloat16, float16, int64, int32, "
-                         "uint8, int8 and bool can)",
-                         describe(op), c10::toString(dtype));
+                    "{}: dtype {} cannot travel through NCCL (float32, float64, bfloat16, float16, int64, int32, "
+                    "uint8, int8 and bool can)",
+                    describe(op), c10::toString(dtype));
   return *type;
 }
 
@@ -314,8 +313,8 @@ ncclRedOp_t NcclCommunicator::reduction(std::string_view op, at::ScalarType dtyp
   wire_type(op, dtype);
   if (dtype == at::kBool) {
     TANDEM_COMM_CHECK(*this, reduce == ReduceOp::kMax || reduce == ReduceOp::kMin,
-                           "{}: bool tensors reduce only with max (or) and min (and), not {}", describe(op),
-                           reduce_op_name(reduce));
+                      "{}: bool tensors reduce only with max (or) and min (and), not {}", describe(op),
+                      reduce_op_name(reduce));
   }
   switch (reduce) {
     case ReduceOp::kSum: return ncclSum;
@@ -323,8 +322,8 @@ ncclRedOp_t NcclCommunicator::reduction(std::string_view op, at::ScalarType dtyp
     case ReduceOp::kMin: return ncclMin;
     case ReduceOp::kAvg:
       TANDEM_COMM_CHECK(*this, at::isFloatingType(dtype),
-                             "{}: avg of {} would truncate; reduce with sum and divide in floating point",
-                             describe(op), c10::toString(dtype));
+                        "{}: avg of {} would truncate; reduce with sum and divide in floating point", describe(op),
+                        c10::toString(dtype));
       return ncclAvg;
   }
   return ncclSum;
@@ -371,7 +370,8 @@ WorkHandle NcclCommunicator::run(const std::string& what, std::vector<at::Tensor
       watched_.erase(entry);
     }
     if (failed()) throw_failure(what, __FILE__, __LINE__);  // the watchdog aborted a blocked call
-    throw located_error(error.kind(), error.file(), error.line(), fmt::format("{}: {}", describe(what), error.message()));
+    throw located_error(error.kind(), error.file(), error.line(),
+                        fmt::format("{}: {}", describe(what), error.message()));
   }
   {
     std::lock_guard<std::mutex> lock(watch_mutex_);
@@ -397,32 +397,29 @@ WorkHandle NcclCommunicator::all_gather_async(at::Tensor output, at::Tensor inpu
   check_device_tensor(what, input, "input");
   check_same_dtype(what, output, input);
   TANDEM_COMM_CHECK(*this, output.numel() == size() * input.numel(),
-                         "{}: `output` has {} elements, expected size() * input.numel() = {} * {} = {}",
-                         describe(what), output.numel(), size(), input.numel(), size() * input.numel());
+                    "{}: `output` has {} elements, expected size() * input.numel() = {} * {} = {}", describe(what),
+                    output.numel(), size(), input.numel(), size() * input.numel());
   // An input that is exactly this rank's slice of the output is the in-place form (NCCL takes it
   // as is); any other overlap would be a race.
   const void* own_slice = static_cast<const char*>(output.data_ptr()) + rank() * input.nbytes();
   const bool in_place = input.nbytes() > 0 && input.data_ptr() == own_slice;
   TANDEM_COMM_CHECK(*this, in_place || !byte_ranges_overlap(output, input),
-                         "{}: `input` overlaps `output` other than as this rank's slice {} of it", describe(what),
-                         rank());
+                    "{}: `input` overlaps `output` other than as this rank's slice {} of it", describe(what), rank());
   const ncclDataType_t type = wire_type(what, input.scalar_type());
   return run(what, {output, input}, options, [&](cudaStream_t stream) {
     TANDEM_NCCL_CHECK(ncclAllGather(input.data_ptr(), output.data_ptr(), input.numel(), type, comm_, stream), comm_);
   });
 }
 
-WorkHandle NcclCommunicator::reduce_scatter_async(at::Tensor output, at::Tensor input, ReduceOp op,
-                                                  OpOptions options) {
+WorkHandle NcclCommunicator::reduce_scatter_async(at::Tensor output, at::Tensor input, ReduceOp op, OpOptions options) {
   const std::string what = fmt::format("reduce_scatter({})", reduce_op_name(op));
   check_device_tensor(what, output, "output");
   check_device_tensor(what, input, "input");
   check_same_dtype(what, output, input);
   TANDEM_COMM_CHECK(*this, input.numel() == size() * output.numel(),
-                         "{}: `input` has {} elements, expected size() * output.numel() = {} * {} = {}",
-                         describe(what), input.numel(), size(), output.numel(), size() * output.numel());
-  TANDEM_COMM_CHECK(*this, !byte_ranges_overlap(output, input), "{}: `output` and `input` overlap",
-                         describe(what));
+                    "{}: `input` has {} elements, expected size() * output.numel() = {} * {} = {}", describe(what),
+                    input.numel(), size(), output.numel(), size() * output.numel());
+  TANDEM_COMM_CHECK(*this, !byte_ranges_overlap(output, input), "{}: `output` and `input` overlap", describe(what));
   const ncclRedOp_t nccl_op = reduction(what, input.scalar_type(), op);
   const ncclDataType_t type = wire_type(what, input.scalar_type());
   return run(what, {output, input}, options, [&](cudaStream_t stream) {
@@ -435,8 +432,8 @@ WorkHandle NcclCommunicator::broadcast_async(at::Tensor tensor, int root, OpOpti
   const std::string what = fmt::format("broadcast from rank {}", root);
   check_device_tensor(what, tensor, "tensor");
   TANDEM_COMM_CHECK(*this, root >= 0 && root < size(),
-                         "{}: root {} is not a rank of this communicator (expected 0..{})", describe(what), root,
-                         size() - 1);
+                    "{}: root {} is not a rank of this communicator (expected 0..{})", describe(what), root,
+                    size() - 1);
   const ncclDataType_t type = wire_type(what, tensor.scalar_type());
   return run(what, {tensor}, options, [&](cudaStream_t stream) {
     TANDEM_NCCL_CHECK(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), type, root, comm_, stream),
@@ -452,9 +449,9 @@ WorkHandle NcclCommunicator::all_to_all_async(at::Tensor output, at::Tensor inpu
   check_same_dtype(what, output, input);
   check_all_to_all(what, output, input, output_splits, input_splits);
   TANDEM_COMM_CHECK(*this, input_splits[rank()] == output_splits[rank()],
-                         "{}: rank {} sends itself {} rows but expects {} (input_splits[{}] must equal "
-                         "output_splits[{}])",
-                         describe(what), rank(), input_splits[rank()], output_splits[rank()], rank(), rank());
+                    "{}: rank {} sends itself {} rows but expects {} (input_splits[{}] must equal "
+                    "output_splits[{}])",
+                    describe(what), rank(), input_splits[rank()], output_splits[rank()], rank(), rank());
   const ncclDataType_t type = wire_type(what, input.scalar_type());
   const int64_t row_count = c10::multiply_integers(input.sizes().slice(1));  // elements per row
   const int64_t row_bytes = row_count * static_cast<int64_t>(input.element_size());
@@ -525,18 +522,18 @@ WorkHandle NcclCommunicator::recv_async(at::Tensor tensor, int peer, int tag, Op
     });
   }
   TANDEM_COMM_CHECK(*this, !self_messages_.empty(),
-                         "{}: no send to self was issued before this recv (NCCL matches in issue order, so the send "
-                         "must come first)",
-                         describe(what));
+                    "{}: no send to self was issued before this recv (NCCL matches in issue order, so the send "
+                    "must come first)",
+                    describe(what));
   SelfMessage message = std::move(self_messages_.front());
   self_messages_.pop_front();
   TANDEM_COMM_CHECK(*this, message.tag == tag, "{}: the next send to self has tag {}, not {}", describe(what),
-                         message.tag, tag);
-  TANDEM_COMM_CHECK(*this, message.copy.nbytes() == tensor.nbytes() &&
-                                    message.copy.scalar_type() == tensor.scalar_type(),
-                         "{}: received {} elements of {}, expected {} of {} (the send had another size or dtype)",
-                         describe(what), message.copy.numel(), c10::toString(message.copy.scalar_type()),
-                         tensor.numel(), c10::toString(tensor.scalar_type()));
+                    message.tag, tag);
+  TANDEM_COMM_CHECK(*this,
+                    message.copy.nbytes() == tensor.nbytes() && message.copy.scalar_type() == tensor.scalar_type(),
+                    "{}: received {} elements of {}, expected {} of {} (the send had another size or dtype)",
+                    describe(what), message.copy.numel(), c10::toString(message.copy.scalar_type()), tensor.numel(),
+                    c10::toString(tensor.scalar_type()));
   return run(what, {tensor, message.copy}, options, [&](cudaStream_t stream) {
     TANDEM_CUDA_CHECK(cudaStreamWaitEvent(stream, message.ready->get(), 0));
     TANDEM_CUDA_CHECK(

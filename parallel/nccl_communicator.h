@@ -47,8 +47,10 @@ CommunicatorFactory nccl_communicator_factory(std::chrono::milliseconds timeout)
 inline bool nccl_backend_available() { return false; }
 [[noreturn]] inline CommunicatorPtr make_nccl_communicator(MPI_Comm, std::string name,
                                                            std::chrono::milliseconds = std::chrono::minutes(5)) {
-  TANDEM_THROW(kConfig, "communicator '{}': the NCCL backend is not in this build (configure with a CUDA toolkit "
-               "and NCCL, -DTANDEM_WITH_CUDA=ON), use the MPI backend", name);
+  TANDEM_THROW(kConfig,
+               "communicator '{}': the NCCL backend is not in this build (configure with a CUDA toolkit "
+               "and NCCL, -DTANDEM_WITH_CUDA=ON), use the MPI backend",
+               name);
 }
 inline CommunicatorFactory nccl_communicator_factory(std::chrono::milliseconds timeout) {
   return [timeout](GroupKind, MPI_Comm comm, const std::string& name) {

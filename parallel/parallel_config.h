@@ -18,8 +18,8 @@ constexpr const auto& config_enum_names(BackendKind) { return kBackendKindNames;
 
 struct PipelineConfig {
   schedule::ScheduleKind schedule = schedule::ScheduleKind::k1F1B;
-  int64_t micro_batches = 0;      // micro-batches per optimizer step; 0 = derived from the batch
-  int64_t virtual_stages = 1;     // chunks per rank for interleaved 1F1B
+  int64_t micro_batches = 0;   // micro-batches per optimizer step; 0 = derived from the batch
+  int64_t virtual_stages = 1;  // chunks per rank for interleaved 1F1B
 
   template <class V>
   void visit(V& v) {
@@ -28,7 +28,8 @@ struct PipelineConfig {
       {.doc = "Micro-batches per optimizer step on each data-parallel rank; 0 = global_batch_size / "
               "(micro_batch_size * dp). When set, it must equal that quotient",
        .min = 0});
-    v("virtual_stages", virtual_stages, {.doc = "Model chunks per pipeline rank (interleaved schedule only)", .min = 1});
+    v("virtual_stages", virtual_stages,
+      {.doc = "Model chunks per pipeline rank (interleaved schedule only)", .min = 1});
   }
 };
 
@@ -50,7 +51,8 @@ struct ParallelConfig {
     v("dp", dp, {.doc = "Data-parallel degree; 0 means world size / (pp * tp)", .min = 0});
     v("tp", tp, {.doc = "Tensor-parallel degree", .min = 1});
     v("ep", ep, {.doc = "Expert-parallel degree; must divide dp * tp", .min = 1});
-    v("zero", zero, {.doc = "ZeRO stage: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters", .min = 0, .max = 3});
+    v("zero", zero,
+      {.doc = "ZeRO stage: 0 none, 1 optimizer state, 2 + gradients, 3 + parameters", .min = 0, .max = 3});
     v("order", order, {.doc = "Rank layout, innermost axis first (a permutation of tp, dp, pp joined by '-')"});
     v("sequence_parallel", sequence_parallel, {.doc = "Shard activations along the sequence between TP regions"});
     v("grad_bucket_mb", grad_bucket_mb, {.doc = "Data-parallel gradient bucket size in MiB", .min = 0.001});

@@ -40,12 +40,9 @@ void all_reduce_grads(const std::vector<const ShardedParam*>& params, const Comm
 
 const char* shard_kind_name(ShardKind kind) {
   switch (kind) {
-    case ShardKind::kReplicated:
-      return "replicated";
-    case ShardKind::kTensorParallel:
-      return "tensor-parallel";
-    case ShardKind::kExpertParallel:
-      return "expert-parallel";
+    case ShardKind::kReplicated: return "replicated";
+    case ShardKind::kTensorParallel: return "tensor-parallel";
+    case ShardKind::kExpertParallel: return "expert-parallel";
   }
   return "?";
 }

@@ -14,7 +14,6 @@
 #include "parallel/communicator.h"
 #include "parallel/grid_layout.h"
 
-
 namespace tandem::runtime {
 struct ProcessContext;
 }
@@ -24,7 +23,8 @@ namespace tandem::parallel {
 // Makes the communicator of one group from the MPI communicator of exactly that group's ranks
 // (collective over `group_comm`; the callee may keep its own duplicate, the caller frees
 // group_comm afterwards). The MPI backend wraps it; the NCCL backend bootstraps over it.
-using CommunicatorFactory = std::function<CommunicatorPtr(GroupKind kind, MPI_Comm group_comm, const std::string& name)>;
+using CommunicatorFactory =
+    std::function<CommunicatorPtr(GroupKind kind, MPI_Comm group_comm, const std::string& name)>;
 
 // The MPI backend for every group, with `timeout` on each wait.
 CommunicatorFactory mpi_communicator_factory(std::chrono::milliseconds timeout);

@@ -13,8 +13,8 @@ ZeroMemoryBytes zero_memory_bytes(const ZeroParamCounts& counts, int64_t zero_st
   const double all = counts.dense + counts.experts;
   const double sharded = counts.dense / dp + counts.experts / edp;
   // ZeRO-3 keeps parameters outside decoder layers whole; a group of one shards nothing.
-  const double layer_params =
-      (counts.dense - counts.dense_persistent) / dp + (counts.experts - counts.experts_persistent) / edp;
+  const double layer_params = (counts.dense - counts.dense_persistent) / dp +
+                              (counts.experts - counts.experts_persistent) / edp;
   const double params_zero3 = counts.dense_persistent + counts.experts_persistent + layer_params;
   ZeroMemoryBytes bytes;
   bytes.param_bytes = weight_width * (zero_stage >= 3 ? params_zero3 : all);

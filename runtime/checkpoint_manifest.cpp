@@ -78,8 +78,8 @@ RankRecord from_proto(const pb::RankRecord& in, const std::string& where) {
     TANDEM_CHECK_INPUT(record.tensors.back().file == record.shard.name &&
                            record.tensors.back().offset_bytes + record.tensors.back().length_bytes <=
                                record.shard.size_bytes,
-                       "{}: tensor '{}' of rank {} points outside its shard file {}", where, entry.name(),
-                       record.rank, record.shard.name);
+                       "{}: tensor '{}' of rank {} points outside its shard file {}", where, entry.name(), record.rank,
+                       record.shard.name);
   }
   return record;
 }
@@ -153,7 +153,7 @@ void append_flat_range(const std::vector<int64_t>& shape, size_t d, std::vector<
   };
   const int64_t first_whole = (begin + inner - 1) / inner;  // first row that starts inside the range
   const int64_t end_whole = end / inner;                    // rows before it end inside the range
-  if (first_whole > end_whole) {  // begin and end inside one row
+  if (first_whole > end_whole) {                            // begin and end inside one row
     descend(begin / inner, begin, end);
     return;
   }
@@ -176,8 +176,8 @@ void append_flat_range(const std::vector<int64_t>& shape, size_t d, std::vector<
 std::vector<TensorSlice> TensorSlice::flat_range(const std::vector<int64_t>& shape, int64_t begin, int64_t end) {
   int64_t numel = 1;
   for (const int64_t dim : shape) numel *= dim;
-  TANDEM_CHECK(0 <= begin && begin <= end && end <= numel, "flat range [{}, {}) outside a tensor of {} elements",
-               begin, end, numel);
+  TANDEM_CHECK(0 <= begin && begin <= end && end <= numel, "flat range [{}, {}) outside a tensor of {} elements", begin,
+               end, numel);
   std::vector<TensorSlice> out;
   std::vector<int64_t> fixed;
   append_flat_range(shape, 0, fixed, begin, end, out);
@@ -271,7 +271,8 @@ std::string encode_manifest(const CheckpointManifest& manifest) {
 
 CheckpointManifest decode_manifest(std::string_view bytes, const std::string& path) {
   pb::ManifestFile file;
-  TANDEM_CHECK_INPUT(file.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())) && file.magic() == kManifestMagic,
+  TANDEM_CHECK_INPUT(file.ParseFromArray(bytes.data(), static_cast<int>(bytes.size())) &&
+                         file.magic() == kManifestMagic,
                      "{}: not a tandem checkpoint manifest (unparsable or wrong magic)", path);
   TANDEM_CHECK_INPUT(file.format_version() >= 1 && file.format_version() <= kCheckpointFormatVersion,
                      "{}: checkpoint format version {} is not supported by this build (up to {})", path,
@@ -286,8 +287,9 @@ CheckpointManifest decode_manifest(std::string_view bytes, const std::string& pa
   manifest.step = body.step();
   manifest.config_yaml = body.config_yaml();
   const pb::Layout& layout = body.layout();
-  manifest.layout = CheckpointLayout{layout.world_size(), layout.pp(), layout.dp(), layout.tp(), layout.ep(),
-                                     layout.zero(), layout.schedule(), layout.order(), layout.virtual_stages(),
+  manifest.layout = CheckpointLayout{layout.world_size(),   layout.pp(),    layout.dp(),
+                                     layout.tp(),           layout.ep(),    layout.zero(),
+                                     layout.schedule(),     layout.order(), layout.virtual_stages(),
                                      layout.micro_batches()};
   manifest.optimizer_step = body.optimizer_step();
   for (const auto& [key, value] : body.scalars()) manifest.scalars[key] = value;

@@ -64,8 +64,8 @@ struct TensorEntry {
   TensorKind kind = TensorKind::kParam;
   StorageDtype dtype = StorageDtype::kFloat32;
   std::vector<int64_t> global_shape;
-  TensorSlice slice;        // the part of the global tensor stored here, row-major
-  std::string file;         // "rank_00003.bin"
+  TensorSlice slice;  // the part of the global tensor stored here, row-major
+  std::string file;   // "rank_00003.bin"
   int64_t offset_bytes = 0;
   int64_t length_bytes = 0;
   uint32_t crc32c = 0;

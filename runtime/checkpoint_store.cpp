@@ -227,9 +227,9 @@ std::string CheckpointStore::commit(const std::string& staging, const Checkpoint
   for (const RankRecord& record : manifest.ranks) {
     const std::string path = staging + "/" + record.shard.name;
     const std::optional<int64_t> size = file_size(path);
-    TANDEM_CHECK(size == record.shard.size_bytes, "checkpoint commit: rank {}'s shard {} is {} (the record says {} bytes)",
-                 record.rank, path, size ? fmt::format("{} bytes", *size) : std::string("missing"),
-                 record.shard.size_bytes);
+    TANDEM_CHECK(size == record.shard.size_bytes,
+                 "checkpoint commit: rank {}'s shard {} is {} (the record says {} bytes)", record.rank, path,
+                 size ? fmt::format("{} bytes", *size) : std::string("missing"), record.shard.size_bytes);
   }
   write_file_durable(staging + "/" + kManifestName, encode_manifest(manifest));
   fsync_directory(staging);
@@ -310,8 +310,7 @@ std::optional<LoadedCheckpoint> CheckpointStore::find_latest_valid(bool verify_c
   } else {
     if (!steps.empty()) {
       TANDEM_LOG_WARN("checkpoint", "{}/latest is {}; using the highest valid step directory instead", root_,
-                      path_exists(root_ + "/" + kLatestName) ? "unreadable or names no checkpoint here"
-                                                                     : "missing");
+                      path_exists(root_ + "/" + kLatestName) ? "unreadable or names no checkpoint here" : "missing");
     }
     candidates.assign(steps.rbegin(), steps.rend());
   }

@@ -18,8 +18,8 @@
 #pragma once
 
 #include <cstdint>
-#include <optional>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -29,9 +29,9 @@
 
 namespace tandem::runtime {
 
-std::string checkpoint_dir_name(int64_t step);                          // "step_00000020"
+std::string checkpoint_dir_name(int64_t step);                            // "step_00000020"
 std::optional<int64_t> parse_checkpoint_dir_name(std::string_view name);  // "step_00000020" -> 20
-std::string shard_file_name(int rank);                                   // "rank_00003.bin"
+std::string shard_file_name(int rank);                                    // "rank_00003.bin"
 
 // Writes one rank's shard file: tensor bytes back to back, each entry starting at a multiple of
 // 64 bytes (zero padding), CRC-32C computed on the fly. Not thread-safe; blocking I/O.
@@ -117,9 +117,9 @@ class CheckpointStore {
   // not an error). Blocking: reads every checkpoint byte it verifies when verify_checksums.
   std::optional<LoadedCheckpoint> find_latest_valid(bool verify_checksums = true) const;
 
-  std::vector<int64_t> list_steps() const;          // step directories present, ascending
-  std::optional<int64_t> latest_pointer() const;    // the step `latest` names, if it parses
-  void remove_staging_dirs() const;                 // every .tmp-* / .trash-* directory
+  std::vector<int64_t> list_steps() const;        // step directories present, ascending
+  std::optional<int64_t> latest_pointer() const;  // the step `latest` names, if it parses
+  void remove_staging_dirs() const;               // every .tmp-* / .trash-* directory
 
  private:
   std::string root_;

@@ -98,8 +98,9 @@ const uint8_t* CheckpointReader::entry_bytes(const TensorEntry& entry) {
 at::Tensor CheckpointReader::read(const TensorEntry& entry) {
   const uint8_t* bytes = entry_bytes(entry);
   const uint32_t crc = crc32c(bytes, static_cast<size_t>(entry.length_bytes));
-  TANDEM_CHECK_INPUT(crc == entry.crc32c, "{}/{}: tensor '{}' ({}): CRC-32C {:08x} does not match the manifest's {:08x}",
-                     checkpoint_.dir, entry.file, entry.name, tensor_kind_name(entry.kind), crc, entry.crc32c);
+  TANDEM_CHECK_INPUT(crc == entry.crc32c,
+                     "{}/{}: tensor '{}' ({}): CRC-32C {:08x} does not match the manifest's {:08x}", checkpoint_.dir,
+                     entry.file, entry.name, tensor_kind_name(entry.kind), crc, entry.crc32c);
   return read_slice(entry, entry.slice);
 }
 
@@ -134,7 +135,8 @@ at::Tensor CheckpointReader::read_global(std::string_view name, TensorKind kind,
     bool empty = false;
     for (size_t d = 0; d < wanted.offsets.size(); ++d) {
       const int64_t begin = std::max(wanted.offsets[d], entry->slice.offsets[d]);
-      const int64_t end = std::min(wanted.offsets[d] + wanted.lengths[d], entry->slice.offsets[d] + entry->slice.lengths[d]);
+      const int64_t end =
+          std::min(wanted.offsets[d] + wanted.lengths[d], entry->slice.offsets[d] + entry->slice.lengths[d]);
       empty = empty || end <= begin;
       overlap.offsets.push_back(begin);
       overlap.lengths.push_back(std::max<int64_t>(0, end - begin));

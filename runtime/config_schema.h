@@ -23,10 +23,10 @@
 namespace tandem::config {
 
 struct FieldInfo {
-  const char* doc = "";                                       // one sentence: meaning and unit
-  double min = -std::numeric_limits<double>::infinity();      // inclusive bounds for numbers
+  const char* doc = "";                                   // one sentence: meaning and unit
+  double min = -std::numeric_limits<double>::infinity();  // inclusive bounds for numbers
   double max = std::numeric_limits<double>::infinity();
-  const char* choices = nullptr;                              // "a|b|c" for enumerated strings
+  const char* choices = nullptr;  // "a|b|c" for enumerated strings
 };
 
 template <class E>
@@ -86,8 +86,8 @@ class KeyError : public Error {
 }  // namespace tandem::config
 
 // Throws config::KeyError naming the full key (e.g. "parallel.ep") when `cond` is false.
-#define TANDEM_CONFIG_REQUIRE(cond, key, ...)                                                      \
-  do {                                                                                             \
-    if (!(cond)) [[unlikely]]                                                                      \
-      throw ::tandem::config::KeyError((key), ::fmt::format(__VA_ARGS__), __FILE__, __LINE__);     \
+#define TANDEM_CONFIG_REQUIRE(cond, key, ...)                                                  \
+  do {                                                                                         \
+    if (!(cond)) [[unlikely]]                                                                  \
+      throw ::tandem::config::KeyError((key), ::fmt::format(__VA_ARGS__), __FILE__, __LINE__); \
   } while (0)

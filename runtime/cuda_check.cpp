@@ -15,10 +15,10 @@ void throw_nccl_error(ncclResult_t status, ncclComm_t comm, const char* call, co
   int version = 0;
   ncclGetVersion(&version);
   const char* last = comm != nullptr ? ncclGetLastError(comm) : ncclGetLastError(nullptr);
-  ::tandem::detail::throw_error(
-      ErrorKind::kNccl, file, line,
-      fmt::format("{} failed: {} (NCCL {}.{}.{}; last error: {})", call, ncclGetErrorString(status), version / 10000,
-                  (version / 100) % 100, version % 100, (last != nullptr && *last != 0) ? last : "none"));
+  ::tandem::detail::throw_error(ErrorKind::kNccl, file, line,
+                                fmt::format("{} failed: {} (NCCL {}.{}.{}; last error: {})", call,
+                                            ncclGetErrorString(status), version / 10000, (version / 100) % 100,
+                                            version % 100, (last != nullptr && *last != 0) ? last : "none"));
 }
 
 }  // namespace tandem::runtime::detail

@@ -14,10 +14,10 @@ namespace tandem::runtime::detail {
                                                  const char* file, int line);
 }  // namespace tandem::runtime::detail
 
-#define TANDEM_CUDA_CHECK(call)                                                                  \
-  do {                                                                                           \
-    const cudaError_t tandem_cuda_status_ = (call);                                              \
-    if (tandem_cuda_status_ != cudaSuccess) [[unlikely]]                                         \
+#define TANDEM_CUDA_CHECK(call)                                                                    \
+  do {                                                                                             \
+    const cudaError_t tandem_cuda_status_ = (call);                                                \
+    if (tandem_cuda_status_ != cudaSuccess) [[unlikely]]                                           \
       ::tandem::runtime::detail::throw_cuda_error(tandem_cuda_status_, #call, __FILE__, __LINE__); \
   } while (0)
 

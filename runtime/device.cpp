@@ -60,7 +60,8 @@ int threads_per_rank(int ranks_on_node) {
 
 int select_device_for_local_rank(int local_rank) {
   const int count = cuda_device_count();
-  TANDEM_CHECK_KIND(kCuda, count > 0, "cannot select a GPU for local rank {}: {}", local_rank, gpu_unavailable_reason());
+  TANDEM_CHECK_KIND(kCuda, count > 0, "cannot select a GPU for local rank {}: {}", local_rank,
+                    gpu_unavailable_reason());
   const int device = local_rank % count;
 #ifdef TANDEM_HAVE_CUDA
   TANDEM_CUDA_CHECK(cudaSetDevice(device));

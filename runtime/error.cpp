@@ -18,10 +18,7 @@ std::string_view error_kind_name(ErrorKind kind) {
   return "error";
 }
 
-int exit_code_for(ErrorKind kind) {
-  return (kind == ErrorKind::kConfig || kind == ErrorKind::kInput) ? 2 : 1;
-}
-
+int exit_code_for(ErrorKind kind) { return (kind == ErrorKind::kConfig || kind == ErrorKind::kInput) ? 2 : 1; }
 
 Error::Error(ErrorKind kind, std::string message, const char* file, int line)
     : std::runtime_error(message), kind_(kind), message_(std::move(message)), file_(file), line_(line) {

@@ -59,9 +59,8 @@ class Error : public std::runtime_error {
 namespace detail {
 [[noreturn]] [[gnu::cold]] [[gnu::noinline]] void throw_error(ErrorKind kind, const char* file, int line,
                                                               std::string message);
-[[noreturn]] [[gnu::cold]] [[gnu::noinline]] void throw_check_failure(ErrorKind kind, const char* file,
-                                                                      int line, const char* condition,
-                                                                      std::string message);
+[[noreturn]] [[gnu::cold]] [[gnu::noinline]] void throw_check_failure(ErrorKind kind, const char* file, int line,
+                                                                      const char* condition, std::string message);
 }  // namespace detail
 }  // namespace tandem
 
@@ -71,15 +70,15 @@ namespace detail {
 
 // Invariant checks. TANDEM_CHECK is for conditions that only a bug can break; the _CONFIG and
 // _INPUT variants are for what a user controls (they exit 2 and must say what to change).
-#define TANDEM_CHECK(cond, ...)                                                                          \
-  do {                                                                                                   \
-    if (!(cond)) [[unlikely]]                                                                            \
-      ::tandem::detail::throw_check_failure(::tandem::ErrorKind::kInternal, __FILE__, __LINE__, #cond,   \
-                                            ::fmt::format(__VA_ARGS__));                                 \
+#define TANDEM_CHECK(cond, ...)                                                                        \
+  do {                                                                                                 \
+    if (!(cond)) [[unlikely]]                                                                          \
+      ::tandem::detail::throw_check_failure(::tandem::ErrorKind::kInternal, __FILE__, __LINE__, #cond, \
+                                            ::fmt::format(__VA_ARGS__));                               \
   } while (0)
-#define TANDEM_CHECK_KIND(kind, cond, ...)                                                               \
-  do {                                                                                                   \
-    if (!(cond)) [[unlikely]]                                                                            \
+#define TANDEM_CHECK_KIND(kind, cond, ...)                                                                      \
+  do {                                                                                                          \
+    if (!(cond)) [[unlikely]]                                                                                   \
       ::tandem::detail::throw_error(::tandem::ErrorKind::kind, __FILE__, __LINE__, ::fmt::format(__VA_ARGS__)); \
   } while (0)
 #define TANDEM_CHECK_CONFIG(cond, ...) TANDEM_CHECK_KIND(kConfig, cond, __VA_ARGS__)

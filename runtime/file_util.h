@@ -66,7 +66,7 @@ void fsync_fd(int fd, const std::string& path);
 void write_all(int fd, const void* bytes, size_t size, const std::string& path);
 
 // --- paths and directories (no exceptions unless stated) ---------------------------------------
-bool path_exists(const std::string& path);      // anything, following symlinks
+bool path_exists(const std::string& path);  // anything, following symlinks
 bool is_directory(const std::string& path);
 bool is_regular_file(const std::string& path);
 std::optional<int64_t> file_size(const std::string& path);  // nullopt when it cannot be stat'ed

@@ -89,7 +89,7 @@ class StrictSax {
     bool object = false;
     std::string path;  // of this container
     std::set<std::string, std::less<>> keys;
-    std::string key;   // the member being read
+    std::string key;        // the member being read
     std::size_t index = 0;  // the element being read
   };
 
@@ -204,8 +204,7 @@ void append_unique(ordered_json& object, std::string key, ordered_json value) {
   TANDEM_CHECK(object.is_object(), "append_unique into {}", object.type_name());
   // ordered_map is a std::vector of pairs; its own emplace() first searches for `key`.
   auto& members = object.get_ref<ordered_json::object_t&>();
-  static_cast<ordered_json::object_t::Container&>(members).emplace_back(std::move(key),
-                                                                                      std::move(value));
+  static_cast<ordered_json::object_t::Container&>(members).emplace_back(std::move(key), std::move(value));
 }
 
 std::string dump(const ordered_json& value, int indent) {

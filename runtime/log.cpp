@@ -12,8 +12,8 @@
 
 namespace tandem::runtime {
 namespace {
-constexpr std::array<const char*, 10> kModules = {"runtime", "parallel", "schedule", "model", "launch",
-                                                  "data", "checkpoint", "train", "comm", "test"};
+constexpr std::array<const char*, 10> kModules = {"runtime", "parallel",   "schedule", "model", "launch",
+                                                  "data",    "checkpoint", "train",    "comm",  "test"};
 
 spdlog::level::level_enum parse_level(const std::string& level) {
   const auto parsed = spdlog::level::from_str(level);
@@ -35,8 +35,8 @@ void init_logging(const ProcessContext& process, const LogOptions& options) {
         fmt::format("{}.rank{}", options.file, process.rank), /*truncate=*/false));
   }
   const int width = process.world_size >= 100 ? 3 : 2;
-  const std::string pattern = fmt::format("[%H:%M:%S.%e] [r{:0{}}/{:0{}}] [%^%l%$] [%n] %v", process.rank, width,
-                                          process.world_size, width);
+  const std::string pattern =
+      fmt::format("[%H:%M:%S.%e] [r{:0{}}/{:0{}}] [%^%l%$] [%n] %v", process.rank, width, process.world_size, width);
   spdlog::drop_all();
   auto make = [&](const std::string& name) {
     auto created = std::make_shared<spdlog::logger>(name, sinks.begin(), sinks.end());

@@ -72,8 +72,7 @@ void MetricsWriter::write(const std::vector<MetricField>& fields) {
     TANDEM_CHECK(seen.insert(field.first).second, "metrics: key '{}' given twice", field.first);
   }
   for (const std::string& key : required_keys_) {
-    TANDEM_CHECK(seen.count(key) == 1, "metrics: the line lacks the required key '{}' (metrics.jsonl contract)",
-                 key);
+    TANDEM_CHECK(seen.count(key) == 1, "metrics: the line lacks the required key '{}' (metrics.jsonl contract)", key);
   }
   const std::string line = metrics_json_line(fields) + "\n";
   TANDEM_CHECK_KIND(kIo, std::fwrite(line.data(), 1, line.size(), file_) == line.size() && std::fflush(file_) == 0,

@@ -21,8 +21,7 @@ namespace tandem::runtime {
 using MetricValue = std::variant<double, int64_t, std::string>;
 using MetricField = std::pair<std::string, MetricValue>;
 
-inline constexpr std::array<std::string_view, 5> kStepMetricKeys = {"step", "loss", "lr", "grad_norm",
-                                                                     "tokens_per_s"};
+inline constexpr std::array<std::string_view, 5> kStepMetricKeys = {"step", "loss", "lr", "grad_norm", "tokens_per_s"};
 
 // One JSON object (no trailing newline) with the fields in order. Never throws.
 std::string metrics_json_line(const std::vector<MetricField>& fields);

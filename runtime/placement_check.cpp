@@ -14,10 +14,11 @@ namespace tandem::runtime {
 PlacementReport check_rank_placement(const PlacementInputs& in) {
   PlacementReport report;
   const bool use_gpu = in.device == DeviceKind::kCuda || (in.device == DeviceKind::kAuto && in.gpus_visible > 0);
-  report.info.push_back(fmt::format("host {}: {} rank(s), {} GPU(s) visible (CUDA_VISIBLE_DEVICES={}), {} CPU thread(s), "
-                                    "run.device {} -> {}",
-                                    in.host, in.ranks_on_node, in.gpus_visible, in.cuda_visible_devices, in.cpu_cores,
-                                    config::enum_name(in.device), use_gpu ? "one GPU per rank" : "CPU"));
+  report.info.push_back(
+      fmt::format("host {}: {} rank(s), {} GPU(s) visible (CUDA_VISIBLE_DEVICES={}), {} CPU thread(s), "
+                  "run.device {} -> {}",
+                  in.host, in.ranks_on_node, in.gpus_visible, in.cuda_visible_devices, in.cpu_cores,
+                  config::enum_name(in.device), use_gpu ? "one GPU per rank" : "CPU"));
   if (use_gpu) {
     if (in.gpus_visible == 0) {
       report.warnings.push_back(fmt::format(

@@ -17,12 +17,12 @@ struct ProcessContext;
 
 struct PlacementInputs {
   std::string host;
-  int ranks_on_node = 1;         // ProcessContext::local_size
-  int gpus_visible = 0;          // cuda_device_count()
+  int ranks_on_node = 1;                  // ProcessContext::local_size
+  int gpus_visible = 0;                   // cuda_device_count()
   DeviceKind device = DeviceKind::kAuto;  // run.device
-  int cpu_cores = 1;             // hardware threads of the node
-  int threads_per_rank = 1;      // intra-op threads each rank uses (OMP_NUM_THREADS or torch's)
-  std::string cuda_visible_devices;  // the variable's value; "(unset)" when it is not set
+  int cpu_cores = 1;                      // hardware threads of the node
+  int threads_per_rank = 1;               // intra-op threads each rank uses (OMP_NUM_THREADS or torch's)
+  std::string cuda_visible_devices;       // the variable's value; "(unset)" when it is not set
 };
 
 struct PlacementReport {

@@ -8,11 +8,11 @@
 namespace tandem::runtime {
 
 struct ProcessContext {
-  int rank = 0;         // global rank in MPI_COMM_WORLD
-  int world_size = 1;   // number of ranks in the job
-  int local_rank = 0;   // rank among the processes on this host (selects the GPU)
-  int local_size = 1;   // processes on this host
-  std::string host;     // host name, as the OS reports it
+  int rank = 0;        // global rank in MPI_COMM_WORLD
+  int world_size = 1;  // number of ranks in the job
+  int local_rank = 0;  // rank among the processes on this host (selects the GPU)
+  int local_size = 1;  // processes on this host
+  std::string host;    // host name, as the OS reports it
   int pid = 0;
 
   bool is_root() const { return rank == 0; }

@@ -11,17 +11,19 @@
 namespace tandem::runtime {
 
 struct CheckpointConfig {
-  std::string dir;               // empty = <run.output_dir>/checkpoints
-  int64_t interval = 0;          // steps between checkpoints; 0 = only at the end / on signal
+  std::string dir;       // empty = <run.output_dir>/checkpoints
+  int64_t interval = 0;  // steps between checkpoints; 0 = only at the end / on signal
   int64_t keep_last = 3;
-  std::string resume = "auto";   // auto | none | path to a checkpoint directory
+  std::string resume = "auto";  // auto | none | path to a checkpoint directory
   bool save_on_exit = true;
 
   template <class V>
   void visit(V& v) {
     v("dir", dir, {.doc = "Checkpoint directory; empty = <run.output_dir>/checkpoints"});
-    v("interval", interval, {.doc = "Save every N optimizer steps; 0 = only at the end and on SIGINT/SIGTERM", .min = 0});
-    v("keep_last", keep_last, {.doc = "Checkpoints kept; older ones are deleted after a new one is complete", .min = 1});
+    v("interval", interval,
+      {.doc = "Save every N optimizer steps; 0 = only at the end and on SIGINT/SIGTERM", .min = 0});
+    v("keep_last", keep_last,
+      {.doc = "Checkpoints kept; older ones are deleted after a new one is complete", .min = 1});
     v("resume", resume, {.doc = "auto (latest valid checkpoint, if any), none, or a checkpoint directory"});
     v("save_on_exit", save_on_exit, {.doc = "Write a checkpoint when training ends or is stopped by a signal"});
   }
@@ -39,7 +41,8 @@ struct LoggingConfig {
   void visit(V& v) {
     v("level", level, {.doc = "Log level", .choices = "trace|debug|info|warn|error"});
     v("all_ranks", all_ranks, {.doc = "Log info lines from every rank, not only rank 0"});
-    v("log_interval", log_interval, {.doc = "Steps between step lines in the log (metrics.jsonl gets every step)", .min = 1});
+    v("log_interval", log_interval,
+      {.doc = "Steps between step lines in the log (metrics.jsonl gets every step)", .min = 1});
     v("tensorboard", tensorboard, {.doc = "Write TensorBoard event files under run.output_dir/tensorboard"});
     v("trace_steps", trace_steps,
       {.doc = "Optimizer steps whose per-rank pipeline op timeline is recorded, next to its re-simulation "

@@ -96,8 +96,8 @@ TensorBoardWriter::~TensorBoardWriter() {
 
 void TensorBoardWriter::write_event(const std::string& serialized_event) {
   const std::string record = frame_tfrecord(serialized_event);
-  TANDEM_CHECK_KIND(kIo, std::fwrite(record.data(), 1, record.size(), file_) == record.size(),
-                    "{}: write failed: {}", path_, std::strerror(errno));
+  TANDEM_CHECK_KIND(kIo, std::fwrite(record.data(), 1, record.size(), file_) == record.size(), "{}: write failed: {}",
+                    path_, std::strerror(errno));
 }
 
 void TensorBoardWriter::add_scalars(int64_t step, const std::vector<std::pair<std::string, double>>& values) {

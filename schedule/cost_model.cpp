@@ -115,8 +115,8 @@ CostModel parse_cost_string(std::string_view text) {
     const std::string key = upper(trim(piece.substr(0, eq)));
     const std::string_view value_text = trim(piece.substr(eq + 1));
     const auto key_it = std::find(kCostKeys.begin(), kCostKeys.end(), key);
-    TANDEM_CHECK_CONFIG(key_it != kCostKeys.end(), "unknown cost key '{}' in '{}' (known: F, B, W, BW, FB, P2P, A2A, A2A_F, A2A_B)",
-                        key, piece);
+    TANDEM_CHECK_CONFIG(key_it != kCostKeys.end(),
+                        "unknown cost key '{}' in '{}' (known: F, B, W, BW, FB, P2P, A2A, A2A_F, A2A_B)", key, piece);
     const auto index = static_cast<std::size_t>(key_it - kCostKeys.begin());
     TANDEM_CHECK_CONFIG(!seen[index], "cost key '{}' given twice in '{}'", key, text);
     seen[index] = true;
@@ -192,7 +192,7 @@ CostModel cost_model_from_work(std::span<const StageWork> stages, const Hardware
   per_stage.reserve(stages.size());
   for (const StageWork& s : stages) {
     OpCosts c{compute_ms(s.f_tflop), compute_ms(s.b_tflop), compute_ms(s.w_tflop), a2a_ms(s.f_a2a_bytes),
-              a2a_ms(s.b_a2a_bytes), std::nullopt, std::nullopt};
+              a2a_ms(s.b_a2a_bytes), std::nullopt,          std::nullopt};
     const double n = static_cast<double>(stages.size());
     mean.f += c.f / n;
     mean.b += c.b / n;
@@ -211,8 +211,7 @@ std::vector<StageWork> split_work_evenly(const StageWork& whole, int num_stages,
                                          const StageWork& last_extra) {
   TANDEM_CHECK_CONFIG(num_stages >= 1, "split_work_evenly needs num_stages >= 1 (got {})", num_stages);
   const double n = num_stages;
-  StageWork even{whole.f_tflop / n, whole.b_tflop / n, whole.w_tflop / n, whole.f_a2a_bytes / n,
-                 whole.b_a2a_bytes / n};
+  StageWork even{whole.f_tflop / n, whole.b_tflop / n, whole.w_tflop / n, whole.f_a2a_bytes / n, whole.b_a2a_bytes / n};
   std::vector<StageWork> out(static_cast<std::size_t>(num_stages), even);
   auto add = [](StageWork& to, const StageWork& extra) {
     to.f_tflop += extra.f_tflop;

@@ -24,11 +24,11 @@ namespace tandem::schedule {
 
 // Costs of the ops of one stage (or one slot).
 struct OpCosts {
-  double f = 1;      // forward compute, excluding its all-to-all
-  double b = 1;      // input-grad backward compute (B), excluding its all-to-all
-  double w = 1;      // weight-grad compute (W); no communication
-  double f_a2a = 0;  // expert all-to-all inside F (dispatch + combine), exposed when F runs alone
-  double b_a2a = 0;  // expert all-to-all inside B (and BW)
+  double f = 1;              // forward compute, excluding its all-to-all
+  double b = 1;              // input-grad backward compute (B), excluding its all-to-all
+  double w = 1;              // weight-grad compute (W); no communication
+  double f_a2a = 0;          // expert all-to-all inside F (dispatch + combine), exposed when F runs alone
+  double b_a2a = 0;          // expert all-to-all inside B (and BW)
   std::optional<double> bw;  // explicit full-backward time; default b + w + b_a2a
   std::optional<double> fb;  // explicit F + BW pair time; default the overlap formula
   bool operator==(const OpCosts&) const = default;
@@ -87,15 +87,14 @@ struct OpSample {
 };
 // Averages the samples per (rank, chunk, kind) into slot overrides; a kind never measured on a
 // slot keeps `fallback`'s value. Measured times include their all-to-all, so a2a is set to 0.
-CostModel cost_model_from_samples(std::span<const OpSample> samples, const OpCosts& fallback,
-                                  double p2p_latency = 0);
+CostModel cost_model_from_samples(std::span<const OpSample> samples, const OpCosts& fallback, double p2p_latency = 0);
 
 // --- Costs from work and hardware ----------------------------------------------------------
 // Work of one stage for one micro-batch.
 struct StageWork {
-  double f_tflop = 0;  // forward compute, TFLOP
-  double b_tflop = 0;  // input-grad backward compute, TFLOP
-  double w_tflop = 0;  // weight-grad compute, TFLOP
+  double f_tflop = 0;      // forward compute, TFLOP
+  double b_tflop = 0;      // input-grad backward compute, TFLOP
+  double w_tflop = 0;      // weight-grad compute, TFLOP
   double f_a2a_bytes = 0;  // bytes each rank moves in the forward's expert all-to-all
   double b_a2a_bytes = 0;  // ... in the backward's
 };

@@ -25,7 +25,7 @@ struct Direction {
 struct PhasePlan {
   int h = 0;
   int big_h = 0;
-  int main_iterations = 0;        // phase 4's count
+  int main_iterations = 0;           // phase 4's count
   bool unpaired_first_main = false;  // phase 4's exception: first F near and BW far not overlapped
 };
 

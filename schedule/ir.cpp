@@ -37,9 +37,7 @@ ScheduleKind parse_schedule_kind(std::string_view name) {
   TANDEM_THROW(kConfig, "unknown schedule kind '{}' (known: {})", name, fmt::join(known, ", "));
 }
 
-bool shows_chunk(ScheduleKind kind) {
-  return kind == ScheduleKind::kInterleaved || kind == ScheduleKind::kDualPipeV;
-}
+bool shows_chunk(ScheduleKind kind) { return kind == ScheduleKind::kInterleaved || kind == ScheduleKind::kDualPipeV; }
 
 std::string_view op_kind_name(OpKind kind) {
   switch (kind) {
@@ -94,8 +92,7 @@ Slot Placement::slot_of(int mb, int stage) const {
     case PlacementKind::kInterleaved: return {stage % num_ranks_, stage / num_ranks_};
     case PlacementKind::kBidirectional:
       return default_chunk(mb) == 0 ? Slot{stage, 0} : Slot{num_ranks_ - 1 - stage, 1};
-    case PlacementKind::kVShape:
-      return stage < num_ranks_ ? Slot{stage, 0} : Slot{2 * num_ranks_ - 1 - stage, 1};
+    case PlacementKind::kVShape: return stage < num_ranks_ ? Slot{stage, 0} : Slot{2 * num_ranks_ - 1 - stage, 1};
   }
   return {stage, 0};
 }
@@ -129,12 +126,16 @@ PieceComm piece_comm(const Placement& placement, int rank, const Piece& piece) {
   const int prev_rank = has_prev ? placement.slot_of(piece.mb, stage - 1).rank : -1;
   const int next_rank = has_next ? placement.slot_of(piece.mb, stage + 1).rank : -1;
   if (piece.kind == OpKind::kF) {
-    if (has_prev && prev_rank != rank) comm.recv = Transfer{TensorKind::kActivation, prev_rank, piece.mb, stage - 1, stage};
-    if (has_next && next_rank != rank) comm.send = Transfer{TensorKind::kActivation, next_rank, piece.mb, stage, stage + 1};
+    if (has_prev && prev_rank != rank)
+      comm.recv = Transfer{TensorKind::kActivation, prev_rank, piece.mb, stage - 1, stage};
+    if (has_next && next_rank != rank)
+      comm.send = Transfer{TensorKind::kActivation, next_rank, piece.mb, stage, stage + 1};
     comm.computes_loss = !has_next;
   } else {
-    if (has_next && next_rank != rank) comm.recv = Transfer{TensorKind::kGradient, next_rank, piece.mb, stage + 1, stage};
-    if (has_prev && prev_rank != rank) comm.send = Transfer{TensorKind::kGradient, prev_rank, piece.mb, stage, stage - 1};
+    if (has_next && next_rank != rank)
+      comm.recv = Transfer{TensorKind::kGradient, next_rank, piece.mb, stage + 1, stage};
+    if (has_prev && prev_rank != rank)
+      comm.send = Transfer{TensorKind::kGradient, prev_rank, piece.mb, stage, stage - 1};
   }
   return comm;
 }

@@ -24,16 +24,16 @@ enum class ScheduleKind : std::uint8_t { kGpipe, k1F1B, kInterleaved, kZb1p, kDu
 // The names of the kinds (DESIGN.md section 9): job files (parallel.pipeline.schedule), the CLI
 // and schedule JSON files spell them so.
 inline constexpr config::EnumNames<ScheduleKind, 6> kScheduleKindNames{{{ScheduleKind::kGpipe, "gpipe"},
-                                                                         {ScheduleKind::k1F1B, "1f1b"},
-                                                                         {ScheduleKind::kInterleaved, "interleaved"},
-                                                                         {ScheduleKind::kZb1p, "zb1p"},
-                                                                         {ScheduleKind::kDualPipe, "dualpipe"},
-                                                                         {ScheduleKind::kDualPipeV, "dualpipev"}}};
+                                                                        {ScheduleKind::k1F1B, "1f1b"},
+                                                                        {ScheduleKind::kInterleaved, "interleaved"},
+                                                                        {ScheduleKind::kZb1p, "zb1p"},
+                                                                        {ScheduleKind::kDualPipe, "dualpipe"},
+                                                                        {ScheduleKind::kDualPipeV, "dualpipev"}}};
 constexpr const auto& config_enum_names(ScheduleKind) { return kScheduleKindNames; }
 
-inline constexpr std::array<ScheduleKind, 6> kAllScheduleKinds = {
-    ScheduleKind::kGpipe, ScheduleKind::k1F1B,     ScheduleKind::kInterleaved,
-    ScheduleKind::kZb1p,  ScheduleKind::kDualPipe, ScheduleKind::kDualPipeV};
+inline constexpr std::array<ScheduleKind, 6> kAllScheduleKinds = {ScheduleKind::kGpipe,       ScheduleKind::k1F1B,
+                                                                  ScheduleKind::kInterleaved, ScheduleKind::kZb1p,
+                                                                  ScheduleKind::kDualPipe,    ScheduleKind::kDualPipeV};
 
 // The kind's name in kScheduleKindNames.
 std::string_view schedule_kind_name(ScheduleKind kind);
@@ -138,7 +138,7 @@ std::string_view tensor_kind_name(TensorKind kind);  // "activation", "gradient"
 // identity or keeps one FIFO channel per (peer, tensor kind); see channel_order_problem().
 struct Transfer {
   TensorKind tensor = TensorKind::kActivation;
-  int peer = 0;        // the rank on the other side
+  int peer = 0;  // the rank on the other side
   int mb = 0;
   int from_stage = 0;  // stage that produces the tensor
   int to_stage = 0;    // stage that consumes it

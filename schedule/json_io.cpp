@@ -58,8 +58,8 @@ Schedule schedule_from_json(std::string_view text) {
     TANDEM_CHECK_INPUT(declared == num_ranks, "num_ranks is {} but \"ranks\" lists {} ranks", declared, num_ranks);
   }
   const auto chunks = root.find("num_chunks");
-  const int num_chunks =
-      chunks != root.end() ? json::as_int(*chunks, "num_chunks", 1) : default_num_chunks(schedule_kind);
+  const int num_chunks = chunks != root.end() ? json::as_int(*chunks, "num_chunks", 1)
+                                              : default_num_chunks(schedule_kind);
   TANDEM_CHECK_INPUT(schedule_kind == ScheduleKind::kInterleaved || num_chunks == default_num_chunks(schedule_kind),
                      "{} holds {} chunk(s) per rank, but num_chunks is {}", kind_name,
                      default_num_chunks(schedule_kind), num_chunks);

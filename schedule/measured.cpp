@@ -90,14 +90,13 @@ MeasuredStep assemble_measured_step(std::span<const RankTimeline> ranks) {
   std::vector<bool> seen(static_cast<std::size_t>(first.num_ranks), false);
   double origin = std::numeric_limits<double>::infinity();
   for (const RankTimeline& t : ranks) {
-    TANDEM_CHECK_INPUT(t.kind == first.kind && t.num_ranks == first.num_ranks &&
-                           t.num_microbatches == first.num_microbatches && t.num_chunks == first.num_chunks &&
-                           t.step == first.step,
-                       "timelines of different runs: pp rank {} has {} P={} M={} v={} step {}, pp rank {} has {} P={} "
-                       "M={} v={} step {}",
-                       first.pp_rank, schedule_kind_name(first.kind), first.num_ranks, first.num_microbatches,
-                       first.num_chunks, first.step, t.pp_rank, schedule_kind_name(t.kind), t.num_ranks,
-                       t.num_microbatches, t.num_chunks, t.step);
+    TANDEM_CHECK_INPUT(
+        t.kind == first.kind && t.num_ranks == first.num_ranks && t.num_microbatches == first.num_microbatches &&
+            t.num_chunks == first.num_chunks && t.step == first.step,
+        "timelines of different runs: pp rank {} has {} P={} M={} v={} step {}, pp rank {} has {} P={} "
+        "M={} v={} step {}",
+        first.pp_rank, schedule_kind_name(first.kind), first.num_ranks, first.num_microbatches, first.num_chunks,
+        first.step, t.pp_rank, schedule_kind_name(t.kind), t.num_ranks, t.num_microbatches, t.num_chunks, t.step);
     const auto r = static_cast<std::size_t>(t.pp_rank);
     TANDEM_CHECK_INPUT(!seen[r], "two timelines of pp rank {}", t.pp_rank);
     seen[r] = true;
@@ -143,11 +142,13 @@ MeasuredComparison compare_measured(const MeasuredStep& step) {
     if (count == 0) continue;
     (kind == OpKind::kF ? fallback.f : kind == OpKind::kB ? fallback.b : fallback.w) = sum / count;
   }
-  MeasuredComparison out{summarize(schedule, step.timeline), {}, cost_model_from_samples(samples, fallback), {}, {}, {}};
+  MeasuredComparison out{
+      summarize(schedule, step.timeline), {}, cost_model_from_samples(samples, fallback), {}, {}, {}};
   out.simulated = simulate(schedule, out.costs);
 
-  out.table = fmt::format("# step {}: {} P={} M={}, times in ms (simulated: the measured per-op times, no p2p latency)\n",
-                          step.step, schedule_kind_name(schedule.kind), schedule.num_ranks, schedule.num_microbatches);
+  out.table =
+      fmt::format("# step {}: {} P={} M={}, times in ms (simulated: the measured per-op times, no p2p latency)\n",
+                  step.step, schedule_kind_name(schedule.kind), schedule.num_ranks, schedule.num_microbatches);
   out.table += fmt::format("  {:>4} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}\n", "rank", "measured", "busy", "bubble",
                            "simulated", "busy", "bubble");
   for (std::size_t r = 0; r < out.measured.ranks.size(); ++r) {
@@ -163,8 +164,9 @@ MeasuredComparison compare_measured(const MeasuredStep& step) {
 
   const std::string measured_title = fmt::format("measured step {}: makespan {:.2f} ms, bubble {:.1f}%", step.step,
                                                  out.measured.makespan, 100.0 * out.measured.bubble_fraction());
-  const std::string simulated_title = fmt::format("simulated with the measured op times: makespan {:.2f} ms, bubble {:.1f}%",
-                                                  out.simulated.makespan, 100.0 * out.simulated.bubble_fraction());
+  const std::string simulated_title =
+      fmt::format("simulated with the measured op times: makespan {:.2f} ms, bubble {:.1f}%", out.simulated.makespan,
+                  100.0 * out.simulated.bubble_fraction());
   const RunView runs[] = {{measured_title, &schedule, &out.measured}, {simulated_title, &schedule, &out.simulated}};
   out.chrome = render_chrome(runs);
   out.svg = render_svg(runs, fmt::format("{} P={} M={}: measured vs simulated", schedule_kind_name(schedule.kind),

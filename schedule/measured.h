@@ -33,8 +33,8 @@ struct RankTimeline {
   int pp_rank = 0;
   int dp_rank = 0;
   int tp_rank = 0;
-  std::vector<Op> ops;         // as run, in order
-  std::vector<OpTime> times;   // [op], ms
+  std::vector<Op> ops;        // as run, in order
+  std::vector<OpTime> times;  // [op], ms
 };
 
 std::string rank_timeline_to_json(const RankTimeline& timeline);

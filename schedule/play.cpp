@@ -63,8 +63,8 @@ class Engine {
       if (pc_[ur] == s_.ranks[ur].size()) continue;
       result.completed = false;
       const Dependency& d = waiting_[ur];
-      result.blocked.push_back(BlockedRank{r, static_cast<int>(pc_[ur]), s_.ranks[ur][pc_[ur]], d.kind, d.mb, d.stage,
-                                           d.rank});
+      result.blocked.push_back(
+          BlockedRank{r, static_cast<int>(pc_[ur]), s_.ranks[ur][pc_[ur]], d.kind, d.mb, d.stage, d.rank});
     }
     return result;
   }

@@ -13,7 +13,7 @@ namespace tandem::schedule {
 
 namespace {
 
-constexpr double kLeft = 70;      // room for "rank 12"
+constexpr double kLeft = 70;  // room for "rank 12"
 constexpr double kRight = 24;
 constexpr double kTitleH = 40;
 constexpr double kGroupTitleH = 22;
@@ -86,10 +86,10 @@ class SvgWriter {
     const bool chunk = shows_chunk(s.kind);
     for (std::size_t r = 0; r < s.ranks.size(); ++r) {
       const double row_y = y_ + static_cast<double>(r) * (kRowH + kRowGap);
-      out += fmt::format("<text x=\"{}\" y=\"{:.1f}\" font-size=\"12\" text-anchor=\"end\">rank {}</text>\n",
-                         kLeft - 8, row_y + kRowH / 2 + 4, r);
-      out += fmt::format("<rect x=\"{}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{}\" fill=\"#f4f4f4\"/>\n", kLeft, row_y,
-                         res.makespan * px_, kRowH);
+      out += fmt::format("<text x=\"{}\" y=\"{:.1f}\" font-size=\"12\" text-anchor=\"end\">rank {}</text>\n", kLeft - 8,
+                         row_y + kRowH / 2 + 4, r);
+      out += fmt::format("<rect x=\"{}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{}\" fill=\"#f4f4f4\"/>\n", kLeft,
+                         row_y, res.makespan * px_, kRowH);
       for (std::size_t i = 0; i < s.ranks[r].size(); ++i) {
         draw_op(s, res, r, i, row_y, chunk, out);
       }
@@ -99,14 +99,13 @@ class SvgWriter {
 
  private:
   void draw_piece(const Piece& p, int num_chunks, double x, double w, double row_y, std::string& out) const {
-    out += fmt::format(
-        "<rect x=\"{:.2f}\" y=\"{:.1f}\" width=\"{:.2f}\" height=\"{}\" fill=\"{}\" stroke=\"#ffffff\" "
-        "stroke-width=\"0.6\"/>",
-        x, row_y, w, kRowH, fill_colour(p.kind, p.chunk, num_chunks));
+    out += fmt::format("<rect x=\"{:.2f}\" y=\"{:.1f}\" width=\"{:.2f}\" height=\"{}\" fill=\"{}\" stroke=\"#ffffff\" "
+                       "stroke-width=\"0.6\"/>",
+                       x, row_y, w, kRowH, fill_colour(p.kind, p.chunk, num_chunks));
     const std::string label = std::to_string(p.mb);
     if (w >= 6.5 * static_cast<double>(label.size()) + 3) {
-      out += fmt::format("<text x=\"{:.2f}\" y=\"{:.1f}\" font-size=\"11\" text-anchor=\"middle\">{}</text>",
-                         x + w / 2, row_y + kRowH / 2 + 4, label);
+      out += fmt::format("<text x=\"{:.2f}\" y=\"{:.1f}\" font-size=\"11\" text-anchor=\"middle\">{}</text>", x + w / 2,
+                         row_y + kRowH / 2 + 4, label);
     }
   }
 
@@ -124,10 +123,10 @@ class SvgWriter {
       const double wf = w * forward_share(op);
       draw_piece(op.first, s.num_chunks, x, wf, row_y, out);
       draw_piece(*op.second, s.num_chunks, x + wf, w - wf, row_y, out);
-      out += fmt::format(
-          "<rect x=\"{:.2f}\" y=\"{:.1f}\" width=\"{:.2f}\" height=\"{}\" fill=\"none\" stroke=\"#222222\" "
-          "stroke-width=\"1.6\"/>",
-          x + 0.8, row_y + 0.8, std::max(0.0, w - 1.6), kRowH - 1.6);
+      out +=
+          fmt::format("<rect x=\"{:.2f}\" y=\"{:.1f}\" width=\"{:.2f}\" height=\"{}\" fill=\"none\" stroke=\"#222222\" "
+                      "stroke-width=\"1.6\"/>",
+                      x + 0.8, row_y + 0.8, std::max(0.0, w - 1.6), kRowH - 1.6);
     }
     out += "</g>\n";
   }
@@ -151,10 +150,9 @@ void draw_axis(double span, double px, double y, std::string& out) {
   out += fmt::format("<line x1=\"{}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#444\"/>\n", kLeft, y,
                      kLeft + span * px, y);
   for (double t = 0; t <= span + 1e-9; t += step) {
-    out += fmt::format(
-        "<line x1=\"{0:.2f}\" y1=\"{1:.1f}\" x2=\"{0:.2f}\" y2=\"{2:.1f}\" stroke=\"#444\"/>"
-        "<text x=\"{0:.2f}\" y=\"{3:.1f}\" font-size=\"11\" text-anchor=\"middle\">{4:.6g}</text>\n",
-        kLeft + t * px, y, y + 5, y + 17, t);
+    out += fmt::format("<line x1=\"{0:.2f}\" y1=\"{1:.1f}\" x2=\"{0:.2f}\" y2=\"{2:.1f}\" stroke=\"#444\"/>"
+                       "<text x=\"{0:.2f}\" y=\"{3:.1f}\" font-size=\"11\" text-anchor=\"middle\">{4:.6g}</text>\n",
+                       kLeft + t * px, y, y + 5, y + 17, t);
   }
   out += fmt::format("<text x=\"{:.1f}\" y=\"{:.1f}\" font-size=\"11\" text-anchor=\"end\">time</text>\n",
                      kLeft + span * px, y + 30);

@@ -9,8 +9,8 @@
 namespace tandem::schedule {
 
 OutputFormat parse_output_format(std::string_view name) {
-  for (OutputFormat f : {OutputFormat::kOps, OutputFormat::kTable, OutputFormat::kJson, OutputFormat::kChrome,
-                         OutputFormat::kSvg}) {
+  for (OutputFormat f :
+       {OutputFormat::kOps, OutputFormat::kTable, OutputFormat::kJson, OutputFormat::kChrome, OutputFormat::kSvg}) {
     if (name == output_format_name(f)) return f;
   }
   TANDEM_THROW(kConfig, "unknown output format '{}' (known: ops, table, json, chrome, svg)", name);
@@ -58,9 +58,9 @@ std::string render_table(const Schedule& s, const SimResult& result, const CostM
                                 s.num_stages);
   if (costs != nullptr) out += "  cost " + costs->describe();
   out += '\n';
-  out += fmt::format("makespan {:.6g}   pipeline bubble {:.2f}%   max per-rank bubble {:.6g}   peak activations {} chunks\n\n",
-                     result.makespan, 100.0 * result.bubble_fraction(), result.max_bubble(),
-                     result.max_peak_live_chunks());
+  out += fmt::format(
+      "makespan {:.6g}   pipeline bubble {:.2f}%   max per-rank bubble {:.6g}   peak activations {} chunks\n\n",
+      result.makespan, 100.0 * result.bubble_fraction(), result.max_bubble(), result.max_peak_live_chunks());
   out += fmt::format("{:>6} {:>12} {:>12} {:>8} {:>10} {:>7} {:>7}\n", "rank", "busy", "bubble", "bubble%", "peak_act",
                      "params", "ops");
   double busy = 0;

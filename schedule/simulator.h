@@ -21,7 +21,7 @@ struct RankStats {
   // piece (BW, or the W of a B). In a pair the forward's activation counts before the backward's
   // is released, as both are resident while the pair runs.
   int peak_live_chunks = 0;
-  int param_chunks = 0;        // stages this rank holds
+  int param_chunks = 0;  // stages this rank holds
   std::size_t num_ops = 0;
 };
 
@@ -29,7 +29,7 @@ struct SimResult {
   double origin = 0;    // earliest op start (0 for a simulation); renderers draw from here
   double makespan = 0;  // latest op end - origin
   std::vector<RankStats> ranks;
-  Timeline timeline;    // timeline.ranks[r][i] for schedule.ranks[r][i]
+  Timeline timeline;  // timeline.ranks[r][i] for schedule.ranks[r][i]
 
   double max_bubble() const;
   int max_peak_live_chunks() const;

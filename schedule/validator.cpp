@@ -39,7 +39,9 @@ namespace {
 // (rank, op index) packed in one word; kNone when absent.
 using Position = std::int64_t;
 constexpr Position kNone = -1;
-Position pack(int rank, std::size_t index) { return (static_cast<Position>(rank) << 32) | static_cast<Position>(index); }
+Position pack(int rank, std::size_t index) {
+  return (static_cast<Position>(rank) << 32) | static_cast<Position>(index);
+}
 int rank_of(Position p) { return static_cast<int>(p >> 32); }
 std::size_t index_of(Position p) { return static_cast<std::size_t>(p & 0xffffffff); }
 
@@ -130,8 +132,8 @@ class Checker {
   void check_piece(int r, std::size_t i, const Piece& p) {
     if (p.mb < 0 || p.mb >= s_.num_microbatches || p.chunk < 0 || p.chunk >= pl_.num_chunks()) {
       add("bad-op", r, i,
-          fmt::format("micro-batch {} must be in [0, {}) and chunk {} in [0, {})", p.mb, s_.num_microbatches,
-                      p.chunk, pl_.num_chunks()));
+          fmt::format("micro-batch {} must be in [0, {}) and chunk {} in [0, {})", p.mb, s_.num_microbatches, p.chunk,
+                      pl_.num_chunks()));
       return;
     }
     const int stage = pl_.stage_of(r, p.chunk);
@@ -226,8 +228,8 @@ class Checker {
     // `what` formats the dependency's name; it runs only for a violation (this is a hot loop).
     auto need_before = [&](Position dep, auto&& what) {
       if (dep == kNone || rank_of(dep) != r || index_of(dep) < i) return;
-      const std::string where =
-          index_of(dep) == i ? std::string("in the same overlapped pair") : fmt::format("at op {}", index_of(dep));
+      const std::string where = index_of(dep) == i ? std::string("in the same overlapped pair")
+                                                   : fmt::format("at op {}", index_of(dep));
       add("order", r, i,
           fmt::format("{} needs {} first, but that runs {} on the same rank", piece_token(p), what(), where));
     };

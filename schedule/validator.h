@@ -25,8 +25,8 @@
 namespace tandem::schedule {
 
 struct Violation {
-  std::string rule;     // one of the ids above
-  int rank = -1;        // -1 when no single op is at fault
+  std::string rule;  // one of the ids above
+  int rank = -1;     // -1 when no single op is at fault
   int op_index = -1;
   std::string token;    // the op's token, empty when no single op is at fault
   std::string message;  // a sentence naming rank, op index, token and rule

@@ -49,8 +49,8 @@ void print_report(const JobConfig& config, int64_t world, bool quiet) {
   const model::ModelSize size = model::compute_model_size(config.model);
   out += "\n# parameters\n";
   out += fmt::format("  total (main model)     {:>12}  ({})\n", human_count(size.total_params), size.total_params);
-  out += fmt::format("  activated per token    {:>12}  ({})\n", human_count(size.activated_params),
-                     size.activated_params);
+  out +=
+      fmt::format("  activated per token    {:>12}  ({})\n", human_count(size.activated_params), size.activated_params);
   out += fmt::format("  MTP modules            {:>12}  ({})\n", human_count(size.mtp_params), size.mtp_params);
   out += fmt::format("  training FLOPs/token   {:>12.4g}  (seq {})\n",
                      size.train_flops_per_token(config.data.seq_length), config.data.seq_length);

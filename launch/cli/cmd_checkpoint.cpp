@@ -6,8 +6,8 @@
 #include <cstdio>
 #include <memory>
 
-#include "launch/export/checkpoint_inspect.h"
 #include "launch/cli/command.h"
+#include "launch/export/checkpoint_inspect.h"
 #include "runtime/error.h"
 #include "runtime/log.h"
 #include "runtime/process_context.h"
@@ -38,7 +38,8 @@ CommandRunner add_checkpoint_command(CLI::App& app) {
   CLI::App* command = app.add_subcommand("checkpoint", "Checkpoint tools");
   command->require_subcommand(1);
   CLI::App* inspect = command->add_subcommand("inspect", "Print a checkpoint's manifest and verify its files");
-  inspect->add_option("dir", options->path, "Checkpoint step directory, or a checkpoint root (uses latest)")->required();
+  inspect->add_option("dir", options->path, "Checkpoint step directory, or a checkpoint root (uses latest)")
+      ->required();
   inspect->add_flag("--json", options->json, "Print the report as one JSON object");
   inspect->add_flag("--no-verify", options->no_verify, "Check file sizes only, not CRC-32C checksums (fast)");
   return [options](const CommandEnv& env) {

@@ -25,11 +25,18 @@ struct ExportCommandOptions {
 // "5GB" -> 5e9, "300MB", "64KiB", "1000" (bytes). Decimal units as Hugging Face uses them.
 int64_t parse_size_bytes(const std::string& text) {
   size_t digits = 0;
-  while (digits < text.size() && (std::isdigit(static_cast<unsigned char>(text[digits])) || text[digits] == '.')) ++digits;
+  while (digits < text.size() && (std::isdigit(static_cast<unsigned char>(text[digits])) || text[digits] == '.'))
+    ++digits;
   const std::string unit = text.substr(digits);
-  static const std::vector<std::pair<std::string, double>> kUnits = {
-      {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-      {"KiB", 1024.0}, {"MiB", 1024.0 * 1024}, {"GiB", 1024.0 * 1024 * 1024}};
+  static const std::vector<std::pair<std::string, double>> kUnits = {{"", 1},
+                                                                     {"B", 1},
+                                                                     {"KB", 1e3},
+                                                                     {"MB", 1e6},
+                                                                     {"GB", 1e9},
+                                                                     {"TB", 1e12},
+                                                                     {"KiB", 1024.0},
+                                                                     {"MiB", 1024.0 * 1024},
+                                                                     {"GiB", 1024.0 * 1024 * 1024}};
   double scale = 0;
   for (const auto& [name, factor] : kUnits) {
     if (unit == name) scale = factor;
@@ -68,15 +75,17 @@ CommandRunner add_export_command(CLI::App& app) {
   auto options = std::make_shared<ExportCommandOptions>();
   CLI::App* command = app.add_subcommand("export", "Write a checkpoint as a Hugging Face model folder (config.json + "
                                                    "safetensors)");
-  command->add_option("checkpoint", options->checkpoint, "Checkpoint step directory, or a checkpoint root (uses latest)")
+  command
+      ->add_option("checkpoint", options->checkpoint, "Checkpoint step directory, or a checkpoint root (uses latest)")
       ->required();
   command->add_option("out_dir", options->out_dir, "Output folder")->required();
   command->add_option("--dtype", options->export_options.dtype, "Weight dtype: bf16 or fp32")
       ->check(CLI::IsMember({"bf16", "fp32"}))
       ->capture_default_str();
-  command->add_option("--max-shard-size", options->max_shard_size,
-                      "Largest safetensors file before sharding into model-0000k-of-0000n files + index (5GB, 500MB, "
-                      "bytes)")
+  command
+      ->add_option("--max-shard-size", options->max_shard_size,
+                   "Largest safetensors file before sharding into model-0000k-of-0000n files + index (5GB, 500MB, "
+                   "bytes)")
       ->capture_default_str();
   command->add_flag("--overwrite", options->export_options.overwrite, "Replace an earlier export in OUT_DIR");
   command->add_option("--reference-logits", options->export_options.reference_logits_path,

@@ -15,9 +15,9 @@
 
 #include "launch/cli/command.h"
 #include "runtime/data/byte_tokenizer.h"
+#include "runtime/data/indexed_dataset.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
-#include "runtime/data/indexed_dataset.h"
 #include "runtime/process_context.h"
 
 namespace tandem::launch {
@@ -71,8 +71,7 @@ int run_preprocess(const PreprocessOptions& options) {
   const std::optional<runtime::TokenDtype> dtype = runtime::token_dtype_from_name(options.dtype);
   TANDEM_CHECK_CONFIG(dtype.has_value(), "--dtype: unknown dtype '{}' (uint8, int8, int16, uint16, int32, int64)",
                       options.dtype);
-  TANDEM_CHECK_CONFIG(!runtime::token_dtype_is_float(*dtype) &&
-                          runtime::token_dtype_min_id(*dtype) <= 0 &&
+  TANDEM_CHECK_CONFIG(!runtime::token_dtype_is_float(*dtype) && runtime::token_dtype_min_id(*dtype) <= 0 &&
                           runtime::token_dtype_max_id(*dtype) >= runtime::ByteTokenizer::kVocabSize - 1,
                       "--dtype: {} cannot hold the byte tokenizer's ids 0-{} (bytes and special tokens); use uint16",
                       options.dtype, runtime::ByteTokenizer::kVocabSize - 1);
@@ -109,8 +108,8 @@ int run_preprocess(const PreprocessOptions& options) {
                      static_cast<double>(stats.num_tokens) / static_cast<double>(stats.num_documents),
                      stats.shortest_document, stats.longest_document);
   out += fmt::format("  tokens with EODs       {:>12}\n", stats.num_tokens + stats.num_documents);
-  out += fmt::format("  unigram entropy        {:>12.4f}  bits/byte (of the stored text)\n",
-                     stats.entropy_bits_per_token);
+  out +=
+      fmt::format("  unigram entropy        {:>12.4f}  bits/byte (of the stored text)\n", stats.entropy_bits_per_token);
   out += fmt::format("  unigram entropy        {:>12.4f}  bits/token = {:.4f} nats/token (training stream with "
                      "EODs: the loss of a frequency-only model)\n",
                      stats.stream_entropy_bits_per_token, stats.stream_entropy_bits_per_token * std::log(2.0));
@@ -123,9 +122,9 @@ int run_preprocess(const PreprocessOptions& options) {
 
 CommandRunner add_preprocess_command(CLI::App& app) {
   auto options = std::make_shared<PreprocessOptions>();
-  CLI::App* command =
-      app.add_subcommand("preprocess", "Turn text files into a Megatron indexed dataset (.bin/.idx) with the byte "
-                                       "tokenizer");
+  CLI::App* command = app.add_subcommand("preprocess",
+                                         "Turn text files into a Megatron indexed dataset (.bin/.idx) with the byte "
+                                         "tokenizer");
   command->add_option("--input", options->inputs, "Text files (repeatable, or several after one --input)")
       ->required()
       ->expected(1, -1);

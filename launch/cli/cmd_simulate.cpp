@@ -39,12 +39,13 @@ struct SimulateOptions {
 // The step of the first data/tensor-parallel replica's pipeline; `num_files` is the number of
 // timelines in the directory, one per rank of the run, i.e. its world size.
 schedule::MeasuredStep load_measured_step(const std::string& dir, int64_t& num_files) {
-  TANDEM_CHECK_INPUT(runtime::is_directory(dir), "--measured {}: not a directory (expected run.output_dir/traces/stepN)",
-                     dir);
+  TANDEM_CHECK_INPUT(runtime::is_directory(dir),
+                     "--measured {}: not a directory (expected run.output_dir/traces/stepN)", dir);
   std::vector<schedule::RankTimeline> ranks;
   num_files = 0;
   for (const std::string& name : runtime::list_directory(dir)) {
-    if (name.size() < 5 || name.substr(name.size() - 5) != ".json" || name.find("compare") != std::string::npos) continue;
+    if (name.size() < 5 || name.substr(name.size() - 5) != ".json" || name.find("compare") != std::string::npos)
+      continue;
     try {
       schedule::RankTimeline t = schedule::rank_timeline_from_json(runtime::read_file(dir + "/" + name));
       ++num_files;
@@ -146,8 +147,7 @@ CommandRunner add_simulate_command(CLI::App& app) {
     const JobConfig config = load_job_config(options->job_path, options->overrides, world);
     if (measured) {
       const schedule::Schedule& ran = measured->schedule;
-      TANDEM_CHECK_INPUT(config.parallel.pipeline.schedule == ran.kind &&
-                             config.parallel.pp == ran.num_ranks &&
+      TANDEM_CHECK_INPUT(config.parallel.pipeline.schedule == ran.kind && config.parallel.pp == ran.num_ranks &&
                              config.parallel.pipeline.micro_batches == ran.num_microbatches,
                          "--measured {}: the traces are of {} over pp {} with {} micro-batches, but the job says {} "
                          "over pp {} with {}; give the job file (and --set overrides) of the traced run",

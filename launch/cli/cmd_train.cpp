@@ -71,8 +71,9 @@ CommandRunner add_train_command(CLI::App& app) {
   CLI::App* command = app.add_subcommand("train", "Train a model as the job file says");
   command->add_option("job", options->job_path, "Job YAML file")->required();
   command->add_option("--set", options->overrides, "Override a key: --set train.steps=20 (repeatable)");
-  command->add_option("--comm-timeout", options->comm_timeout_s,
-                      "Seconds a collective may wait for peers before the job is aborted")
+  command
+      ->add_option("--comm-timeout", options->comm_timeout_s,
+                   "Seconds a collective may wait for peers before the job is aborted")
       ->check(CLI::PositiveNumber);
   return [options](const CommandEnv& env) {
     env.signals.set_graceful(true);  // a stop signal ends the run after the step, with a checkpoint
@@ -83,10 +84,10 @@ CommandRunner add_train_command(CLI::App& app) {
     const parallel::CommunicatorFactory factory = communicator_factory(
         config.parallel.backend, std::chrono::seconds(options->comm_timeout_s), trainer.uses_gpu(), device);
     env.setup.pass();
-    const parallel::ProcessGrid grid(
-        parallel::GridLayout::create(env.process.world_size, config.parallel.pp, config.parallel.dp,
-                                     config.parallel.tp, config.parallel.ep, config.parallel.order),
-        env.process, factory);
+    const parallel::ProcessGrid grid(parallel::GridLayout::create(env.process.world_size, config.parallel.pp,
+                                                                  config.parallel.dp, config.parallel.tp,
+                                                                  config.parallel.ep, config.parallel.order),
+                                     env.process, factory);
     return trainer.run(grid);
   };
 }

@@ -44,13 +44,13 @@ struct CommandEnv {
 using CommandRunner = std::function<int(const CommandEnv&)>;
 
 // Each registers one subcommand on `app` and returns its runner.
-CommandRunner add_schedule_command(CLI::App& app);     // tandem schedule ...
-CommandRunner add_check_config_command(CLI::App& app); // tandem check-config JOB.yaml
+CommandRunner add_schedule_command(CLI::App& app);          // tandem schedule ...
+CommandRunner add_check_config_command(CLI::App& app);      // tandem check-config JOB.yaml
 CommandRunner add_config_reference_command(CLI::App& app);  // tandem config-reference
-CommandRunner add_simulate_command(CLI::App& app);  // tandem simulate JOB.yaml
-CommandRunner add_plan_command(CLI::App& app);      // tandem plan JOB.yaml
-CommandRunner add_train_command(CLI::App& app);     // tandem train JOB.yaml
-CommandRunner add_preprocess_command(CLI::App& app);  // tandem preprocess --input FILE... --output PREFIX
-CommandRunner add_export_command(CLI::App& app);      // tandem export CKPT_DIR OUT_DIR
-CommandRunner add_checkpoint_command(CLI::App& app);  // tandem checkpoint inspect DIR
+CommandRunner add_simulate_command(CLI::App& app);          // tandem simulate JOB.yaml
+CommandRunner add_plan_command(CLI::App& app);              // tandem plan JOB.yaml
+CommandRunner add_train_command(CLI::App& app);             // tandem train JOB.yaml
+CommandRunner add_preprocess_command(CLI::App& app);        // tandem preprocess --input FILE... --output PREFIX
+CommandRunner add_export_command(CLI::App& app);            // tandem export CKPT_DIR OUT_DIR
+CommandRunner add_checkpoint_command(CLI::App& app);        // tandem checkpoint inspect DIR
 }  // namespace tandem::launch

@@ -45,8 +45,8 @@ class MpiSetupGate final : public SetupGate {
       }
     }
     if (digest != 0 && first == rank) {
-      const std::string shared =
-          count == 1 ? std::string() : fmt::format(" ({} of {} ranks report the same)", count, codes.size());
+      const std::string shared = count == 1 ? std::string()
+                                            : fmt::format(" ({} of {} ranks report the same)", count, codes.size());
       TANDEM_LOG_ERROR("launch", "{}{}", message, shared);
     }
     return static_cast<int>(*std::max_element(codes.begin(), codes.end()));
@@ -113,7 +113,8 @@ int run(int argc, char** argv) {
     const Error located = error.with_location(process.rank, process.host);
     return handle_failure(exit_code_for(error.kind()), located.what(), error.what(), gate, process);
   } catch (const std::exception& error) {
-    return handle_failure(1, fmt::format("[rank {} on {}] unexpected error: {}", process.rank, process.host, error.what()),
+    return handle_failure(1,
+                          fmt::format("[rank {} on {}] unexpected error: {}", process.rank, process.host, error.what()),
                           error.what(), gate, process);
   }
 }

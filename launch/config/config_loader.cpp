@@ -18,10 +18,14 @@
 namespace tandem::launch {
 namespace {
 
-template <class T> struct IsOptional : std::false_type {};
-template <class T> struct IsOptional<std::optional<T>> : std::true_type {};
-template <class T> struct IsVector : std::false_type {};
-template <class T> struct IsVector<std::vector<T>> : std::true_type {};
+template <class T>
+struct IsOptional : std::false_type {};
+template <class T>
+struct IsOptional<std::optional<T>> : std::true_type {};
+template <class T>
+struct IsVector : std::false_type {};
+template <class T>
+struct IsVector<std::vector<T>> : std::true_type {};
 
 template <class T>
 std::string type_name() {
@@ -125,8 +129,9 @@ void decode(const Source& source, const std::string& key, const YAML::Node& node
     const std::optional<T> parsed = config::parse_enum<T>(node.Scalar());
     if (!parsed) {
       const std::vector<std::string> choices = split(config::enum_choices<T>(), '|');
-      fail(source, key, node, fmt::format("'{}' is not one of {}{}", node.Scalar(), fmt::join(choices, ", "),
-                                          did_you_mean(node.Scalar(), choices)));
+      fail(source, key, node,
+           fmt::format("'{}' is not one of {}{}", node.Scalar(), fmt::join(choices, ", "),
+                       did_you_mean(node.Scalar(), choices)));
     }
     out = *parsed;
   } else {
@@ -134,8 +139,8 @@ void decode(const Source& source, const std::string& key, const YAML::Node& node
     T value{};
     if (!node.IsScalar() || !YAML::convert<T>::decode(node, value)) {
       const std::string expected = std::is_same_v<T, bool> ? "true or false"
-                                   : std::is_integral_v<T>   ? "an integer"
-                                                             : "a number";
+                                   : std::is_integral_v<T> ? "an integer"
+                                                           : "a number";
       fail(source, key, node, fmt::format("expected {}, got {}", expected, shown));
     }
     if constexpr (std::is_floating_point_v<T>) {
@@ -171,7 +176,9 @@ class Binder {
  public:
   // `node` may be undefined (a section the file leaves out): every field keeps its default.
   Binder(YAML::Node node, std::string prefix, const Source& source)
-      : node_(std::move(node)), is_map_(node_.IsDefined() && node_.IsMap()), prefix_(std::move(prefix)),
+      : node_(std::move(node)),
+        is_map_(node_.IsDefined() && node_.IsMap()),
+        prefix_(std::move(prefix)),
         source_(source) {}
 
   template <class T>
@@ -208,8 +215,7 @@ class Binder {
     for (const auto& entry : node_) {
       const std::string name = entry.first.Scalar();
       if (std::find(known_.begin(), known_.end(), name) == known_.end()) {
-        fail(source_, prefix_ + name, entry.first,
-             fmt::format("unknown key{}", did_you_mean(name, known_)));
+        fail(source_, prefix_ + name, entry.first, fmt::format("unknown key{}", did_you_mean(name, known_)));
       }
     }
   }
@@ -327,7 +333,8 @@ class ReferencePrinter {
   void operator()(const char* name, T& field, const config::FieldInfo& info) {
     std::string allowed;
     if (info.choices) allowed = fmt::format("{}", fmt::join(split(info.choices, '|'), ", "));
-    if constexpr (config::kIsConfigEnum<T>) allowed = fmt::format("{}", fmt::join(split(config::enum_choices<T>(), '|'), ", "));
+    if constexpr (config::kIsConfigEnum<T>)
+      allowed = fmt::format("{}", fmt::join(split(config::enum_choices<T>(), '|'), ", "));
     if (std::isfinite(info.min) && std::isfinite(info.max)) allowed = fmt::format("{} .. {}", info.min, info.max);
     else if (std::isfinite(info.min)) allowed = fmt::format(">= {}", info.min);
     rows_ += fmt::format("| `{}{}` | {} | `{}` | {} | {} |\n", prefix_, name, type_name<T>(), scalar_text(field),
@@ -337,7 +344,9 @@ class ReferencePrinter {
   template <class S>
   void section(const char* name, S& sub, const char* doc) {
     const std::string saved = prefix_;
-    if (saved.empty()) rows_ += fmt::format("\n## `{}`: {}\n\n| key | type | default | allowed | meaning |\n|---|---|---|---|---|\n", name, doc);
+    if (saved.empty())
+      rows_ += fmt::format("\n## `{}`: {}\n\n| key | type | default | allowed | meaning |\n|---|---|---|---|---|\n",
+                           name, doc);
     prefix_ += std::string(name) + ".";
     sub.visit(*this);
     prefix_ = saved;
@@ -364,8 +373,10 @@ JobConfig load_job_config_from_string(const std::string& yaml_text, const std::s
 
 JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides, int64_t world_size) {
   std::ifstream file(path);
-  TANDEM_CHECK_CONFIG(file.good(), "cannot open job file '{}': check the path (it is relative to the directory "
-                                   "you launched from)", path);
+  TANDEM_CHECK_CONFIG(file.good(),
+                      "cannot open job file '{}': check the path (it is relative to the directory "
+                      "you launched from)",
+                      path);
   std::stringstream text;
   text << file.rdbuf();
   return load_job_config_from_string(text.str(), path, overrides, world_size);

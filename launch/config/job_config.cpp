@@ -113,9 +113,9 @@ void check_run(const JobConfig& c) {
 void JobConfig::resolve_and_validate(int64_t world_size) {
   model.validate();
   // Layout: world = pp * dp * tp, ep divides dp * tp, order is a permutation; dp 0 is derived.
-  parallel.dp = parallel::GridLayout::create(world_size, parallel.pp, parallel.dp, parallel.tp, parallel.ep,
-                                             parallel.order)
-                    .dp_size();
+  parallel.dp =
+      parallel::GridLayout::create(world_size, parallel.pp, parallel.dp, parallel.tp, parallel.ep, parallel.order)
+          .dp_size();
   check_tensor_parallel(*this);
   check_expert_parallel(*this);
   parallel.pipeline.micro_batches = resolve_micro_batches(*this);

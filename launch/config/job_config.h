@@ -88,10 +88,10 @@ struct TrainConfig {
 };
 
 struct HardwareConfig {
-  double gpu_tflops = 989.0;           // dense bf16 peak per GPU (H100/H200 SXM)
-  double mfu_assumed = 0.45;           // fraction of peak the simulator assumes compute reaches
-  double intra_node_gbps = 160.0;      // achievable NVLink all-to-all bandwidth per GPU, GB/s
-  double inter_node_gbps = 40.0;       // achievable InfiniBand bandwidth per GPU, GB/s
+  double gpu_tflops = 989.0;       // dense bf16 peak per GPU (H100/H200 SXM)
+  double mfu_assumed = 0.45;       // fraction of peak the simulator assumes compute reaches
+  double intra_node_gbps = 160.0;  // achievable NVLink all-to-all bandwidth per GPU, GB/s
+  double inter_node_gbps = 40.0;   // achievable InfiniBand bandwidth per GPU, GB/s
   int64_t gpus_per_node = 8;
   double p2p_latency_us = 20.0;
   double gpu_memory_gib = 80.0;
@@ -100,13 +100,16 @@ struct HardwareConfig {
   template <class V>
   void visit(V& v) {
     v("gpu_tflops", gpu_tflops, {.doc = "Peak dense bf16 TFLOP/s per GPU (for MFU and the simulator)", .min = 0.001});
-    v("mfu_assumed", mfu_assumed, {.doc = "Fraction of peak the simulator assumes kernels reach", .min = 0.01, .max = 1});
+    v("mfu_assumed", mfu_assumed,
+      {.doc = "Fraction of peak the simulator assumes kernels reach", .min = 0.01, .max = 1});
     v("intra_node_gbps", intra_node_gbps, {.doc = "All-to-all bandwidth per GPU inside a node, GB/s", .min = 0.001});
     v("inter_node_gbps", inter_node_gbps, {.doc = "All-to-all bandwidth per GPU across nodes, GB/s", .min = 0.001});
     v("gpus_per_node", gpus_per_node, {.doc = "GPUs per node", .min = 1});
     v("p2p_latency_us", p2p_latency_us, {.doc = "Pipeline send/receive latency, microseconds", .min = 0});
-    v("gpu_memory_gib", gpu_memory_gib, {.doc = "Memory per GPU, GiB (memory estimates and plan's budget)", .min = 0.001});
-    v("cpu_gflops_per_core", cpu_gflops_per_core, {.doc = "Peak fp32 GFLOP/s of one CPU core (MFU of CPU runs)", .min = 0.001});
+    v("gpu_memory_gib", gpu_memory_gib,
+      {.doc = "Memory per GPU, GiB (memory estimates and plan's budget)", .min = 0.001});
+    v("cpu_gflops_per_core", cpu_gflops_per_core,
+      {.doc = "Peak fp32 GFLOP/s of one CPU core (MFU of CPU runs)", .min = 0.001});
   }
 };
 

@@ -61,7 +61,8 @@ std::vector<TensorSummary> summarize_tensors(const CheckpointManifest& manifest)
         summary.kind = entry.kind;
         summary.dtype = entry.dtype;
         summary.global_shape = entry.global_shape;
-        summary.global_bytes = TensorSlice::whole(entry.global_shape).numel() * runtime::storage_dtype_size_bytes(entry.dtype);
+        summary.global_bytes = TensorSlice::whole(entry.global_shape).numel() *
+                               runtime::storage_dtype_size_bytes(entry.dtype);
       }
       ++summary.num_entries;
       summary.stored_bytes += entry.length_bytes;
@@ -108,7 +109,8 @@ FileCheck check_file(const std::string& dir, const runtime::RankRecord& record, 
   }
   if (*check.size_bytes != record.shard.size_bytes) {
     check.problem = fmt::format("{}: {} bytes, the manifest records {} ({})", check.name, *check.size_bytes,
-                                record.shard.size_bytes, *check.size_bytes < record.shard.size_bytes ? "truncated" : "grown");
+                                record.shard.size_bytes,
+                                *check.size_bytes < record.shard.size_bytes ? "truncated" : "grown");
     return check;
   }
   if (!verify) return check;
@@ -154,10 +156,15 @@ std::string shape_text(const std::vector<int64_t>& shape) { return fmt::format("
 }  // namespace
 
 JobConfig job_config_from_manifest(const runtime::CheckpointManifest& manifest, const std::string& where) {
-  static const std::vector<std::string> kOneProcess = {
-      "parallel.pp=1", "parallel.dp=1", "parallel.tp=1", "parallel.ep=1", "parallel.zero=0",
-      "parallel.sequence_parallel=false", "parallel.pipeline.schedule=1f1b", "parallel.pipeline.micro_batches=0",
-      "parallel.pipeline.virtual_stages=1"};
+  static const std::vector<std::string> kOneProcess = {"parallel.pp=1",
+                                                       "parallel.dp=1",
+                                                       "parallel.tp=1",
+                                                       "parallel.ep=1",
+                                                       "parallel.zero=0",
+                                                       "parallel.sequence_parallel=false",
+                                                       "parallel.pipeline.schedule=1f1b",
+                                                       "parallel.pipeline.micro_batches=0",
+                                                       "parallel.pipeline.virtual_stages=1"};
   return load_job_config_from_string(manifest.config_yaml, where, kOneProcess, 1);
 }
 
@@ -191,8 +198,8 @@ std::vector<std::string> InspectReport::problems() const {
     out.push_back(line);
   }
   if (static_cast<int64_t>(manifest.ranks.size()) != manifest.layout.world_size) {
-    out.push_back(fmt::format("{}: holds {} rank records for a world of {} ranks", kManifestName,
-                              manifest.ranks.size(), manifest.layout.world_size));
+    out.push_back(fmt::format("{}: holds {} rank records for a world of {} ranks", kManifestName, manifest.ranks.size(),
+                              manifest.layout.world_size));
   }
   return out;
 }

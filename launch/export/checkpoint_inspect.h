@@ -29,12 +29,12 @@ JobConfig job_config_from_manifest(const runtime::CheckpointManifest& manifest, 
 
 struct FileCheck {
   int rank = 0;
-  std::string name;             // "rank_00003.bin"
+  std::string name;  // "rank_00003.bin"
   int64_t expected_size_bytes = 0;
   uint32_t expected_crc32c = 0;
-  std::optional<int64_t> size_bytes;  // nullopt: missing or unreadable
-  std::optional<uint32_t> crc32c;     // computed (when verified and the size matches)
-  std::string problem;                // empty when the file is intact
+  std::optional<int64_t> size_bytes;     // nullopt: missing or unreadable
+  std::optional<uint32_t> crc32c;        // computed (when verified and the size matches)
+  std::string problem;                   // empty when the file is intact
   std::vector<std::string> bad_tensors;  // "name (kind)" whose entry CRC fails (when the file CRC does)
 };
 
@@ -44,17 +44,17 @@ struct TensorSummary {
   runtime::TensorKind kind = runtime::TensorKind::kParam;
   runtime::StorageDtype dtype = runtime::StorageDtype::kFloat32;
   std::vector<int64_t> global_shape;
-  int64_t num_entries = 0;    // pieces stored (> 1 when sharded or replicated)
-  int64_t stored_bytes = 0;   // over all pieces
-  int64_t global_bytes = 0;   // the whole tensor once
-  bool covered = true;        // the pieces cover the whole global tensor
+  int64_t num_entries = 0;   // pieces stored (> 1 when sharded or replicated)
+  int64_t stored_bytes = 0;  // over all pieces
+  int64_t global_bytes = 0;  // the whole tensor once
+  bool covered = true;       // the pieces cover the whole global tensor
 };
 
 struct InspectReport {
-  std::string dir;     // the step directory inspected
-  std::string note;    // how it was chosen, when `path` was a root
+  std::string dir;   // the step directory inspected
+  std::string note;  // how it was chosen, when `path` was a root
   runtime::CheckpointManifest manifest;
-  std::string model_summary;  // one line about the job's model, or why the config is unreadable
+  std::string model_summary;           // one line about the job's model, or why the config is unreadable
   std::vector<TensorSummary> tensors;  // sorted by name, then kind
   std::vector<FileCheck> files;        // by rank
   bool checksums_verified = false;

@@ -12,12 +12,12 @@
 #include <optional>
 #include <set>
 
-#include "launch/export/checkpoint_inspect.h"
 #include "launch/config/config_loader.h"
+#include "launch/export/checkpoint_inspect.h"
 #include "launch/export/safetensors.h"
 #include "model/model.h"
-#include "runtime/data/byte_tokenizer.h"
 #include "runtime/checkpoint_tensors.h"
+#include "runtime/data/byte_tokenizer.h"
 #include "runtime/error.h"
 #include "runtime/file_util.h"
 #include "runtime/json.h"
@@ -79,12 +79,12 @@ bool natural_less(const std::string& a, const std::string& b) {
 
 // One tensor of the export: where it comes from and how it is transformed.
 struct PlannedTensor {
-  std::string name;         // Hugging Face name
-  std::string source;       // global name in the checkpoint
+  std::string name;    // Hugging Face name
+  std::string source;  // global name in the checkpoint
   TensorKind kind = TensorKind::kParam;
   std::vector<int64_t> shape;
   at::ScalarType dtype = at::kFloat;
-  int64_t rope_heads = 0;   // > 0: permute rows per head from adjacent-pair to half rotary layout
+  int64_t rope_heads = 0;  // > 0: permute rows per head from adjacent-pair to half rotary layout
   int64_t size_bytes() const {
     int64_t n = at::elementSize(dtype);
     for (int64_t d : shape) n *= d;
@@ -129,8 +129,8 @@ std::vector<PlannedTensor> plan_tensors(const runtime::CheckpointManifest& manif
   }
   // DeepSeek's checkpoints give each MTP layer its own copies of the shared embedding and head.
   const std::string head_source = c.tie_word_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-  const std::vector<std::pair<std::string, std::string>> copies = {
-      {"embed_tokens.weight", "model.embed_tokens.weight"}, {"shared_head.head.weight", head_source}};
+  const std::vector<std::pair<std::string, std::string>> copies = {{"embed_tokens.weight", "model.embed_tokens.weight"},
+                                                                   {"shared_head.head.weight", head_source}};
   for (int64_t k = 0; k < c.num_nextn_predict_layers; ++k) {
     for (const auto& [suffix, source_name] : copies) {
       const auto it = sources.find(source_name);
@@ -175,8 +175,8 @@ at::Tensor rope_pairs_to_halves(const at::Tensor& weight, int64_t heads) {
 
 at::Tensor load_planned(runtime::CheckpointReader& reader, const PlannedTensor& t) {
   at::Tensor value = reader.read_global(t.source, t.kind);  // [global shape]
-  TANDEM_CHECK_INPUT(value.sizes().vec() == t.shape, "'{}' reads back with shape [{}], the manifest says [{}]", t.source,
-                     fmt::join(value.sizes(), ", "), fmt::join(t.shape, ", "));
+  TANDEM_CHECK_INPUT(value.sizes().vec() == t.shape, "'{}' reads back with shape [{}], the manifest says [{}]",
+                     t.source, fmt::join(value.sizes(), ", "), fmt::join(t.shape, ", "));
   if (t.rope_heads > 0) value = rope_pairs_to_halves(value, t.rope_heads);
   return value.to(t.dtype).contiguous();
 }
@@ -217,10 +217,9 @@ void write_reference_logits(runtime::CheckpointReader& reader, const JobConfig& 
     state = state * 6364136223846793005ull + 1442695040888963407ull;
     id = static_cast<int64_t>((state >> 33) % static_cast<uint64_t>(config.model.vocab_size));
   }
-  const at::Tensor tokens = at::tensor(ids, at::kLong).view({batch, length});  // [B, T]
+  const at::Tensor tokens = at::tensor(ids, at::kLong).view({batch, length});          // [B, T]
   const at::Tensor logits = model.forward_logits(tokens).to(at::kFloat).contiguous();  // [B, T, V]
-  SafetensorsWriter writer(path,
-                           {{"input_ids", "I64", {batch, length}}, {"logits", "F32", logits.sizes().vec()}},
+  SafetensorsWriter writer(path, {{"input_ids", "I64", {batch, length}}, {"logits", "F32", logits.sizes().vec()}},
                            metadata);
   writer.write("input_ids", tokens.data_ptr(), tokens.numel() * 8);
   writer.write("logits", logits.data_ptr(), logits.numel() * 4);
@@ -336,8 +335,8 @@ ExportResult export_hugging_face(const std::string& checkpoint_path, const std::
       {"format", "pt"}, {"tandem_step", std::to_string(manifest.step)}, {"tandem_created_by", manifest.created_by}};
   std::map<std::string, std::string> weight_map;
   for (size_t s = 0; s < shards.size(); ++s) {
-    const std::string file = shards.size() == 1 ? kSingleFile
-                                                : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards.size());
+    const std::string file =
+        shards.size() == 1 ? kSingleFile : fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards.size());
     std::vector<SafetensorsTensor> header;
     for (size_t i : shards[s]) header.push_back({plan[i].name, safetensors_dtype(plan[i].dtype), plan[i].shape});
     SafetensorsWriter writer(out_dir + "/" + file, std::move(header), metadata);

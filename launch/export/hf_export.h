@@ -26,10 +26,10 @@ namespace tandem::launch {
 inline constexpr int64_t kDefaultMaxShardBytes = 5'000'000'000;  // Hugging Face's "5GB"
 
 struct ExportOptions {
-  std::string dtype = "bf16";                     // bf16 | fp32 (the router bias stays fp32)
+  std::string dtype = "bf16";                       // bf16 | fp32 (the router bias stays fp32)
   int64_t max_shard_bytes = kDefaultMaxShardBytes;  // above this, model-0000k-of-0000n.safetensors + index
-  bool overwrite = false;                         // replace an earlier export in out_dir
-  std::string reference_logits_path;  // when set: tandem's logits for fixed tokens, as safetensors
+  bool overwrite = false;                           // replace an earlier export in out_dir
+  std::string reference_logits_path;                // when set: tandem's logits for fixed tokens, as safetensors
 };
 
 struct ExportResult {
@@ -37,7 +37,7 @@ struct ExportResult {
   int64_t step = 0;
   std::string architecture;  // "DeepseekV3ForCausalLM" | "LlamaForCausalLM"
   int64_t num_tensors = 0;
-  int64_t total_bytes = 0;   // tensor data over all files
+  int64_t total_bytes = 0;         // tensor data over all files
   std::vector<std::string> files;  // written, relative to out_dir
   std::vector<std::string> warnings;
 };

@@ -33,9 +33,9 @@ uint64_t read_uint64_le(const uint8_t* bytes) {
 int64_t as_index(const nlohmann::json& value, const std::string& where, std::string_view what) {
   TANDEM_CHECK_INPUT(value.is_number(), "{}: {} must be a number, got {}", where, what, json::type_name(value));
   const double number = value.get<double>();
-  TANDEM_CHECK_INPUT(
-      number >= 0 && number < 9007199254740992.0 && number == static_cast<double>(static_cast<int64_t>(number)),
-      "{}: {} must be a non-negative integer, got {}", where, what, number);
+  TANDEM_CHECK_INPUT(number >= 0 && number < 9007199254740992.0 &&
+                         number == static_cast<double>(static_cast<int64_t>(number)),
+                     "{}: {} must be a non-negative integer, got {}", where, what, number);
   return static_cast<int64_t>(number);
 }
 
@@ -85,8 +85,8 @@ SafetensorsTensor read_entry(const std::string& name, const nlohmann::json& valu
                              int64_t data_size) {
   TANDEM_CHECK_INPUT(value.is_object(), "{} is not an object", where);
   for (const auto& [key, item] : value.items()) {
-    TANDEM_CHECK_INPUT(key == "dtype" || key == "shape" || key == "data_offsets", "{} has an unknown field '{}'",
-                       where, key);
+    TANDEM_CHECK_INPUT(key == "dtype" || key == "shape" || key == "data_offsets", "{} has an unknown field '{}'", where,
+                       key);
   }
   TANDEM_CHECK_INPUT(value.contains("dtype") && value.contains("shape") && value.contains("data_offsets"),
                      "{} needs dtype, shape and data_offsets", where);

@@ -15,9 +15,9 @@ JobWork job_work(const JobConfig& config) {
   constexpr double kTera = 1e12;
 
   // Attention score + value products per token and layer, forward: 2 * heads * (qk + v) * (T+1)/2.
-  const double attention_per_layer =
-      static_cast<double>(size.attention_heads) * static_cast<double>(size.attention_qk_dim + size.attention_v_dim) *
-      (seq + 1.0) * tokens;
+  const double attention_per_layer = static_cast<double>(size.attention_heads) *
+                                     static_cast<double>(size.attention_qk_dim + size.attention_v_dim) * (seq + 1.0) *
+                                     tokens;
   const double head_matmul = 2.0 * static_cast<double>(m.vocab_size * m.hidden_size) * tokens;
   const double mtp_matmul = 2.0 * static_cast<double>(size.mtp_activated_matmul_params) * tokens;
   const double all_matmul = 2.0 * static_cast<double>(size.activated_matmul_params) * tokens;
@@ -36,7 +36,8 @@ JobWork job_work(const JobConfig& config) {
   int64_t moe_layers = 0;
   for (int64_t layer = 0; layer < m.num_hidden_layers; ++layer) moe_layers += m.is_moe_layer(layer) ? 1 : 0;
   const double leaving = p.ep > 1 ? static_cast<double>(p.ep - 1) / static_cast<double>(p.ep) : 0.0;
-  const double a2a_per_layer = 2.0 * tokens * static_cast<double>(m.num_experts_per_tok * m.hidden_size) * 2.0 * leaving;
+  const double a2a_per_layer = 2.0 * tokens * static_cast<double>(m.num_experts_per_tok * m.hidden_size) * 2.0 *
+                               leaving;
   work.layers.f_a2a_bytes = static_cast<double>(moe_layers) * a2a_per_layer;
   work.layers.b_a2a_bytes = work.layers.f_a2a_bytes;
 

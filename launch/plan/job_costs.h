@@ -9,7 +9,7 @@
 namespace tandem::launch {
 
 struct JobWork {
-  schedule::StageWork layers;      // all decoder layers, one micro-batch, per rank (after TP)
+  schedule::StageWork layers;       // all decoder layers, one micro-batch, per rank (after TP)
   schedule::StageWork first_extra;  // embedding (negligible compute)
   schedule::StageWork last_extra;   // final norm, output head, MTP modules
   schedule::HardwareSpec hardware;

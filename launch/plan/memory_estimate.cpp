@@ -14,8 +14,8 @@
 #include <algorithm>
 
 #include "model/model_size.h"
-#include "parallel/zero_memory.h"
 #include "model/stage.h"
+#include "parallel/zero_memory.h"
 #include "schedule/generators.h"
 #include "schedule/simulator.h"
 
@@ -61,7 +61,8 @@ std::vector<RankMemory> estimate_memory(const JobConfig& config, Precision preci
       for (int64_t layer = spec.layer_begin; layer < spec.layer_end; ++layer) {
         if (m.is_moe_layer(layer)) routed += routed_per_layer;
         const double mlp_width = m.is_moe_layer(layer)
-                                     ? static_cast<double>(m.num_experts_per_tok + m.n_shared_experts) * m.moe_intermediate_size
+                                     ? static_cast<double>(m.num_experts_per_tok + m.n_shared_experts) *
+                                           m.moe_intermediate_size
                                      : static_cast<double>(m.intermediate_size) / p.tp;
         activation_per_chunk += weight_width * tokens * (17.0 * m.hidden_size / p.tp + 3.0 * mlp_width);
       }

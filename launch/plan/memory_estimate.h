@@ -14,8 +14,8 @@ namespace tandem::launch {
 
 struct RankMemory {
   int64_t pp_rank = 0;
-  int64_t params = 0;             // parameters held by this rank (after TP/EP splits)
-  double weight_bytes = 0;        // compute copy of the weights (bf16 on GPU, fp32 on CPU)
+  int64_t params = 0;       // parameters held by this rank (after TP/EP splits)
+  double weight_bytes = 0;  // compute copy of the weights (bf16 on GPU, fp32 on CPU)
   double grad_bytes = 0;
   double optimizer_bytes = 0;     // fp32 master (mixed precision only) + Adam m and v
   double activation_bytes = 0;    // live micro-batches x per-micro-batch activations

@@ -65,12 +65,9 @@ runtime::TensorSlice to_global(runtime::TensorSlice local, const parallel::Param
 // The checkpoint's kind of an optimizer state tensor.
 TensorKind tensor_kind(parallel::StateKind kind) {
   switch (kind) {
-    case parallel::StateKind::kParam:
-      return TensorKind::kParam;
-    case parallel::StateKind::kExpAvg:
-      return TensorKind::kExpAvg;
-    case parallel::StateKind::kExpAvgSq:
-      return TensorKind::kExpAvgSq;
+    case parallel::StateKind::kParam: return TensorKind::kParam;
+    case parallel::StateKind::kExpAvg: return TensorKind::kExpAvg;
+    case parallel::StateKind::kExpAvgSq: return TensorKind::kExpAvgSq;
   }
   TANDEM_CHECK(false, "unknown optimizer state kind {}", static_cast<int>(kind));
   return TensorKind::kParam;
@@ -86,8 +83,9 @@ void append_owned(runtime::ShardWriter& shard, const parallel::DataParallelOptim
          runtime::TensorSlice::flat_range(sharding.local_shape, begin, begin + param.numel())) {
       const runtime::TensorSlice global = to_global(box, sharding);
       const int64_t n = box.numel();
-      for (const auto& [kind, values] :
-           {std::pair{TensorKind::kParam, &param}, {TensorKind::kExpAvg, &exp_avg}, {TensorKind::kExpAvgSq, &exp_avg_sq}}) {
+      for (const auto& [kind, values] : {std::pair{TensorKind::kParam, &param},
+                                         {TensorKind::kExpAvg, &exp_avg},
+                                         {TensorKind::kExpAvgSq, &exp_avg_sq}}) {
         runtime::append_tensor(shard, sharding.name, kind, values->narrow(0, position, n).view(box.lengths),
                                sharding.global_shape, global);
       }
@@ -111,7 +109,8 @@ at::Tensor read_local_range(runtime::CheckpointReader& reader, const parallel::P
   int64_t position = 0;
   for (const runtime::TensorSlice& box : runtime::TensorSlice::flat_range(sharding.local_shape, begin, begin + numel)) {
     const int64_t n = box.numel();
-    values.narrow(0, position, n).copy_(reader.read_global(sharding.name, kind, to_global(box, sharding)).reshape({-1}));
+    values.narrow(0, position, n)
+        .copy_(reader.read_global(sharding.name, kind, to_global(box, sharding)).reshape({-1}));
     position += n;
   }
   return values;

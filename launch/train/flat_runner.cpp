@@ -29,7 +29,9 @@ class FlatRunner final : public StepRunner {
  public:
   FlatRunner(const JobConfig& config, const model::ParallelGroups& groups, const TrainingDevice& device,
              std::shared_ptr<const model::Objective> objective, bool is_root)
-      : config_(config), device_(device), is_root_(is_root),
+      : config_(config),
+        device_(device),
+        is_root_(is_root),
         model_(config.model, static_cast<uint64_t>(config.run.seed), groups) {
     // Built on the CPU (initialisation is a pure function of seed and name), then moved, before
     // the optimizer's flat buffers are made: fp32 master weights on the run device.
@@ -104,7 +106,8 @@ class FlatRunner final : public StepRunner {
 std::unique_ptr<StepRunner> make_step_runner(const JobConfig& config, const parallel::ProcessGrid& grid,
                                              const model::ParallelGroups& groups, const TrainingDevice& device,
                                              std::shared_ptr<const model::Objective> objective) {
-  if (uses_pipeline(config)) return std::make_unique<PipelineRunner>(config, grid, groups, device, std::move(objective));
+  if (uses_pipeline(config))
+    return std::make_unique<PipelineRunner>(config, grid, groups, device, std::move(objective));
   return std::make_unique<FlatRunner>(config, groups, device, std::move(objective), grid.rank() == 0);
 }
 

@@ -34,7 +34,8 @@ KernelTrace::KernelTrace(int cuda_device) : cuda_device_(cuda_device) {
     profiler::enableProfiler(kineto_config(), activities(cuda_device_ >= 0));
     running_ = true;
   } catch (const std::exception& e) {
-    TANDEM_LOG_WARN("trace", "logging.trace_kernels: the Kineto profiler did not start ({}); step not traced", e.what());
+    TANDEM_LOG_WARN("trace", "logging.trace_kernels: the Kineto profiler did not start ({}); step not traced",
+                    e.what());
   }
 }
 

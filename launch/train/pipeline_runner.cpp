@@ -153,8 +153,15 @@ void PipelineRunner::write_trace(int64_t step, const std::vector<double>& op_tim
   const std::string dir = fmt::format("{}/traces/step{}", config_.run.output_dir, step);
   runtime::make_directories(dir);
   auto timeline_of = [&](int pp_rank, const std::vector<double>& times) {
-    schedule::RankTimeline t{plan.kind,     plan.num_ranks, plan.num_microbatches, plan.num_chunks, step, pp_rank,
-                             static_cast<int>(coord.dp), static_cast<int>(coord.tp), plan.ranks[static_cast<size_t>(pp_rank)],
+    schedule::RankTimeline t{plan.kind,
+                             plan.num_ranks,
+                             plan.num_microbatches,
+                             plan.num_chunks,
+                             step,
+                             pp_rank,
+                             static_cast<int>(coord.dp),
+                             static_cast<int>(coord.tp),
+                             plan.ranks[static_cast<size_t>(pp_rank)],
                              {}};
     for (size_t i = 0; i + 1 < times.size(); i += 2) t.times.push_back({times[i], times[i + 1]});
     return t;
@@ -174,13 +181,15 @@ void PipelineRunner::write_trace(int64_t step, const std::vector<double>& op_tim
   for (int r = 1; r < plan.num_ranks; ++r) {
     at::Tensor times = at::empty({static_cast<int64_t>(2 * plan.ranks[static_cast<size_t>(r)].size())}, at::kDouble);
     pp.recv(times, r, kTraceTag);
-    ranks.push_back(timeline_of(r, std::vector<double>(times.data_ptr<double>(), times.data_ptr<double>() + times.numel())));
+    ranks.push_back(
+        timeline_of(r, std::vector<double>(times.data_ptr<double>(), times.data_ptr<double>() + times.numel())));
   }
   const schedule::MeasuredComparison cmp = schedule::compare_measured(schedule::assemble_measured_step(ranks));
   runtime::write_file_atomic(dir + "/compare.chrome.json", cmp.chrome);
   runtime::write_file_atomic(dir + "/compare.svg", cmp.svg);
-  TANDEM_LOG_INFO("trace", "step {}: measured op timeline vs simulation with the measured op times ({}/compare.svg):\n{}",
-                  step, dir, cmp.table);
+  TANDEM_LOG_INFO("trace",
+                  "step {}: measured op timeline vs simulation with the measured op times ({}/compare.svg):\n{}", step,
+                  dir, cmp.table);
 }
 
 double PipelineRunner::evaluate(const std::vector<at::Tensor>& micro_batches) {

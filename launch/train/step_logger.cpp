@@ -79,11 +79,13 @@ void StepLogger::log(const StepRecord& r, double step_seconds) {
   if (r.eval_loss) fields.emplace_back("eval_loss", *r.eval_loss);
   metrics_->write(fields);
   if (tensorboard_) {
-    std::vector<std::pair<std::string, double>> scalars = {
-        {"train/loss", l.loss},           {"train/lm_loss", l.lm_loss},
-        {"train/mtp_loss", l.mtp_loss},   {"train/lr", r.lr},
-        {"train/grad_norm", r.grad_norm}, {"train/tokens_per_s", tokens_per_s},
-        {"train/expert_imbalance", r.expert_imbalance}};
+    std::vector<std::pair<std::string, double>> scalars = {{"train/loss", l.loss},
+                                                           {"train/lm_loss", l.lm_loss},
+                                                           {"train/mtp_loss", l.mtp_loss},
+                                                           {"train/lr", r.lr},
+                                                           {"train/grad_norm", r.grad_norm},
+                                                           {"train/tokens_per_s", tokens_per_s},
+                                                           {"train/expert_imbalance", r.expert_imbalance}};
     if (r.eval_loss) scalars.emplace_back("eval/lm_loss", *r.eval_loss);
     tensorboard_->add_scalars(r.step, scalars);
   }

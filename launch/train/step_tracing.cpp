@@ -18,7 +18,8 @@ void warn_untraced_steps(const JobConfig& config) {
   const std::vector<int64_t>& steps = config.logging.trace_steps;
   if (steps.empty()) return;
   if (!uses_pipeline(config) && config.parallel.ep <= 1) {
-    TANDEM_LOG_WARN("train", "logging.trace_steps: this job runs no pipeline (pp = 1, schedule {}) and no expert "
+    TANDEM_LOG_WARN("train",
+                    "logging.trace_steps: this job runs no pipeline (pp = 1, schedule {}) and no expert "
                     "parallelism, so there is no op timeline or all-to-all to trace",
                     config::enum_name(config.parallel.pipeline.schedule));
     return;

@@ -95,7 +95,7 @@ struct Trainer::State {
   TrainingDevice device;
   TrainingData data;
   StepTracing tracing;
-  int threads = 1;  // intra-op threads of this rank
+  int threads = 1;   // intra-op threads of this rank
   int64_t step = 0;  // optimizer steps completed
 
   // Built by run() over the grid.
@@ -172,8 +172,9 @@ void Trainer::State::set_up(const parallel::ProcessGrid& job_grid) {
   const std::vector<parallel::ShardedParam> params = runner->sharded_parameters();
   int64_t local_params = 0;  // counted before ZeRO-3 releases the storage
   for (const parallel::ShardedParam& p : params) local_params += p.param.numel();
-  optimizer = std::make_unique<parallel::DataParallelOptimizer>(
-      params, parallel::DataParallelGroups::from_grid(job_grid), optimizer_options(config, runner->counted_parameters()));
+  optimizer =
+      std::make_unique<parallel::DataParallelOptimizer>(params, parallel::DataParallelGroups::from_grid(job_grid),
+                                                        optimizer_options(config, runner->counted_parameters()));
   runner->attach(*optimizer);
   if (process.is_root()) log_model(local_params);
 
@@ -196,9 +197,11 @@ void Trainer::State::log_start() const {
 
 void Trainer::State::log_model(int64_t local_params) const {
   const model::ModelSize size = model::compute_model_size(config.model);
-  TANDEM_LOG_INFO("train", "model: {} parameters ({} main, {} MTP), {} activated per token; {} on rank 0; {} threads "
-                  "per rank", size.total_params + size.mtp_params, size.total_params, size.mtp_params,
-                  size.activated_params, local_params, threads);
+  TANDEM_LOG_INFO("train",
+                  "model: {} parameters ({} main, {} MTP), {} activated per token; {} on rank 0; {} threads "
+                  "per rank",
+                  size.total_params + size.mtp_params, size.total_params, size.mtp_params, size.activated_params,
+                  local_params, threads);
   TANDEM_LOG_INFO("train", "device {} | {} | communication over {}", device.device.str(),
                   device.bf16() ? "bf16 autocast, fp32 master weights and gradients" : "fp32", grid->dp().backend());
   const parallel::ParamMemory memory = optimizer->memory();
@@ -214,8 +217,8 @@ StepRecord Trainer::State::train_step(int64_t step) {
   record.lr = learning_rate(config.optim, step, config.train.steps);
   optimizer->zero_grad();
   tracing.begin_step(step);
-  record.losses = runner->forward_backward(data.next_training(config.parallel.pipeline.micro_batches, device.device),
-                                           step);
+  record.losses =
+      runner->forward_backward(data.next_training(config.parallel.pipeline.micro_batches, device.device), step);
   // The reductions share dp and the other groups with the collectives below: done first.
   optimizer->finish_gradient_sync();
   tracing.end_step(step);
@@ -260,7 +263,8 @@ bool Trainer::State::end_of_step(int64_t done) {
   const bool interval_due = config.checkpoint.interval > 0 && done % config.checkpoint.interval == 0;
   const bool last = done == config.train.steps;
   if (interval_due || ((last || stopping) && config.checkpoint.save_on_exit)) checkpoints->save(done, checkpointed());
-  if (stopping && process.is_root()) TANDEM_LOG_WARN("train", "stopped by signal after step {}; checkpoint written", done);
+  if (stopping && process.is_root())
+    TANDEM_LOG_WARN("train", "stopped by signal after step {}; checkpoint written", done);
   return stopping;
 }
 

@@ -26,8 +26,8 @@ runtime::GptSamplerOptions sampler_options(const JobConfig& config, int64_t dp_r
 
 TrainingData::TrainingData(const JobConfig& config, int64_t dp_rank, int64_t dp_size)
     : micro_batch_size_(config.data.micro_batch_size) {
-  train_data_ = std::make_shared<const runtime::IndexedDataset>(
-      runtime::IndexedDataset::open(config.data.path, "data.path"));
+  train_data_ =
+      std::make_shared<const runtime::IndexedDataset>(runtime::IndexedDataset::open(config.data.path, "data.path"));
   runtime::DocumentSplit split;
   if (config.data.valid_path.empty()) {
     split = runtime::split_documents(train_data_->num_documents(), config.data.valid_fraction);
@@ -55,7 +55,8 @@ std::vector<at::Tensor> TrainingData::validation(int64_t count, const at::Device
   return next(*valid_sampler_, count, device);
 }
 
-std::vector<at::Tensor> TrainingData::next(runtime::GptSampler& sampler, int64_t count, const at::Device& device) const {
+std::vector<at::Tensor> TrainingData::next(runtime::GptSampler& sampler, int64_t count,
+                                           const at::Device& device) const {
   std::vector<at::Tensor> out;
   for (int64_t k = 0; k < count; ++k) {
     const runtime::SampleBatch batch = sampler.next_batch(micro_batch_size_);

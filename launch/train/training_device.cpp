@@ -16,7 +16,8 @@ TrainingDevice resolve_training_device(const JobConfig& config, int local_rank, 
   const runtime::DeviceKind kind = resolve_device(config.run.device, gpu_usable);
   TrainingDevice out;
   if (kind == runtime::DeviceKind::kCuda) {
-    out.device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(runtime::select_device_for_local_rank(local_rank)));
+    out.device =
+        at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(runtime::select_device_for_local_rank(local_rank)));
   }
   out.precision = resolve_precision(config.train.precision, kind);
   return out;

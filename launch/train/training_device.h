@@ -11,7 +11,7 @@
 namespace tandem::launch {
 
 struct TrainingDevice {
-  at::Device device{at::kCPU};  // the CPU, or the GPU of this rank's node-local index
+  at::Device device{at::kCPU};             // the CPU, or the GPU of this rank's node-local index
   Precision precision = Precision::kFp32;  // resolved: kFp32 or kBf16
   // bf16 autocast around forwards; parameters, gradients and optimizer state stay fp32.
   bool bf16() const { return precision == Precision::kBf16; }

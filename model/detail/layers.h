@@ -20,9 +20,7 @@ namespace tandem::model::detail {
 struct RopeTables {
   at::Tensor cos;
   at::Tensor sin;
-  at::Tensor prefix(int64_t length, bool want_cos) const {
-    return (want_cos ? cos : sin).narrow(0, 0, length);
-  }
+  at::Tensor prefix(int64_t length, bool want_cos) const { return (want_cos ? cos : sin).narrow(0, 0, length); }
 };
 
 // What every layer's forward needs besides its input, set up once per stage forward.
@@ -76,7 +74,7 @@ class SplitLinearImpl : public torch::nn::Module {
  public:
   SplitLinearImpl(int64_t in_features, int64_t out_features);
   at::Tensor forward(const at::Tensor& input, ForwardContext& ctx);  // [..., in] -> [..., out]
-  at::Tensor weight;  // [out, in]
+  at::Tensor weight;                                                 // [out, in]
 };
 TORCH_MODULE(SplitLinear);
 
@@ -87,7 +85,7 @@ class RMSNormImpl : public torch::nn::Module {
  public:
   RMSNormImpl(int64_t dim, double eps);
   at::Tensor forward(const at::Tensor& x) { return rms_norm(x, weight, eps_); }  // [..., d]
-  at::Tensor weight;  // [d]
+  at::Tensor weight;                                                             // [d]
  private:
   double eps_;
 };

@@ -57,9 +57,8 @@ at::Tensor sequence_balance_loss(const at::Tensor& scores, const at::Tensor& top
 // topk_idx [n, K], seq_id [n] (the sequence 0..num_seqs-1 of each row), seq_len the full length
 // T. Per-sequence statistics are summed over `tp` (collective: two all-reduces, in forward only;
 // the result is replicated over tp and its gradient reaches each rank's own rows).
-at::Tensor sequence_balance_loss_sharded(const at::Tensor& scores, const at::Tensor& topk_idx,
-                                         const at::Tensor& seq_id, int64_t num_seqs, int64_t seq_len,
-                                         const RoutingOptions& options, double alpha,
+at::Tensor sequence_balance_loss_sharded(const at::Tensor& scores, const at::Tensor& topk_idx, const at::Tensor& seq_id,
+                                         int64_t num_seqs, int64_t seq_len, const RoutingOptions& options, double alpha,
                                          const parallel::CommunicatorPtr& tp);
 // b_i += gamma * sign(mean(c) - c_i), in place on bias [E]; counts [E].
 void update_routing_bias_(at::Tensor& bias, const at::Tensor& counts, double gamma);

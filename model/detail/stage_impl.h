@@ -16,15 +16,15 @@ namespace tandem::model {
 struct Stage::Impl {
   ModelConfig config;
   StageSpec spec;
-  mutable std::mutex rope_mutex;                  // guards rope_cache
+  mutable std::mutex rope_mutex;                       // guards rope_cache
   mutable std::vector<detail::RopeTables> rope_cache;  // one per (dtype, device)
   ParallelGroups groups;
   std::shared_ptr<WeightGradQueue> queue = std::make_shared<WeightGradQueue>();
-  parallel::OverlapHookPtr overlap;  // see Stage::set_overlap_hook
-  std::shared_ptr<parallel::LayerHooks> layer_hooks;  // null: none (see Stage::set_layer_hooks)
+  parallel::OverlapHookPtr overlap;                                  // see Stage::set_overlap_hook
+  std::shared_ptr<parallel::LayerHooks> layer_hooks;                 // null: none (see Stage::set_layer_hooks)
   std::shared_ptr<const Objective> objective = default_objective();  // see Stage::set_objective
 
-  detail::TokenEmbedding embed{nullptr};  // stage 0; a copy on the last stage when it needs one
+  detail::TokenEmbedding embed{nullptr};     // stage 0; a copy on the last stage when it needs one
   std::vector<detail::DecoderLayer> layers;  // global indices spec.layer_begin ..
   detail::RMSNorm norm{nullptr};             // last stage
   detail::SplitLinear head{nullptr};         // last stage, null when tied

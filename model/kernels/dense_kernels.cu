@@ -72,9 +72,9 @@ __global__ void rotary_kernel(const T* __restrict__ x, T* out, const float* __re
                               int64_t half, float sin_sign) {
   for (int64_t v = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; v < groups;
        v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t k0 = v * kPairs;        // first pair of this thread
-    const int64_t row = k0 / half;        // kPairs divides half: the pairs share a row
-    const int64_t i0 = k0 - row * half;   // frequency index of the first pair
+    const int64_t k0 = v * kPairs;       // first pair of this thread
+    const int64_t row = k0 / half;       // kPairs divides half: the pairs share a row
+    const int64_t i0 = k0 - row * half;  // frequency index of the first pair
     const int64_t p = (row / heads) % positions;
     Vec<T, 2 * kPairs> in, result;
     in.load(x + 2 * k0);
@@ -145,17 +145,10 @@ unsigned blocks_for(int64_t work) {
 template <typename Launch>
 int dispatch(RowType type, Launch&& launch) {
   switch (type) {
-    case RowType::kFloat32:
-      launch(float{});
-      break;
-    case RowType::kBFloat16:
-      launch(__nv_bfloat16{});
-      break;
-    case RowType::kFloat16:
-      launch(__half{});
-      break;
-    default:
-      return static_cast<int>(cudaErrorInvalidValue);
+    case RowType::kFloat32: launch(float{}); break;
+    case RowType::kBFloat16: launch(__nv_bfloat16{}); break;
+    case RowType::kFloat16: launch(__half{}); break;
+    default: return static_cast<int>(cudaErrorInvalidValue);
   }
   return static_cast<int>(cudaGetLastError());
 }
@@ -166,8 +159,8 @@ bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p
 
 int launch_rotary(const void* x, void* out, RowType type, const float* cos, const float* sin, int64_t rows,
                   int64_t positions, int64_t heads, int64_t width, bool inverse, runtime::CudaStream stream) {
-  if (x == nullptr || out == nullptr || cos == nullptr || sin == nullptr || rows < 0 || positions <= 0 ||
-      heads <= 0 || width <= 0 || width % 2 != 0) {
+  if (x == nullptr || out == nullptr || cos == nullptr || sin == nullptr || rows < 0 || positions <= 0 || heads <= 0 ||
+      width <= 0 || width % 2 != 0) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
   const int64_t half = width / 2;
@@ -181,11 +174,11 @@ int launch_rotary(const void* x, void* out, RowType type, const float* cos, cons
     const size_t wide_bytes = sizeof(T) * 2 * kWide;
     if (half % kWide == 0 && aligned(x, wide_bytes) && aligned(out, wide_bytes)) {
       const int64_t groups = pairs / kWide;
-      rotary_kernel<T, kWide><<<blocks_for(groups), kThreads, 0, s>>>(
-          static_cast<const T*>(x), static_cast<T*>(out), cos, sin, groups, positions, heads, half, sign);
+      rotary_kernel<T, kWide><<<blocks_for(groups), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out),
+                                                                      cos, sin, groups, positions, heads, half, sign);
     } else {
       rotary_kernel<T, 1><<<blocks_for(pairs), kThreads, 0, s>>>(static_cast<const T*>(x), static_cast<T*>(out), cos,
-                                                                  sin, pairs, positions, heads, half, sign);
+                                                                 sin, pairs, positions, heads, half, sign);
     }
   });
 }
@@ -210,7 +203,8 @@ int launch_elementwise(RowType type, int64_t n, std::initializer_list<const void
 
 }  // namespace
 
-int launch_swiglu_forward(const void* gate, const void* up, void* out, RowType type, int64_t n, runtime::CudaStream stream) {
+int launch_swiglu_forward(const void* gate, const void* up, void* out, RowType type, int64_t n,
+                          runtime::CudaStream stream) {
   if (gate == nullptr || up == nullptr || out == nullptr || n < 0) return static_cast<int>(cudaErrorInvalidValue);
   if (n == 0) return 0;
   auto s = stream;
@@ -221,8 +215,8 @@ int launch_swiglu_forward(const void* gate, const void* up, void* out, RowType t
   });
 }
 
-int launch_swiglu_backward(const void* gate, const void* up, const void* d_out, void* d_gate, void* d_up,
-                           RowType type, int64_t n, runtime::CudaStream stream) {
+int launch_swiglu_backward(const void* gate, const void* up, const void* d_out, void* d_gate, void* d_up, RowType type,
+                           int64_t n, runtime::CudaStream stream) {
   if (gate == nullptr || up == nullptr || d_out == nullptr || d_gate == nullptr || d_up == nullptr || n < 0) {
     return static_cast<int>(cudaErrorInvalidValue);
   }

@@ -30,10 +30,11 @@ int launch_rotary(const void* x, void* out, RowType type, const float* cos, cons
                   int64_t positions, int64_t heads, int64_t width, bool inverse, runtime::CudaStream stream);
 
 // out = silu(gate) * up over n elements of `type`.
-int launch_swiglu_forward(const void* gate, const void* up, void* out, RowType type, int64_t n, runtime::CudaStream stream);
+int launch_swiglu_forward(const void* gate, const void* up, void* out, RowType type, int64_t n,
+                          runtime::CudaStream stream);
 
 // Given d_out: d_up = d_out * silu(gate), d_gate = silu'(gate) * (d_out * up).
-int launch_swiglu_backward(const void* gate, const void* up, const void* d_out, void* d_gate, void* d_up,
-                           RowType type, int64_t n, runtime::CudaStream stream);
+int launch_swiglu_backward(const void* gate, const void* up, const void* d_out, void* d_gate, void* d_up, RowType type,
+                           int64_t n, runtime::CudaStream stream);
 
 }  // namespace tandem::model::kernels

@@ -36,7 +36,8 @@ __device__ Best warp_argmax(const float* values, int count, int lane) {
   Best best{-INFINITY, INT32_MAX};
   for (int i = lane; i < count; i += kWarp) best = better(best, Best{values[i], i});
   for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    const Best other{__shfl_xor_sync(0xffffffffu, best.value, offset), __shfl_xor_sync(0xffffffffu, best.index, offset)};
+    const Best other{__shfl_xor_sync(0xffffffffu, best.value, offset),
+                     __shfl_xor_sync(0xffffffffu, best.index, offset)};
     best = better(best, other);
   }
   return best;
@@ -48,7 +49,7 @@ __global__ void routing_topk_kernel(const float* __restrict__ scores, const floa
   const int warp = threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   float* selection = shared + warp * (s.num_experts + s.n_group);  // [E]
-  float* group_score = selection + s.num_experts;                   // [G]
+  float* group_score = selection + s.num_experts;                  // [G]
   const int per_group = s.num_experts / s.n_group;
   for (int64_t token = static_cast<int64_t>(blockIdx.x) * kRoutingWarpsPerBlock + warp; token < s.num_tokens;
        token += static_cast<int64_t>(gridDim.x) * kRoutingWarpsPerBlock) {
@@ -146,7 +147,7 @@ template <typename T>
 int launch_combine_as(const void* rows, const float* gate, const int64_t* token_index, float* out, int64_t num_rows,
                       int64_t hidden, cudaStream_t stream) {
   unpermute_combine_kernel<T><<<grid_for(num_rows), kRowThreads, 0, stream>>>(static_cast<const T*>(rows), gate,
-                                                                            token_index, out, num_rows, hidden);
+                                                                              token_index, out, num_rows, hidden);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -163,8 +164,8 @@ int launch_routing_topk(const float* scores, const float* bias, int64_t* topk_id
   if (s.num_tokens == 0) return static_cast<int>(cudaSuccess);
   const int64_t blocks = (s.num_tokens + kRoutingWarpsPerBlock - 1) / kRoutingWarpsPerBlock;
   const size_t shared_bytes = sizeof(float) * kRoutingWarpsPerBlock * (s.num_experts + s.n_group);
-  routing_topk_kernel<<<grid_for(blocks), kRoutingWarpsPerBlock * kWarp, shared_bytes,
-                        stream>>>(scores, bias, topk_idx, topk_weight, s);
+  routing_topk_kernel<<<grid_for(blocks), kRoutingWarpsPerBlock * kWarp, shared_bytes, stream>>>(scores, bias, topk_idx,
+                                                                                                 topk_weight, s);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -185,8 +186,8 @@ int launch_permute_rows(const void* in, const int64_t* token_index, void* out, i
   return launch_permute_as<uint8_t>(in, token_index, out, num_rows, row_bytes, s);
 }
 
-int launch_unpermute_combine(const void* rows, RowType type, const float* gate, const int64_t* token_index,
-                             float* out, int64_t num_rows, int64_t hidden, runtime::CudaStream stream) {
+int launch_unpermute_combine(const void* rows, RowType type, const float* gate, const int64_t* token_index, float* out,
+                             int64_t num_rows, int64_t hidden, runtime::CudaStream stream) {
   if (num_rows < 0 || hidden < 0) return static_cast<int>(cudaErrorInvalidValue);
   if (num_rows == 0 || hidden == 0) return static_cast<int>(cudaSuccess);
   const auto s = stream;

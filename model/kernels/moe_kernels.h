@@ -18,11 +18,11 @@
 namespace tandem::model::kernels {
 
 struct RoutingShape {
-  int64_t num_tokens = 0;   // N
-  int num_experts = 0;      // E (<= 1024)
-  int top_k = 1;            // K (<= 32, <= topk_group * E / n_group)
-  int n_group = 1;          // G (divides E)
-  int topk_group = 1;       // groups kept per token (<= G)
+  int64_t num_tokens = 0;  // N
+  int num_experts = 0;     // E (<= 1024)
+  int top_k = 1;           // K (<= 32, <= topk_group * E / n_group)
+  int n_group = 1;         // G (divides E)
+  int topk_group = 1;      // groups kept per token (<= G)
   bool norm_topk_prob = true;
   float routed_scaling_factor = 1.0f;
 };
@@ -44,7 +44,7 @@ int launch_permute_rows(const void* in, const int64_t* token_index, void* out, i
 // adds (the order of a token's K contributions is not fixed, as with index_add on CUDA).
 // rows [num_rows, hidden] of `type`; out [num_tokens, hidden] fp32, zeroed (or holding a base) by
 // the caller.
-int launch_unpermute_combine(const void* rows, RowType type, const float* gate, const int64_t* token_index,
-                             float* out, int64_t num_rows, int64_t hidden, runtime::CudaStream stream);
+int launch_unpermute_combine(const void* rows, RowType type, const float* gate, const int64_t* token_index, float* out,
+                             int64_t num_rows, int64_t hidden, runtime::CudaStream stream);
 
 }  // namespace tandem::model::kernels

@@ -18,9 +18,9 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 constexpr int64_t kChunk = 4 * 4 * kThreads;  // elements per chunk: 4 float4 per thread
-constexpr int kSegmentsPerLaunch = 32;       // keeps the parameter block under 4 KiB
-constexpr int64_t kMaxBlocks = 8192;         // AdamW: grid-stride beyond this many chunks
-constexpr int kNormBlocks = 1024;            // fixed, for determinism (partials in scratch)
+constexpr int kSegmentsPerLaunch = 32;        // keeps the parameter block under 4 KiB
+constexpr int64_t kMaxBlocks = 8192;          // AdamW: grid-stride beyond this many chunks
+constexpr int kNormBlocks = 1024;             // fixed, for determinism (partials in scratch)
 
 // Everything a launch needs, passed by value as the kernel's parameters.
 template <typename Segment>

@@ -25,15 +25,15 @@ namespace tandem::parallel::kernels {
 // The launch's scalars, each already rounded to fp32 from its double as LibTorch rounds a Scalar
 // argument of an fp32 op (static_cast<float>), so host and device see the same values.
 struct AdamWScalars {
-  float grad_scale = 1.0f;       // clipping factor applied to the gradient first
-  float beta1 = 0.9f;            // exp_avg.mul_(beta1)
-  float one_minus_beta1 = 0.1f;  // .add_(g, 1 - beta1)
-  float beta2 = 0.95f;           // exp_avg_sq.mul_(beta2)
-  float one_minus_beta2 = 0.05f; // .addcmul_(g, g, 1 - beta2)
-  float decay_factor = 0.0f;     // -lr * weight_decay (decayed elements only)
-  float bias2 = 1.0f;            // 1 - beta2^t
+  float grad_scale = 1.0f;        // clipping factor applied to the gradient first
+  float beta1 = 0.9f;             // exp_avg.mul_(beta1)
+  float one_minus_beta1 = 0.1f;   // .add_(g, 1 - beta1)
+  float beta2 = 0.95f;            // exp_avg_sq.mul_(beta2)
+  float one_minus_beta2 = 0.05f;  // .addcmul_(g, g, 1 - beta2)
+  float decay_factor = 0.0f;      // -lr * weight_decay (decayed elements only)
+  float bias2 = 1.0f;             // 1 - beta2^t
   float eps = 1e-8f;
-  float neg_step_size = 0.0f;    // -lr / (1 - beta1^t)
+  float neg_step_size = 0.0f;  // -lr / (1 - beta1^t)
 };
 
 // Makes the scalars from the double-precision values the composite passes to LibTorch.
@@ -53,8 +53,7 @@ inline AdamWScalars make_adamw_scalars(double beta1, double beta2, double eps, d
 }
 
 // One element: updates p, m, v in place from the unscaled gradient g.
-TANDEM_HOST_DEVICE inline void adamw_element(float& p, float g, float& m, float& v, bool decay,
-                                             const AdamWScalars& s) {
+TANDEM_HOST_DEVICE inline void adamw_element(float& p, float g, float& m, float& v, bool decay, const AdamWScalars& s) {
   // The composite skips the multiply when the scale is 1; times 1.0f is exact, so no branch.
   g = g * s.grad_scale;
   m = fmaf(g, s.one_minus_beta1, m * s.beta1);

@@ -54,8 +54,8 @@ std::vector<int64_t> iota(int64_t n) {
 }  // namespace
 
 DocumentSplit split_documents(int64_t num_documents, double valid_fraction) {
-  TANDEM_CHECK_INPUT(valid_fraction >= 0 && valid_fraction < 1,
-                     "data.valid_fraction: {} is outside [0, 1)", valid_fraction);
+  TANDEM_CHECK_INPUT(valid_fraction >= 0 && valid_fraction < 1, "data.valid_fraction: {} is outside [0, 1)",
+                     valid_fraction);
   DocumentSplit split;
   int64_t num_valid = 0;
   if (valid_fraction > 0) {
@@ -85,8 +85,8 @@ std::string SamplerState::serialize() const {
 
 SamplerState SamplerState::parse(std::string_view text) {
   const std::string_view kPrefix = "gpt_sampler v1 ";
-  TANDEM_CHECK_INPUT(text.substr(0, kPrefix.size()) == kPrefix,
-                     "data-loader state '{}' is not a gpt_sampler v1 state", text);
+  TANDEM_CHECK_INPUT(text.substr(0, kPrefix.size()) == kPrefix, "data-loader state '{}' is not a gpt_sampler v1 state",
+                     text);
   SamplerState state;
   text.remove_prefix(kPrefix.size());
   int found = 0;

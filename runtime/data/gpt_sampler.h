@@ -43,15 +43,15 @@ DocumentSplit split_documents(int64_t num_documents, double valid_fraction);
 std::vector<int64_t> all_documents(const IndexedDataset& dataset);
 
 struct GptSamplerOptions {
-  int64_t seq_length = 128;                   // S: tokens per input; samples hold S + 1 tokens
-  uint64_t seed = 0;                          // run.seed
+  int64_t seq_length = 128;  // S: tokens per input; samples hold S + 1 tokens
+  uint64_t seed = 0;         // run.seed
   int64_t dp_rank = 0;
   int64_t dp_size = 1;
   int64_t eod_token = ByteTokenizer::kEod;
   int64_t vocab_size = ByteTokenizer::kVocabSize;  // stored tokens must lie in [0, vocab_size)
-  bool shuffle = true;                        // false: split order and stream order (evaluation)
-  std::string name = "training split";        // names the split in messages
-  std::string config_key = "data.path";       // the key that set the dataset, for messages
+  bool shuffle = true;                             // false: split order and stream order (evaluation)
+  std::string name = "training split";             // names the split in messages
+  std::string config_key = "data.path";            // the key that set the dataset, for messages
 };
 
 // Where a sampler stands. Identical on every dp rank. Serialises to a short text line that goes
@@ -88,8 +88,7 @@ class GptSampler {
   // one sample (seq_length + 1 tokens including EODs), a float dtype or one too narrow for
   // vocab_size (e.g. uint8 for the byte tokenizer's 259 ids), a bad dp_rank/dp_size (kConfig).
   // Warns (log module "data") when seq_length + 1 exceeds the longest document.
-  GptSampler(std::shared_ptr<const IndexedDataset> dataset, std::vector<int64_t> documents,
-             GptSamplerOptions options);
+  GptSampler(std::shared_ptr<const IndexedDataset> dataset, std::vector<int64_t> documents, GptSamplerOptions options);
 
   const GptSamplerOptions& options() const { return options_; }
   int64_t num_documents() const { return static_cast<int64_t>(documents_.size()); }
@@ -120,9 +119,9 @@ class GptSampler {
  private:
   struct EpochOrder {
     int64_t epoch = -1;
-    std::vector<int64_t> documents;    // stream position -> index into documents_
-    std::vector<int64_t> starts;       // stream position -> its first stream token; then the end
-    std::vector<int64_t> samples;      // visit order -> sample index (empty = identity)
+    std::vector<int64_t> documents;  // stream position -> index into documents_
+    std::vector<int64_t> starts;     // stream position -> its first stream token; then the end
+    std::vector<int64_t> samples;    // visit order -> sample index (empty = identity)
   };
   const EpochOrder& order_for(int64_t epoch);
   void read_document(int64_t document, int64_t offset, int64_t count, int64_t* out) const;

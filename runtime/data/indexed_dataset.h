@@ -149,8 +149,8 @@ class IndexedDataset {
 // Token statistics of a whole dataset (one pass over PREFIX.bin).
 struct CorpusStats {
   int64_t num_documents = 0;
-  int64_t num_tokens = 0;             // tokens stored (no EOD)
-  int64_t longest_document = 0;       // tokens
+  int64_t num_tokens = 0;        // tokens stored (no EOD)
+  int64_t longest_document = 0;  // tokens
   int64_t shortest_document = 0;
   double entropy_bits_per_token = 0;  // unigram entropy of the stored tokens
   // Unigram entropy of the training stream, i.e. with one EOD after each document; its value in

@@ -16,7 +16,8 @@ __global__ void fill_iota_kernel(float* out, int64_t count, float base) {
 int launch_fill_iota(float* out, int64_t count, float base, runtime::CudaStream stream) {
   if (count <= 0) return static_cast<int>(cudaSuccess);
   constexpr int kThreads = 256;
-  const int blocks = static_cast<int>((count + kThreads - 1) / kThreads < 1024 ? (count + kThreads - 1) / kThreads : 1024);
+  const int blocks =
+      static_cast<int>((count + kThreads - 1) / kThreads < 1024 ? (count + kThreads - 1) / kThreads : 1024);
   fill_iota_kernel<<<blocks, kThreads, 0, stream>>>(out, count, base);
   return static_cast<int>(cudaGetLastError());
 }

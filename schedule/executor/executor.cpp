@@ -91,12 +91,12 @@ struct QueuedW {
 
 struct PipelineExecutor::State {
   const std::vector<at::Tensor>& tokens;
-  std::vector<Activation> activations;  // [mb * num_chunks + chunk]
-  std::map<int, Posted> inbox;          // posted receives by tag
+  std::vector<Activation> activations;    // [mb * num_chunks + chunk]
+  std::map<int, Posted> inbox;            // posted receives by tag
   std::map<int, at::Tensor> handed_over;  // same-rank hand-overs by tag
   std::vector<parallel::WorkHandle> sends;
   std::deque<QueuedW> queued_w;
-  size_t posted_until = 0;  // receives of ops [0, posted_until) are posted
+  size_t posted_until = 0;               // receives of ops [0, posted_until) are posted
   std::vector<at::Tensor> lm, mtp, aux;  // [mb] detached scalars (undefined: none here)
   StepReport report;
 
@@ -148,7 +148,9 @@ PipelineExecutor::~PipelineExecutor() {
 
 void PipelineExecutor::set_chunk_done_callback(std::function<void(int)> callback) { chunk_done_ = std::move(callback); }
 
-bool PipelineExecutor::is_primary(int chunk, const std::string& name) const { return replicas_->is_primary(chunk, name); }
+bool PipelineExecutor::is_primary(int chunk, const std::string& name) const {
+  return replicas_->is_primary(chunk, name);
+}
 
 namespace {
 
@@ -266,7 +268,8 @@ class StepRun {
     const PieceComm comm = piece_comm(placement_, rank_, p);
     const at::Tensor& tokens = s_.tokens[static_cast<size_t>(p.mb)];
     at::Tensor hidden;
-    if (stage > 0) hidden = take_input(comm.recv, TensorKind::kActivation, p.mb, stage - 1).detach().requires_grad_(true);
+    if (stage > 0)
+      hidden = take_input(comm.recv, TensorKind::kActivation, p.mb, stage - 1).detach().requires_grad_(true);
     model::StageOutput out;
     {
       const model::AutocastScope autocast(options_.device.type(), at::kBFloat16, options_.autocast_bf16);

@@ -69,7 +69,7 @@ struct MicroBatchLosses {
   bool has_head = false;  // this rank ran the micro-batch's last stage (lm/mtp valid)
   double lm_loss = 0;
   double mtp_loss = 0;
-  double aux_loss = 0;    // balance loss of the micro-batch in this rank's stages (sum)
+  double aux_loss = 0;  // balance loss of the micro-batch in this rank's stages (sum)
 };
 
 struct StepReport {

@@ -26,7 +26,7 @@ namespace tandem::schedule {
 
 class PairRunner final : public parallel::OverlapHook {
  public:
-  PairRunner();   // starts the worker thread
+  PairRunner();            // starts the worker thread
   ~PairRunner() override;  // stops and joins it
   PairRunner(const PairRunner&) = delete;
   PairRunner& operator=(const PairRunner&) = delete;

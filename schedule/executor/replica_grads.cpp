@@ -18,9 +18,9 @@ struct ReplicaGradSync::Bucket {
   int peer = -1;            // the other rank holding these parameters; -1: only local copies
   std::vector<int> stages;  // global stages holding them (sorted), the bucket's identity
   int tag = 0;
-  std::vector<std::string> names;                 // sorted
-  std::vector<std::vector<at::Tensor>> copies;    // [name] local copies, chunk order
-  std::set<int> local_chunks;                     // chunks holding any of them
+  std::vector<std::string> names;               // sorted
+  std::vector<std::vector<at::Tensor>> copies;  // [name] local copies, chunk order
+  std::set<int> local_chunks;                   // chunks holding any of them
   bool posted = false;
   at::Tensor mine;    // flat local partial sums (sent)
   at::Tensor theirs;  // flat partial sums of the peer (received)
@@ -46,8 +46,8 @@ std::vector<int> stages_holding(const std::string& name, int local_stage, const 
 }  // namespace
 
 ReplicaGradSync::ReplicaGradSync(const Placement& placement, int rank,
-                                 const std::vector<std::shared_ptr<model::Stage>>& chunks,
-                                 parallel::CommunicatorPtr pp, int tag_base)
+                                 const std::vector<std::shared_ptr<model::Stage>>& chunks, parallel::CommunicatorPtr pp,
+                                 int tag_base)
     : rank_(rank), pp_(std::move(pp)), non_primary_(chunks.size()), chunk_done_(chunks.size(), false) {
   const int num_stages = placement.num_stages();
   // Slots (rank, chunk) of every stage.

@@ -69,7 +69,9 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-double now_ms() { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 
 int run(int argc, char** argv) {
   runtime::MpiSession mpi(&argc, &argv);
@@ -77,7 +79,9 @@ int run(int argc, char** argv) {
   const runtime::ProcessContext& process = mpi.context();
   const bool cuda = o.device == "cuda";
   at::Device device = at::kCPU;
-  if (cuda) device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(runtime::select_device_for_local_rank(process.local_rank)));
+  if (cuda)
+    device =
+        at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(runtime::select_device_for_local_rank(process.local_rank)));
   parallel::CommunicatorPtr comm = cuda ? parallel::make_nccl_communicator(MPI_COMM_WORLD, "ep")
                                         : parallel::make_mpi_communicator(MPI_COMM_WORLD, "ep");
   const parallel::CommunicatorPtr host = parallel::make_mpi_communicator(MPI_COMM_WORLD, "host");

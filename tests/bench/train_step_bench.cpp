@@ -90,8 +90,8 @@ Options parse(int argc, char** argv) {
       std::fputs(kUsage, stdout);
       std::exit(0);
     } else {
-      TANDEM_CHECK_KIND(kInput, o.config_path.empty() && arg.rfind("--", 0) != 0, "unexpected argument '{}'\n{}",
-                        arg, kUsage);
+      TANDEM_CHECK_KIND(kInput, o.config_path.empty() && arg.rfind("--", 0) != 0, "unexpected argument '{}'\n{}", arg,
+                        kUsage);
       o.config_path = arg;
     }
   }

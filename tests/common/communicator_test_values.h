@@ -13,8 +13,7 @@ namespace tandem::test {
 // Every dtype training code communicates.
 inline constexpr std::array<at::ScalarType, 7> kDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf,
                                                           at::kLong,  at::kInt,    at::kByte};
-inline constexpr std::array<at::ScalarType, 4> kFloatingDtypes = {at::kFloat, at::kDouble, at::kBFloat16,
-                                                                  at::kHalf};
+inline constexpr std::array<at::ScalarType, 4> kFloatingDtypes = {at::kFloat, at::kDouble, at::kBFloat16, at::kHalf};
 
 // 0, 1, ..., n-1 as doubles (exact; converted to each dtype by the tests).
 inline at::Tensor indices(int64_t n) { return at::arange(n, at::TensorOptions().dtype(at::kDouble)); }

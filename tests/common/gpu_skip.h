@@ -9,9 +9,9 @@
 
 #include "runtime/device.h"
 
-#define TANDEM_SKIP_WITHOUT_GPU()                                                               \
-  do {                                                                                          \
-    if (const std::string tandem_gpu_reason_ = ::tandem::runtime::gpu_unavailable_reason();    \
-        !tandem_gpu_reason_.empty())                                                            \
-      GTEST_SKIP() << tandem_gpu_reason_;                                                       \
+#define TANDEM_SKIP_WITHOUT_GPU()                                                           \
+  do {                                                                                      \
+    if (const std::string tandem_gpu_reason_ = ::tandem::runtime::gpu_unavailable_reason(); \
+        !tandem_gpu_reason_.empty())                                                        \
+      GTEST_SKIP() << tandem_gpu_reason_;                                                   \
   } while (0)

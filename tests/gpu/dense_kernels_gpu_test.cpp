@@ -67,8 +67,8 @@ TEST(DenseKernels, RotaryMatchesCompositeForwardAndBackward) {
   // A non-contiguous input (heads-first view of [B, T, H, d], as attention makes it).
   const at::Tensor strided = at::randn({2, t, 3, d}, at::kFloat).to(kGpu).transpose(1, 2);
   const RopeTables rope = make_rope_tables(c, d, t, at::kFloat, kGpu);
-  EXPECT_LT(max_relative(apply_rope(strided, rope), apply_rope(strided.cpu(), make_rope_tables(c, d, t, at::kFloat,
-                                                                                               at::kCPU))),
+  EXPECT_LT(max_relative(apply_rope(strided, rope),
+                         apply_rope(strided.cpu(), make_rope_tables(c, d, t, at::kFloat, at::kCPU))),
             1e-6);
   // Widths whose pair count is not a multiple of 4 take the one-pair-per-thread path.
   for (const int64_t narrow : {int64_t{6}, int64_t{10}}) {

@@ -133,8 +133,8 @@ TEST(FusedOptimizer, BucketedGroupStepsFollowTheCpuComposite) {
       }
     }
     std::printf("ZeRO %lld, %lld buckets, 4 steps: sum of squares rel. error %.3g, params %.3g, moments %.3g\n",
-                static_cast<long long>(zero_stage), static_cast<long long>(cpu->num_buckets()), worst_norm,
-                worst_param, worst_moment);
+                static_cast<long long>(zero_stage), static_cast<long long>(cpu->num_buckets()), worst_norm, worst_param,
+                worst_moment);
     EXPECT_LT(worst_norm, 1e-12);
   }
 }

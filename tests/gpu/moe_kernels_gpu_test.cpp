@@ -50,10 +50,11 @@ TEST(MoeKernels, RoutingTopkMatchesRoute) {
                                              options_for(96, 4, 2, 5, true, 0.5)};
   at::manual_seed(7);
   for (const RoutingOptions& o : cases) {
-    const std::string what = fmt::format("E={} G={} topk_group={} K={}", o.num_experts, o.n_group, o.topk_group, o.top_k);
+    const std::string what =
+        fmt::format("E={} G={} topk_group={} K={}", o.num_experts, o.n_group, o.topk_group, o.top_k);
     const at::Tensor logits = at::randn({1000, o.num_experts}, at::kFloat) * 2.0;
     const at::Tensor bias = at::randn({o.num_experts}, at::kFloat) * 0.1;  // changes some choices
-    const Routing reference = route(logits, bias, o);                       // on the CPU
+    const Routing reference = route(logits, bias, o);                      // on the CPU
     const auto [idx, weight] = routing_topk(reference.scores.to(kGpu), bias.to(kGpu), o);
     ASSERT_TRUE(idx.is_cuda()) << what;
     const at::Tensor idx_host = idx.cpu();
@@ -74,8 +75,7 @@ TEST(MoeKernels, PermuteIsIndexSelectBitForBit) {
       const at::Tensor rows = (at::randn({300, width}) * 50).abs().to(dtype).to(kGpu);  // >= 0: uint8 holds it
       const at::Tensor index = at::randint(0, 300, {1700}, at::TensorOptions().dtype(at::kLong)).to(kGpu);
       const at::Tensor got = permute_tokens(rows, index);
-      EXPECT_TRUE(at::equal(got, rows.index_select(0, index)))
-          << c10::toString(dtype) << " width " << width;
+      EXPECT_TRUE(at::equal(got, rows.index_select(0, index))) << c10::toString(dtype) << " width " << width;
     }
   }
 }
@@ -85,8 +85,8 @@ TEST(MoeKernels, CombineMatchesIndexAdd) {
   at::manual_seed(13);
   constexpr int64_t kTokens = 512, kTopK = 6, kHidden = 200;
   // Every token appears top_k times, in a random (expert-sorted-like) order.
-  const at::Tensor index = at::arange(kTokens, at::kLong).repeat_interleave(kTopK).index_select(
-      0, at::randperm(kTokens * kTopK, at::kLong));
+  const at::Tensor index =
+      at::arange(kTokens, at::kLong).repeat_interleave(kTopK).index_select(0, at::randperm(kTokens * kTopK, at::kLong));
   const at::Tensor rows = at::randn({kTokens * kTopK, kHidden});
   const at::Tensor gate = at::rand({kTokens * kTopK});
   // The exact sum (float64 of the fp32 products) and the sum of magnitudes: an fp32 sum of K
@@ -120,14 +120,14 @@ void expect_reference_gradients(const at::Device& device) {
   const at::Tensor index = at::randint(0, kTokens, {kRows}, at::TensorOptions().dtype(at::kLong)).to(device);
   const at::Tensor probe = at::randn({kTokens, kHidden}, options);
   const auto run = [&](bool fused) {
-    const at::Tensor rows = at::randn({kTokens, kHidden}, at::TensorOptions().dtype(at::kFloat))
-                                .to(device)
-                                .set_requires_grad(true);
+    const at::Tensor rows =
+        at::randn({kTokens, kHidden}, at::TensorOptions().dtype(at::kFloat)).to(device).set_requires_grad(true);
     const at::Tensor gate = at::rand({kRows}, at::TensorOptions().dtype(at::kFloat)).to(device).set_requires_grad(true);
     const at::Tensor permuted = fused ? permute_tokens_differentiable(rows, index) : rows.index_select(0, index);
     const at::Tensor expert_out = permuted * 1.5 + permuted.pow(2) * 0.25;  // a stand-in expert
-    const at::Tensor out = fused ? unpermute_combine_differentiable(expert_out, gate, index, kTokens, at::kFloat)
-                                 : at::zeros({kTokens, kHidden}, options).index_add(0, index, expert_out * gate.unsqueeze(1));
+    const at::Tensor out =
+        fused ? unpermute_combine_differentiable(expert_out, gate, index, kTokens, at::kFloat)
+              : at::zeros({kTokens, kHidden}, options).index_add(0, index, expert_out * gate.unsqueeze(1));
     (out * probe).sum().backward();
     return std::vector<at::Tensor>{out.detach().cpu(), rows.grad().cpu(), gate.grad().cpu()};
   };
@@ -191,7 +191,8 @@ TEST(MoeKernels, MoeLayerOnGpuMatchesCpu) {
     const at::Tensor y = moe->forward(x, ctx);
     (y * probe.to(device)).sum().backward();
     std::vector<at::Tensor> results = {y.detach().cpu(), x.grad().cpu(), moe->load().cpu()};
-    for (const auto& p : moe->parameters()) results.push_back(p.grad().defined() ? p.grad().cpu() : at::zeros_like(p).cpu());
+    for (const auto& p : moe->parameters())
+      results.push_back(p.grad().defined() ? p.grad().cpu() : at::zeros_like(p).cpu());
     return results;
   };
   const std::vector<at::Tensor> gpu = run(kGpu);
@@ -310,7 +311,8 @@ TEST(MoeKernels, GroupedLinearBf16MatchesPerGroupFp32) {
     if (rows[g] == 0) {
       EXPECT_EQ(grad.abs().max().item<double>(), 0.0) << "an empty group's gradient must be exactly zero";
     } else {
-      worst_grad = std::max(worst_grad, ((grad - expected_grad).abs().max() / expected_grad.abs().max()).item<double>());
+      worst_grad =
+          std::max(worst_grad, ((grad - expected_grad).abs().max() / expected_grad.abs().max()).item<double>());
     }
     offset += rows[g];
   }

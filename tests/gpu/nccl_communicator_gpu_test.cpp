@@ -252,8 +252,7 @@ TEST_F(NcclCommunicatorGpuTest, OrderedAfterCallerWorkAndOnCallerStreams) {
 
 TEST_F(NcclCommunicatorGpuTest, RejectsWhatNcclCannotDo) {
   const at::Tensor host = at::zeros({4});
-  expect_error([&] { comm_->all_reduce(host); }, {"all_reduce(sum)", "on 'world'", "cuda:"},
-               ErrorKind::kCommunication);
+  expect_error([&] { comm_->all_reduce(host); }, {"all_reduce(sum)", "on 'world'", "cuda:"}, ErrorKind::kCommunication);
   const at::Tensor ints = at::zeros({4}, at::TensorOptions().dtype(at::kInt).device(device_));
   expect_error([&] { comm_->all_reduce(ints, ReduceOp::kAvg); }, {"avg of Int would truncate"},
                ErrorKind::kCommunication);

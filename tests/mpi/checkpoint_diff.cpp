@@ -31,7 +31,8 @@ using tandem::runtime::CheckpointReader;
 using tandem::runtime::TensorKind;
 
 CheckpointReader open_checkpoint(const std::string& path) {
-  if (tandem::runtime::path_exists(path + "/manifest.pb")) return CheckpointReader(tandem::runtime::load_checkpoint(path));
+  if (tandem::runtime::path_exists(path + "/manifest.pb"))
+    return CheckpointReader(tandem::runtime::load_checkpoint(path));
   auto found = tandem::runtime::find_latest_valid(path);
   TANDEM_CHECK_INPUT(found.has_value(), "{}: neither a checkpoint nor a directory holding a valid one", path);
   return CheckpointReader(std::move(*found));

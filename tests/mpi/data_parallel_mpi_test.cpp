@@ -185,12 +185,11 @@ TEST(DataParallelOptimizer, BucketedReductionEqualsTheReference) {
         EXPECT_GT(stats.grads_pending_at_first_launch, 0);
       }
       if (is_root()) {
-        std::printf(
-            "[%s] worst gradient rel diff %.2e, norm %.9g vs unsharded %.9g; %lld buckets, %lld launched "
-            "in backward, %lld gradients pending at the first\n",
-            name.c_str(), worst, norm, ref_norm, static_cast<long long>(stats.num_buckets),
-            static_cast<long long>(stats.launched_in_backward),
-            static_cast<long long>(stats.grads_pending_at_first_launch));
+        std::printf("[%s] worst gradient rel diff %.2e, norm %.9g vs unsharded %.9g; %lld buckets, %lld launched "
+                    "in backward, %lld gradients pending at the first\n",
+                    name.c_str(), worst, norm, ref_norm, static_cast<long long>(stats.num_buckets),
+                    static_cast<long long>(stats.launched_in_backward),
+                    static_cast<long long>(stats.grads_pending_at_first_launch));
       }
       ++ran;
     }
@@ -371,11 +370,10 @@ void compare_zero_stages(int64_t micro_batches, double tolerance, bool first_lay
                    " at rest (two largest layers: " + std::to_string(sizes[0] + sizes[1]) + ")";
       }
       if (is_root()) {
-        std::printf(
-            "[%s vs zero0] %lld steps x %lld micro-batches: worst loss %.2e, clipped norm %.2e, final "
-            "state %.2e (%s)%s\n",
-            name.c_str(), static_cast<long long>(kSteps), static_cast<long long>(micro_batches), worst_loss, worst_norm,
-            worst_state, worst_name.c_str(), gathered.c_str());
+        std::printf("[%s vs zero0] %lld steps x %lld micro-batches: worst loss %.2e, clipped norm %.2e, final "
+                    "state %.2e (%s)%s\n",
+                    name.c_str(), static_cast<long long>(kSteps), static_cast<long long>(micro_batches), worst_loss,
+                    worst_norm, worst_state, worst_name.c_str(), gathered.c_str());
       }
       ++ran;
     }
@@ -405,9 +403,8 @@ TEST(DataParallelOptimizer, CheckpointStateReloadsUnderAnotherZeroStage) {
       saved.step(setup, 1, 1, first);
       const State state = saved.state();
       TinyRun loaded(setup, to);
-      loaded.opt.load_state([&](const ParamSharding& s, StateKind kind) {
-        return state.at(s.name + "/" + state_kind_name(kind));
-      });
+      loaded.opt.load_state(
+          [&](const ParamSharding& s, StateKind kind) { return state.at(s.name + "/" + state_kind_name(kind)); });
       loaded.opt.set_step_count(saved.opt.step_count());
       std::string worst_name;
       EXPECT_EQ(worst_state_diff(loaded.state(), state, &worst_name), 0.0) << worst_name;
@@ -466,8 +463,9 @@ TEST(DataParallelOptimizer, OwnedStateCoversEveryElementOnce) {
       for (const ShardedParam& p : global) {
         const std::string& name = p.sharding.name;
         for (auto* map : {&counts, &values}) setup.grid.world().all_reduce(map->at(name), ReduceOp::kSum);
-        EXPECT_TRUE(at::equal(counts.at(name), at::ones_like(counts.at(name)))) << name << ": elements owned "
-            << counts.at(name).min().item<double>() << " to " << counts.at(name).max().item<double>() << " times";
+        EXPECT_TRUE(at::equal(counts.at(name), at::ones_like(counts.at(name))))
+            << name << ": elements owned " << counts.at(name).min().item<double>() << " to "
+            << counts.at(name).max().item<double>() << " times";
         worst_value = std::max(worst_value, rel_diff(values.at(name), p.param));
       }
       EXPECT_EQ(worst_value, 0.0);

@@ -175,7 +175,6 @@ TEST_F(ExpertDispatchTest, ExpertCountsReduceToTheGlobalTotal) {
   EXPECT_TRUE(at::equal(all_reduce_expert_counts(local, *ep_), expected));
 }
 
-
 // Stands in for the other half of a DualPipe pair: computes (sleeps) while the exchange is in flight.
 class SleepingHook final : public OverlapHook {
  public:

@@ -59,8 +59,9 @@ TEST(MpiProgressThread, TransfersCompleteWhileTheReceiverComputes) {
   const double without = send_wait_seconds(false, 12);
   if (MpiTestEnv::get().rank() == 0) {
     const double busy = std::chrono::duration<double>(kReceiverBusy).count();
-    std::printf("send of 4 MiB waited %.3f s with the receiver's progress thread, %.3f s without (receiver busy %.1f s)\n",
-                with_thread, without, busy);
+    std::printf(
+        "send of 4 MiB waited %.3f s with the receiver's progress thread, %.3f s without (receiver busy %.1f s)\n",
+        with_thread, without, busy);
     EXPECT_LT(with_thread, 0.5 * busy);
     EXPECT_GT(without, 0.9 * busy) << "the baseline completed without receiver progress: the test shows nothing";
   }

@@ -39,7 +39,6 @@ constexpr int kSteps = 20;
 constexpr double kLr = 0.05;
 constexpr double kTolerance = 1e-5;
 
-
 struct Case {
   std::string name;
   ScheduleKind kind;
@@ -219,8 +218,8 @@ TEST(PipelineExecutor, EverySchedulePlaysLikeOneProcess) {
 }
 
 // Gradients of one step, by (chunk, name).
-std::map<std::string, at::Tensor> one_step_grads(const Case& c, const model::ModelConfig& config, const RankSetup& setup,
-                                                 bool overlap, long long* switches) {
+std::map<std::string, at::Tensor> one_step_grads(const Case& c, const model::ModelConfig& config,
+                                                 const RankSetup& setup, bool overlap, long long* switches) {
   auto chunks = setup.build_stages(config);
   for (auto& chunk : chunks) chunk->train(true);
   ExecutorOptions options;
@@ -255,7 +254,8 @@ TEST(PipelineExecutor, OverlappedPairsAlternateAndGiveTheSameBits) {
     for (const auto& [name, grad] : overlapped) {
       EXPECT_TRUE(at::equal(grad, sequential.at(name))) << c.name << ": gradient of " << name << " differs";
     }
-    if (env.rank() == 0) std::printf("[%s] %lld hand-overs in one step's pairs, bit-identical\n", c.name.c_str(), switches_on);
+    if (env.rank() == 0)
+      std::printf("[%s] %lld hand-overs in one step's pairs, bit-identical\n", c.name.c_str(), switches_on);
   }
 }
 
@@ -305,7 +305,7 @@ TEST(PipelineExecutor, RefusesWhatItCannotRun) {
   // A W order that a FIFO cannot follow: two B's, their W's swapped.
   Schedule swapped = make_empty_schedule(ScheduleKind::kZb1p, 1, 2, 1);
   swapped.ranks[0] = {Op::single(OpKind::kF, 0), Op::single(OpKind::kF, 1), Op::single(OpKind::kB, 0),
-                      Op::single(OpKind::kB, 1),  Op::single(OpKind::kW, 1), Op::single(OpKind::kW, 0)};
+                      Op::single(OpKind::kB, 1), Op::single(OpKind::kW, 1), Op::single(OpKind::kW, 0)};
   ASSERT_TRUE(weight_fifo_problem(swapped).has_value());
   EXPECT_NE(weight_fifo_problem(swapped)->find("first-in-first-out"), std::string::npos);
   for (ScheduleKind kind : kAllScheduleKinds) {

@@ -5,9 +5,9 @@
 
 #include <map>
 
-#include "tests/common/mpi_test_env.h"
 #include "parallel/process_grid.h"
 #include "runtime/error.h"
+#include "tests/common/mpi_test_env.h"
 
 namespace tandem::parallel {
 namespace {
@@ -63,8 +63,8 @@ TEST(ProcessGrid, FourRanksOnTwoGpusShareADeviceOnlyInWorldAndPipelineGroups) {
   });
   EXPECT_TRUE(shares.at(GroupKind::kWorld));
   EXPECT_TRUE(shares.at(GroupKind::kPipeline));
-  for (GroupKind kind : {GroupKind::kTensor, GroupKind::kData, GroupKind::kExpert, GroupKind::kExpertData,
-                         GroupKind::kDataTensor}) {
+  for (GroupKind kind :
+       {GroupKind::kTensor, GroupKind::kData, GroupKind::kExpert, GroupKind::kExpertData, GroupKind::kDataTensor}) {
     EXPECT_FALSE(shares.at(kind)) << group_kind_name(kind) << " on rank " << env.rank();
   }
   EXPECT_EQ(grid.ep().size(), 2);

@@ -8,8 +8,8 @@
 #include <numeric>
 #include <set>
 
-#include "runtime/error.h"
 #include "runtime/data/gpt_sampler.h"
+#include "runtime/error.h"
 #include "runtime_test_util.h"
 
 namespace tandem::runtime {
@@ -195,10 +195,12 @@ TEST(GptSampler, RestoreRefusesAnotherCorpusOrSeed) {
   GptSampler sampler(data, all_documents(*data), options(16));
   SamplerState other = sampler.state();
   other.samples_per_epoch += 1;
-  EXPECT_CONTAINS(error_of([&] { sampler.restore(other); }), "did data.path, data.seq_length or data.valid_fraction change");
+  EXPECT_CONTAINS(error_of([&] { sampler.restore(other); }),
+                  "did data.path, data.seq_length or data.valid_fraction change");
   other = sampler.state();
   other.seed = 5;
-  EXPECT_CONTAINS(error_of([&] { sampler.restore(other); }), "run.seed: the checkpoint's data order was drawn with seed 5");
+  EXPECT_CONTAINS(error_of([&] { sampler.restore(other); }),
+                  "run.seed: the checkpoint's data order was drawn with seed 5");
 }
 
 TEST(GptSampler, SequenceLongerThanEveryDocumentIsLegal) {

@@ -7,8 +7,8 @@
 #include <cstring>
 #include <functional>
 
-#include "runtime/error.h"
 #include "runtime/data/indexed_dataset.h"
+#include "runtime/error.h"
 #include "runtime_test_util.h"
 
 namespace tandem::runtime {
@@ -81,10 +81,10 @@ TEST(IndexedDataset, RoundTripsEveryDtypeCode) {
 std::string reference_index() {
   std::string idx;
   idx.append("MMIDIDX\x00\x00", 9);
-  put_le(idx, 1, 8);   // version
-  put_u8(idx, 8);      // dtype code: uint16
-  put_le(idx, 3, 8);   // sequences
-  put_le(idx, 3, 8);   // document-index entries (2 documents + the leading 0)
+  put_le(idx, 1, 8);  // version
+  put_u8(idx, 8);     // dtype code: uint16
+  put_le(idx, 3, 8);  // sequences
+  put_le(idx, 3, 8);  // document-index entries (2 documents + the leading 0)
   for (uint64_t size : {3, 2, 1}) put_le(idx, size, 4);
   for (uint64_t pointer : {0, 6, 10}) put_le(idx, pointer, 8);
   for (uint64_t entry : {0, 1, 3}) put_le(idx, entry, 8);

@@ -42,9 +42,9 @@ TEST(CheckpointInspect, DescribesAnIntactShardedCheckpoint) {
       << report.model_summary;
 
   const std::string text = render_inspect_text(report);
-  for (const char* fragment : {"step 30, optimizer step 30", "2 ranks = pp 1 x dp 1 x tp 2", "model.embed_tokens.weight",
-                               "optimizer.exp_avg", "rank_00001.bin", "ok (CRC-32C verified)",
-                               "verification: all 2 files intact (sizes and CRC-32C)"}) {
+  for (const char* fragment :
+       {"step 30, optimizer step 30", "2 ranks = pp 1 x dp 1 x tp 2", "model.embed_tokens.weight", "optimizer.exp_avg",
+        "rank_00001.bin", "ok (CRC-32C verified)", "verification: all 2 files intact (sizes and CRC-32C)"}) {
     EXPECT_NE(text.find(fragment), std::string::npos) << "missing '" << fragment << "' in:\n" << text;
   }
   const nlohmann::json doc = json::parse(render_inspect_json(report));

@@ -34,11 +34,10 @@ TEST(ConfigLoader, DefaultJobLoadsOnFourRanks) {
   EXPECT_EQ(config.run.name, "tiny_moe");
   EXPECT_EQ(config.parallel.pp, 4);
   EXPECT_EQ(config.parallel.pipeline.schedule, schedule::ScheduleKind::kDualPipe);
-  EXPECT_EQ(config.parallel.dp, 1);  // derived from the world
+  EXPECT_EQ(config.parallel.dp, 1);                      // derived from the world
   EXPECT_EQ(config.parallel.pipeline.micro_batches, 8);  // derived: 16 / (2 * 1) >= 2 * pp
   EXPECT_EQ(config.logging.trace_steps, (std::vector<int64_t>{50}));
-  const JobConfig data_parallel =
-      load_job_config(kTinyJob, {"parallel.pp=1", "parallel.pipeline.schedule=1f1b"}, 4);
+  const JobConfig data_parallel = load_job_config(kTinyJob, {"parallel.pp=1", "parallel.pipeline.schedule=1f1b"}, 4);
   EXPECT_EQ(data_parallel.parallel.dp, 4);
   EXPECT_EQ(data_parallel.parallel.pipeline.micro_batches, 2);  // 16 / (2 * 4)
   EXPECT_FALSE(config.model.q_lora_rank.has_value());
@@ -57,7 +56,8 @@ TEST(ConfigLoader, OverridesApplyAndRederive) {
 }
 
 TEST(ConfigLoader, MisspeltKeySuggestsTheRightOne) {
-  expect_rejected("model:\n  hidden_sise: 64\n", {"job.yaml:2", "model.hidden_sise", "unknown key", "did you mean 'hidden_size'"});
+  expect_rejected("model:\n  hidden_sise: 64\n",
+                  {"job.yaml:2", "model.hidden_sise", "unknown key", "did you mean 'hidden_size'"});
   expect_rejected("paralel:\n  pp: 1\n", {"job.yaml:1", "unknown key", "did you mean 'parallel'"});
   expect_rejected("run:\n  seed: 1\n", {"unknown key", "parallel.ppp", "--set parallel.ppp=2", "did you mean 'pp'"},
                   {"parallel.ppp=2"});
@@ -67,7 +67,8 @@ TEST(ConfigLoader, WrongTypesNameKeyValueAndLine) {
   expect_rejected("parallel:\n  tp: 1\n  pp: two\n", {"job.yaml:3", "parallel.pp", "expected an integer, got 'two'"});
   expect_rejected("parallel:\n  pp: 1.5\n", {"parallel.pp", "expected an integer, got '1.5'"});
   expect_rejected("optim:\n  lr: fast\n", {"optim.lr", "expected a number, got 'fast'"});
-  expect_rejected("parallel:\n  sequence_parallel: maybe\n", {"parallel.sequence_parallel", "expected true or false, got 'maybe'"});
+  expect_rejected("parallel:\n  sequence_parallel: maybe\n",
+                  {"parallel.sequence_parallel", "expected true or false, got 'maybe'"});
   expect_rejected("model: 5\n", {"job.yaml:1", "model", "expected a section"});
   expect_rejected("parallel:\n  pp: [1, 2]\n", {"parallel.pp", "got a list or mapping"});
   expect_rejected("- a\n- b\n", {"must be a mapping"});
@@ -101,9 +102,11 @@ TEST(ConfigLoader, ScheduleRulesComeFromTheScheduleLibrary) {
   expect_rejected("parallel:\n  pp: 4\n  pipeline:\n    schedule: dualpipe\n"
                   "data:\n  global_batch_size: 4\n  micro_batch_size: 1\n",
                   {"parallel.pipeline.schedule", "micro_batches = 4"}, {}, 4);
-  expect_rejected("parallel:\n  pipeline:\n    micro_batches: 3\ndata:\n  global_batch_size: 16\n  micro_batch_size: 4\n",
-                  {"job.yaml:3", "parallel.pipeline.micro_batches", "is 3, but global_batch_size"}, {}, 1);
-  expect_rejected("parallel:\n  pp: 2\n  pipeline:\n    virtual_stages: 2\n", {"virtual_stages = 2 only applies"}, {}, 2);
+  expect_rejected(
+      "parallel:\n  pipeline:\n    micro_batches: 3\ndata:\n  global_batch_size: 16\n  micro_batch_size: 4\n",
+      {"job.yaml:3", "parallel.pipeline.micro_batches", "is 3, but global_batch_size"}, {}, 1);
+  expect_rejected("parallel:\n  pp: 2\n  pipeline:\n    virtual_stages: 2\n", {"virtual_stages = 2 only applies"}, {},
+                  2);
 }
 
 TEST(ConfigLoader, BadOverridesAndSyntaxErrors) {
@@ -152,12 +155,12 @@ TEST(ConfigLoader, ExampleConfigsAreValid) {
 }
 
 TEST(ConfigLoader, ChoicesAreEnumsParsedOnceAndPrintedBack) {
-  const JobConfig config = load_job_config(kTinyJob,
-                                           {"run.device=cuda", "train.precision=bf16", "optim.lr_schedule=constant",
-                                            "model.attention_type=gqa", "model.num_key_value_heads=2",
-                                            "model.rope_scaling.type=yarn", "model.rope_scaling.factor=4",
-                                            "parallel.backend=nccl", "parallel.pipeline.schedule=zb1p"},
-                                           4);
+  const JobConfig config =
+      load_job_config(kTinyJob,
+                      {"run.device=cuda", "train.precision=bf16", "optim.lr_schedule=constant",
+                       "model.attention_type=gqa", "model.num_key_value_heads=2", "model.rope_scaling.type=yarn",
+                       "model.rope_scaling.factor=4", "parallel.backend=nccl", "parallel.pipeline.schedule=zb1p"},
+                      4);
   EXPECT_EQ(config.run.device, runtime::DeviceKind::kCuda);
   EXPECT_EQ(config.train.precision, Precision::kBf16);
   EXPECT_EQ(config.optim.lr_schedule, LrSchedule::kConstant);

@@ -95,7 +95,8 @@ TEST(Docs, InternalLinksResolve) {
       const size_t hash = target.find('#');
       const std::string file = target.substr(0, hash);
       const std::string resolved = file.empty() ? page : dir + "/" + file;
-      EXPECT_TRUE(runtime::path_exists(resolved)) << page << ": link to '" << target << "': " << resolved << " does not exist";
+      EXPECT_TRUE(runtime::path_exists(resolved))
+          << page << ": link to '" << target << "': " << resolved << " does not exist";
       if (hash != std::string::npos && runtime::is_regular_file(resolved) && resolved.ends_with(".md")) {
         const std::string anchor = target.substr(hash + 1);
         EXPECT_TRUE(anchors_in(runtime::read_file(resolved)).count(anchor))

@@ -19,13 +19,12 @@
 namespace tandem::launch::testing {
 
 inline JobConfig tiny_job(const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> overrides = {"model.hidden_size=32",       "model.num_hidden_layers=2",
-                                        "model.intermediate_size=48", "model.moe_intermediate_size=16",
-                                        "model.num_attention_heads=2", "model.kv_lora_rank=16",
-                                        "model.qk_nope_head_dim=8",   "model.qk_rope_head_dim=4",
-                                        "model.v_head_dim=8",         "model.vocab_size=320",
-                                        "model.initializer_range=0.1", "parallel.pp=1",
-                                        "parallel.pipeline.schedule=1f1b"};
+  std::vector<std::string> overrides = {
+      "model.hidden_size=32",           "model.num_hidden_layers=2",   "model.intermediate_size=48",
+      "model.moe_intermediate_size=16", "model.num_attention_heads=2", "model.kv_lora_rank=16",
+      "model.qk_nope_head_dim=8",       "model.qk_rope_head_dim=4",    "model.v_head_dim=8",
+      "model.vocab_size=320",           "model.initializer_range=0.1", "parallel.pp=1",
+      "parallel.pipeline.schedule=1f1b"};
   overrides.insert(overrides.end(), extra.begin(), extra.end());
   return load_job_config(std::string(TANDEM_SOURCE_DIR) + "/configs/tiny_moe.yaml", overrides, 1);
 }

@@ -20,8 +20,8 @@ namespace tandem::launch {
 namespace {
 
 using runtime::testing::TempDir;
-using testing::SavedCheckpoint;
 using testing::save_model_checkpoint;
+using testing::SavedCheckpoint;
 using testing::tiny_job;
 
 // Every tensor of an export folder (single file or shards + index), as CPU tensors.
@@ -270,7 +270,8 @@ TEST(HfExport, RefusesWhatItCannotExportFaithfully) {
       EXPECT_NE(std::string(error.what()).find(fragment), std::string::npos) << error.what();
     }
   };
-  const SavedCheckpoint gqa_moe = save_model_checkpoint(dir / "gqa", tiny_job({"model.attention_type=gqa", "model.num_key_value_heads=2"}), 1);
+  const SavedCheckpoint gqa_moe =
+      save_model_checkpoint(dir / "gqa", tiny_job({"model.attention_type=gqa", "model.num_key_value_heads=2"}), 1);
   expect_input_error([&] { export_hugging_face(gqa_moe.dir, dir / "out1", {}); }, "gqa attention with MoE");
 
   const SavedCheckpoint saved = save_model_checkpoint(dir / "ckpt", tiny_job(), 2);

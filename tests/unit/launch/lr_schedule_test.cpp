@@ -15,9 +15,9 @@ TEST(LrSchedule, LinearWarmupThenCosineToMinLr) {
   optim.min_lr = 1e-4;
   optim.warmup_steps = 10;
   optim.lr_schedule = LrSchedule::kCosine;
-  EXPECT_DOUBLE_EQ(learning_rate(optim, 1, 110), 1e-4);   // 1/10 of the peak
+  EXPECT_DOUBLE_EQ(learning_rate(optim, 1, 110), 1e-4);  // 1/10 of the peak
   EXPECT_DOUBLE_EQ(learning_rate(optim, 5, 110), 5e-4);
-  EXPECT_DOUBLE_EQ(learning_rate(optim, 10, 110), 1e-3);  // peak at the end of warm-up
+  EXPECT_DOUBLE_EQ(learning_rate(optim, 10, 110), 1e-3);      // peak at the end of warm-up
   EXPECT_NEAR(learning_rate(optim, 60, 110), 5.5e-4, 1e-15);  // half-way: mean of peak and floor
   const double quarter = 1e-4 + 0.5 * 9e-4 * (1 + std::cos(std::numbers::pi * 0.25));
   EXPECT_NEAR(learning_rate(optim, 35, 110), quarter, 1e-15);

@@ -44,10 +44,9 @@ TEST(Safetensors, WriterOutputReadsBackExactly) {
   const std::vector<uint16_t> halves = {0x3f80, 0xbf80, 0x7f80};  // bf16 1, -1, inf
   const int64_t count = 123456789012345;
   const std::string path = dir / "x.safetensors";
-  SafetensorsWriter writer(path,
-                           {{"model.w", "F32", {2, 3}}, {"model.h", "BF16", {3}}, {"step", "I64", {}},
-                            {"empty", "F32", {0, 4}}},
-                           {{"format", "pt"}, {"note", "quote \" and \\ backslash"}});
+  SafetensorsWriter writer(
+      path, {{"model.w", "F32", {2, 3}}, {"model.h", "BF16", {3}}, {"step", "I64", {}}, {"empty", "F32", {0, 4}}},
+      {{"format", "pt"}, {"note", "quote \" and \\ backslash"}});
   writer.write("model.w", weights.data(), 24);
   writer.write("model.h", halves.data(), 6);
   writer.write("step", &count, 8);
@@ -130,14 +129,13 @@ TEST(Safetensors, StrictReaderRejectsMalformedFiles) {
                   "appears twice");
   expect_rejected(dir, raw_file(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]}}x   )", four),
                   "other than space padding");
-  expect_rejected(dir, raw_file(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]})", four),
-                  "not valid JSON");
+  expect_rejected(dir, raw_file(R"({"a":{"dtype":"F32","shape":[],"data_offsets":[0,4]})", four), "not valid JSON");
   expect_rejected(dir, raw_file(R"({"__metadata__":{"k":1}})", ""), "is not a string");
 }
 
 TEST(Safetensors, IndexJsonListsEveryTensor) {
-  const std::string index = safetensors_index_json(96, {{"b", "model-00002-of-00002.safetensors"},
-                                                        {"a", "model-00001-of-00002.safetensors"}});
+  const std::string index = safetensors_index_json(
+      96, {{"b", "model-00002-of-00002.safetensors"}, {"a", "model-00001-of-00002.safetensors"}});
   EXPECT_NE(index.find("\"total_size\": 96"), std::string::npos) << index;
   EXPECT_LT(index.find("\"a\": \"model-00001-of-00002.safetensors\""),
             index.find("\"b\": \"model-00002-of-00002.safetensors\""));

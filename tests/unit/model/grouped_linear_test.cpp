@@ -64,7 +64,8 @@ TEST(ModelGroupedLinear, MatchesOneLinearPerGroupWithEmptyGroups) {
   auto run = [&](bool grouped) {
     const std::vector<at::Tensor> weights = make_weights(5, kOut, kIn, 4);
     const at::Tensor x = x_values.clone().requires_grad_();
-    const at::Tensor y = grouped ? detail::grouped_split_linear(x, weights, g.offsets, nullptr) : per_group(x, weights, g);
+    const at::Tensor y = grouped ? detail::grouped_split_linear(x, weights, g.offsets, nullptr)
+                                 : per_group(x, weights, g);
     (y * probe).sum().backward();
     std::vector<at::Tensor> results = {y.detach(), x.grad().clone()};
     for (const at::Tensor& grad : grads_of(weights)) results.push_back(grad.defined() ? grad : at::zeros({kOut, kIn}));
@@ -151,8 +152,9 @@ TEST(ModelGroupedLinear, RefusesMismatchedOffsets) {
   const at::Tensor x = at::randn({4, 8});
   EXPECT_THROW(detail::grouped_split_linear(x, weights, at::tensor({4}, at::TensorOptions().dtype(at::kInt)), nullptr),
                Error);
-  EXPECT_THROW(detail::grouped_split_linear(x, weights, at::tensor({2, 4}, at::TensorOptions().dtype(at::kLong)), nullptr),
-               Error);
+  EXPECT_THROW(
+      detail::grouped_split_linear(x, weights, at::tensor({2, 4}, at::TensorOptions().dtype(at::kLong)), nullptr),
+      Error);
 }
 
 }  // namespace

@@ -43,7 +43,7 @@ at::Tensor ref_rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
 at::Tensor ref_rope(const at::Tensor& x, const at::Tensor& inv_freq, double amplitude) {
   const int64_t t = x.size(-2), d = x.size(-1);
   const at::Tensor angles = at::outer(at::arange(t, at::TensorOptions().dtype(kF64)), inv_freq);  // [T, d/2]
-  const at::Tensor rot = at::polar(at::full_like(angles, amplitude), angles);                        // [T, d/2] complex
+  const at::Tensor rot = at::polar(at::full_like(angles, amplitude), angles);                     // [T, d/2] complex
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = d / 2;
   shape.push_back(2);
@@ -150,8 +150,8 @@ TEST(ModelLayers, SwiGluMatchesReference) {
   mlp->to(kF64);
   const at::Tensor x = randn({2, 3, 10}, 5).requires_grad_();
   ForwardContext ctx;
-  const at::Tensor ref = ref_linear(at::silu(ref_linear(x, mlp->gate_proj->weight)) * ref_linear(x, mlp->up_proj->weight),
-                                    mlp->down_proj->weight);
+  const at::Tensor ref = ref_linear(
+      at::silu(ref_linear(x, mlp->gate_proj->weight)) * ref_linear(x, mlp->up_proj->weight), mlp->down_proj->weight);
   const double fwd = max_abs_diff(mlp->forward(x, ctx), ref);
   const double fd = finite_difference_error([&] { return weighted_sum(mlp->forward(x, ctx)); },
                                             {x, mlp->gate_proj->weight, mlp->down_proj->weight});
@@ -253,12 +253,12 @@ at::Tensor ref_mla(const detail::MlaAttention& a, const ModelConfig& c, const at
   const at::Tensor inv = detail::rope_inv_freq(c, dr);
   const double amp = detail::rope_amplitude(c);
   const double eps = c.rms_norm_eps;
-  const at::Tensor q = c.q_lora_rank ? ref_linear(ref_rms_norm(ref_linear(x, a->q_a_proj->weight),
-                                                               a->q_a_layernorm->weight, eps),
-                                                  a->q_b_proj->weight)
-                                     : ref_linear(x, a->q_proj->weight);
-  const at::Tensor qh = q.view({b, t, h, dn + dr}).permute({0, 2, 1, 3});        // [B, H, T, dn+dr]
-  const at::Tensor ckv_kr = ref_linear(x, a->kv_a_proj_with_mqa->weight);         // [B, T, r+dr]
+  const at::Tensor q = c.q_lora_rank
+                           ? ref_linear(ref_rms_norm(ref_linear(x, a->q_a_proj->weight), a->q_a_layernorm->weight, eps),
+                                        a->q_b_proj->weight)
+                           : ref_linear(x, a->q_proj->weight);
+  const at::Tensor qh = q.view({b, t, h, dn + dr}).permute({0, 2, 1, 3});  // [B, H, T, dn+dr]
+  const at::Tensor ckv_kr = ref_linear(x, a->kv_a_proj_with_mqa->weight);  // [B, T, r+dr]
   const at::Tensor c_kv = ckv_kr.slice(-1, 0, r);
   const at::Tensor k_rope = ref_rope(ckv_kr.slice(-1, r, r + dr).unsqueeze(1), inv, amp);  // [B, 1, T, dr]
   const at::Tensor kv = ref_linear(ref_rms_norm(c_kv, a->kv_a_layernorm->weight, eps), a->kv_b_proj->weight)

@@ -129,7 +129,8 @@ TEST(ModelSize, StagesPartitionTheModel) {
       EXPECT_EQ(stage_params(c, 0, c.num_hidden_layers, true, true), s.model_params());
       // Two stages: the last one holds a copy of the embedding when it needs one.
       const int64_t split = c.num_hidden_layers / 2;
-      const int64_t two = stage_params(c, 0, split, true, false) + stage_params(c, split, c.num_hidden_layers, false, true);
+      const int64_t two = stage_params(c, 0, split, true, false) +
+                          stage_params(c, split, c.num_hidden_layers, false, true);
       const int64_t copy = (tied || mtp > 0) ? s.embedding_params : 0;
       EXPECT_EQ(two, s.model_params() + copy) << "tied " << tied << " mtp " << mtp;
     }
@@ -174,19 +175,41 @@ std::string failing_key(F mutate) {
 
 TEST(ModelConfigValidate, RejectsInconsistentFields) {
   EXPECT_EQ(failing_key([](ModelConfig& c) { c.n_group = 3; }), "model.n_group");  // 8 % 3
-  EXPECT_EQ(failing_key([](ModelConfig& c) { c.n_group = 2; c.topk_group = 3; }), "model.topk_group");
+  EXPECT_EQ(failing_key([](ModelConfig& c) {
+              c.n_group = 2;
+              c.topk_group = 3;
+            }),
+            "model.topk_group");
   EXPECT_EQ(failing_key([](ModelConfig& c) { c.num_experts_per_tok = 9; }), "model.num_experts_per_tok");
-  EXPECT_EQ(failing_key([](ModelConfig& c) { c.n_group = 4; c.topk_group = 1; c.num_experts_per_tok = 3; }),
+  EXPECT_EQ(failing_key([](ModelConfig& c) {
+              c.n_group = 4;
+              c.topk_group = 1;
+              c.num_experts_per_tok = 3;
+            }),
             "model.num_experts_per_tok");  // only 2 experts survive the group limit
-  EXPECT_EQ(failing_key([](ModelConfig& c) { c.attention_type = AttentionType::kGqa; c.num_key_value_heads = 3; }),
+  EXPECT_EQ(failing_key([](ModelConfig& c) {
+              c.attention_type = AttentionType::kGqa;
+              c.num_key_value_heads = 3;
+            }),
             "model.num_key_value_heads");
-  EXPECT_EQ(failing_key([](ModelConfig& c) { c.attention_type = AttentionType::kGqa; c.num_attention_heads = 3; c.num_key_value_heads = 3; }),
+  EXPECT_EQ(failing_key([](ModelConfig& c) {
+              c.attention_type = AttentionType::kGqa;
+              c.num_attention_heads = 3;
+              c.num_key_value_heads = 3;
+            }),
             "model.num_attention_heads");
   EXPECT_EQ(failing_key([](ModelConfig& c) { c.qk_rope_head_dim = 7; }), "model.qk_rope_head_dim");
-  EXPECT_EQ(failing_key([](ModelConfig& c) { c.rope_scaling.type = RopeScalingType::kYarn; c.rope_scaling.factor = 0.5; }),
+  EXPECT_EQ(failing_key([](ModelConfig& c) {
+              c.rope_scaling.type = RopeScalingType::kYarn;
+              c.rope_scaling.factor = 0.5;
+            }),
             "model.rope_scaling.factor");
   EXPECT_EQ(failing_key([](ModelConfig& c) { c.first_k_dense_replace = 5; }), "model.first_k_dense_replace");
-  EXPECT_EQ(failing_key([](ModelConfig& c) { c.n_routed_experts = 0; c.n_group = 3; }), "");  // dense: no MoE rules
+  EXPECT_EQ(failing_key([](ModelConfig& c) {
+              c.n_routed_experts = 0;
+              c.n_group = 3;
+            }),
+            "");  // dense: no MoE rules
 }
 
 }  // namespace

@@ -57,18 +57,30 @@ TEST(Model, HuggingFaceNames) {
   Model model(c, 1);
   std::set<std::string> names;
   for (const auto& [name, p] : model.named_parameters()) EXPECT_TRUE(names.insert(name).second) << "duplicate " << name;
-  for (const char* expected :
-       {"model.embed_tokens.weight", "model.layers.0.input_layernorm.weight",
-        "model.layers.0.post_attention_layernorm.weight", "model.layers.0.self_attn.q_a_proj.weight",
-        "model.layers.0.self_attn.q_a_layernorm.weight", "model.layers.0.self_attn.q_b_proj.weight",
-        "model.layers.0.self_attn.kv_a_proj_with_mqa.weight", "model.layers.0.self_attn.kv_a_layernorm.weight",
-        "model.layers.0.self_attn.kv_b_proj.weight", "model.layers.0.self_attn.o_proj.weight",
-        "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight",
-        "model.layers.1.mlp.gate.weight", "model.layers.3.mlp.experts.7.down_proj.weight",
-        "model.layers.1.mlp.shared_experts.gate_proj.weight", "model.norm.weight", "lm_head.weight",
-        "model.layers.4.enorm.weight", "model.layers.4.hnorm.weight", "model.layers.4.eh_proj.weight",
-        "model.layers.4.shared_head.norm.weight", "model.layers.4.self_attn.kv_b_proj.weight",
-        "model.layers.4.mlp.experts.0.up_proj.weight"}) {
+  for (const char* expected : {"model.embed_tokens.weight",
+                               "model.layers.0.input_layernorm.weight",
+                               "model.layers.0.post_attention_layernorm.weight",
+                               "model.layers.0.self_attn.q_a_proj.weight",
+                               "model.layers.0.self_attn.q_a_layernorm.weight",
+                               "model.layers.0.self_attn.q_b_proj.weight",
+                               "model.layers.0.self_attn.kv_a_proj_with_mqa.weight",
+                               "model.layers.0.self_attn.kv_a_layernorm.weight",
+                               "model.layers.0.self_attn.kv_b_proj.weight",
+                               "model.layers.0.self_attn.o_proj.weight",
+                               "model.layers.0.mlp.gate_proj.weight",
+                               "model.layers.0.mlp.up_proj.weight",
+                               "model.layers.0.mlp.down_proj.weight",
+                               "model.layers.1.mlp.gate.weight",
+                               "model.layers.3.mlp.experts.7.down_proj.weight",
+                               "model.layers.1.mlp.shared_experts.gate_proj.weight",
+                               "model.norm.weight",
+                               "lm_head.weight",
+                               "model.layers.4.enorm.weight",
+                               "model.layers.4.hnorm.weight",
+                               "model.layers.4.eh_proj.weight",
+                               "model.layers.4.shared_head.norm.weight",
+                               "model.layers.4.self_attn.kv_b_proj.weight",
+                               "model.layers.4.mlp.experts.0.up_proj.weight"}) {
     EXPECT_TRUE(names.count(expected)) << expected;
   }
   std::set<std::string> buffers;
@@ -258,8 +270,7 @@ TEST(Model, TheStageComputesItsLossWithItsObjective) {
   EXPECT_DOUBLE_EQ(doubled.loss.item<double>(), 2.0 * plain.loss.item<double>());
   EXPECT_DOUBLE_EQ(doubled.lm_loss.item<double>(), plain.lm_loss.item<double>());
   // The default objective is next-token prediction: lm + mtp + aux.
-  EXPECT_DOUBLE_EQ(plain.loss.item<double>(),
-                   (plain.lm_loss + plain.mtp_loss + plain.aux_loss).item<double>());
+  EXPECT_DOUBLE_EQ(plain.loss.item<double>(), (plain.lm_loss + plain.mtp_loss + plain.aux_loss).item<double>());
   ASSERT_EQ(plain_grads.size(), doubled_grads.size());
   double worst = 0;
   for (const auto& [name, grad] : plain_grads) {

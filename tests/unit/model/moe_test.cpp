@@ -152,7 +152,8 @@ TEST(ModelRouting, SequenceBalanceLossMatchesFormula) {
   const double alpha = 0.01;
   RoutingOptions o = options(e, k, 2, 1);
   const at::Tensor scores = at::sigmoid(randn({b, t, e}, 5));
-  const at::Tensor idx = detail::route(at::logit(scores.view({b * t, e})), at::zeros({e}, kF64), o).topk_idx.view({b, t, k});
+  const at::Tensor idx =
+      detail::route(at::logit(scores.view({b * t, e})), at::zeros({e}, kF64), o).topk_idx.view({b, t, k});
   double expected = 0;
   for (int64_t s = 0; s < b; ++s) {
     double sum = 0;
@@ -253,7 +254,8 @@ TEST(ModelMoE, RoutingPathGradientsMatchFiniteDifferences) {
     return weighted_sum(out) + ctx.aux_loss;  // aux enters the gradient through the output
   };
   std::vector<at::Tensor> wrt{x, moe->gate->weight, moe->shared_experts->up_proj->weight};
-  for (int64_t e = 0; e < c.n_routed_experts; ++e) wrt.push_back(moe->experts[e]->as<detail::SwiGLUImpl>()->gate_proj->weight);
+  for (int64_t e = 0; e < c.n_routed_experts; ++e)
+    wrt.push_back(moe->experts[e]->as<detail::SwiGLUImpl>()->gate_proj->weight);
   const double err = finite_difference_error(f, wrt, 8);
   report("moe", "routing path grad vs finite diff (rel)", err);
   EXPECT_LT(err, 1e-6);
@@ -278,7 +280,7 @@ TEST(ModelMoE, CapacityFactorDropsOverflowRows) {
   detail::ForwardContext ctx;
   moe->forward(x, ctx);
   const int64_t capacity = (16 * 3 + 7) / 8;
-  EXPECT_EQ(moe->load()[0].item<int64_t>(), 16);      // load counts routing, before dropping
+  EXPECT_EQ(moe->load()[0].item<int64_t>(), 16);  // load counts routing, before dropping
   int64_t expected_dropped = 0;
   for (int64_t e = 0; e < 8; ++e) expected_dropped += std::max<int64_t>(moe->load()[e].item<int64_t>() - capacity, 0);
   EXPECT_EQ(moe->dropped_rows(), expected_dropped);

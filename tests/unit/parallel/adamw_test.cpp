@@ -35,8 +35,8 @@ TEST(AdamW, PiecesMatchTheUpdateComputedByHand) {
   at::Tensor param = at::tensor({0.3f, -1.2f, 2.0f, 1.0f});
   at::Tensor exp_avg = at::zeros({4}), exp_avg_sq = at::zeros({4});
   std::vector<Reference> reference = {{0.3}, {-1.2}, {2.0}, {1.0}};
-  const std::vector<std::vector<float>> grads = {{0.5f, -0.25f, 1.5f, 0.1f}, {-0.3f, 0.8f, 0.0f, -2.0f},
-                                                 {0.05f, 0.05f, -0.7f, 0.4f}};
+  const std::vector<std::vector<float>> grads = {
+      {0.5f, -0.25f, 1.5f, 0.1f}, {-0.3f, 0.8f, 0.0f, -2.0f}, {0.05f, 0.05f, -0.7f, 0.4f}};
   const std::vector<double> lrs = {1e-2, 5e-3, 2e-3};
   for (int t = 0; t < 3; ++t) {
     const AdamWStepScalars scalars = adamw_step_scalars(config, t + 1, lrs[t]);
@@ -55,7 +55,7 @@ TEST(AdamW, PiecesMatchTheUpdateComputedByHand) {
 }
 
 TEST(AdamW, ClippingScalesTheGlobalNormDownToTheLimit) {
-  EXPECT_EQ(clip_scale(0.5, 1.0), 1.0);   // under the limit: untouched
+  EXPECT_EQ(clip_scale(0.5, 1.0), 1.0);  // under the limit: untouched
   EXPECT_EQ(clip_scale(1.0, 1.0), 1.0);
   EXPECT_EQ(clip_scale(10.0, 0.0), 1.0);  // clipping off
   EXPECT_NEAR(clip_scale(4.0, 1.0), 0.25, 1e-6);

@@ -17,7 +17,8 @@ namespace {
 // Records which operations reached it; every Work is already complete.
 class RecordingCommunicator final : public Communicator {
  public:
-  RecordingCommunicator(std::string backend, int rank, int size) : backend_(std::move(backend)), rank_(rank), size_(size) {}
+  RecordingCommunicator(std::string backend, int rank, int size)
+      : backend_(std::move(backend)), rank_(rank), size_(size) {}
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   const std::string& name() const override { return name_; }

@@ -13,8 +13,9 @@
 namespace tandem::parallel {
 namespace {
 
-constexpr GroupKind kAllKinds[] = {GroupKind::kTensor, GroupKind::kData, GroupKind::kPipeline, GroupKind::kExpert,
-                                   GroupKind::kExpertData, GroupKind::kDataTensor, GroupKind::kWorld};
+constexpr GroupKind kAllKinds[] = {GroupKind::kTensor, GroupKind::kData,       GroupKind::kPipeline,
+                                   GroupKind::kExpert, GroupKind::kExpertData, GroupKind::kDataTensor,
+                                   GroupKind::kWorld};
 
 int64_t expected_size(const GridLayout& layout, GroupKind kind) {
   switch (kind) {

@@ -205,8 +205,15 @@ TEST(CheckpointStore, NamesAndRankRecordEncoding) {
   record.rng_state = std::string("\0\1\2", 3);
   record.data_state = "gpt_sampler v1 epoch=0 position=8 samples_per_epoch=100 seed=1";
   record.shard = FileRecord{"rank_00003.bin", 128, 0xdeadbeef};
-  record.tensors.push_back(TensorEntry{"x", TensorKind::kMaster, StorageDtype::kBFloat16, {8, 4},
-                                       TensorSlice{{4, 0}, {4, 4}}, "rank_00003.bin", 64, 32, 7});
+  record.tensors.push_back(TensorEntry{"x",
+                                       TensorKind::kMaster,
+                                       StorageDtype::kBFloat16,
+                                       {8, 4},
+                                       TensorSlice{{4, 0}, {4, 4}},
+                                       "rank_00003.bin",
+                                       64,
+                                       32,
+                                       7});
   EXPECT_EQ(decode_rank_record(encode_rank_record(record)), record);
   EXPECT_THROW(decode_rank_record("\xff\xff\xff"), Error);
   record.tensors[0].length_bytes = 31;  // not 16 bf16 elements

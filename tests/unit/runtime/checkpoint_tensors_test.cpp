@@ -80,7 +80,8 @@ TEST(CheckpointTensors, AssemblesAnyBoxFromTheShardsThatHoldIt) {
   EXPECT_TRUE(at::equal(at::cat(columns, 1), saved.w));
   // A sub-box of a single entry.
   const TensorEntry& first = *reader.manifest().find("w", TensorKind::kParam)[0];
-  EXPECT_TRUE(at::equal(reader.read_slice(first, TensorSlice{{1, 1}, {1, 4}}), saved.w.narrow(0, 1, 1).narrow(1, 1, 4)));
+  EXPECT_TRUE(
+      at::equal(reader.read_slice(first, TensorSlice{{1, 1}, {1, 4}}), saved.w.narrow(0, 1, 1).narrow(1, 1, 4)));
 }
 
 TEST(CheckpointTensors, ReportsGapsAbsentTensorsAndCorruptEntries) {
@@ -94,8 +95,8 @@ TEST(CheckpointTensors, ReportsGapsAbsentTensorsAndCorruptEntries) {
     EXPECT_EQ(error.kind(), ErrorKind::kInput);
     EXPECT_NE(error.message().find("do not cover"), std::string::npos) << error.message();
   }
-  EXPECT_TRUE(at::equal(reader.read_global("partial", TensorKind::kParam, TensorSlice{{0, 0}, {2, 6}}),
-                        at::ones({2, 6})));
+  EXPECT_TRUE(
+      at::equal(reader.read_global("partial", TensorKind::kParam, TensorSlice{{0, 0}, {2, 6}}), at::ones({2, 6})));
   EXPECT_THROW(reader.read_global("absent", TensorKind::kParam), Error);
   EXPECT_THROW(reader.read_global("w", TensorKind::kExpAvg), Error);
 
@@ -154,8 +155,9 @@ TEST(CheckpointTensors, TensorsSavedAsFlatRangesInManyBoxesReassemble) {
       append_tensor(shard, "w", TensorKind::kExpAvg, box_of(w, box), {6, 7}, box);
     }
     if (rank == 1) {  // a box overlapping one already appended is a bug
-      EXPECT_THROW(append_tensor(shard, "w", TensorKind::kExpAvg, w.narrow(0, 3, 1), {6, 7}, TensorSlice{{3, 0}, {1, 7}}),
-                   Error);
+      EXPECT_THROW(
+          append_tensor(shard, "w", TensorKind::kExpAvg, w.narrow(0, 3, 1), {6, 7}, TensorSlice{{3, 0}, {1, 7}}),
+          Error);
     }
     manifest.ranks.push_back(shard.finish("", ""));
   }
@@ -166,8 +168,8 @@ TEST(CheckpointTensors, TensorsSavedAsFlatRangesInManyBoxesReassemble) {
 }
 
 TEST(CheckpointTensors, DtypeMapping) {
-  for (const auto type : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble, at::kLong, at::kInt, at::kShort,
-                          at::kChar, at::kByte, at::kBool}) {
+  for (const auto type : {at::kFloat, at::kBFloat16, at::kHalf, at::kDouble, at::kLong, at::kInt, at::kShort, at::kChar,
+                          at::kByte, at::kBool}) {
     EXPECT_EQ(scalar_type_for(storage_dtype_for(type)), type);
     EXPECT_EQ(storage_dtype_size_bytes(storage_dtype_for(type)), static_cast<int64_t>(c10::elementSize(type)));
   }

@@ -95,18 +95,16 @@ TEST(JsonWriter, Layouts) {
   o["layout"] = {{"pp", 2}, {"dp", 1}};
   o["empty"] = ordered_json::array();
   o["last"] = number(2.5);
-  EXPECT_EQ(dump(o),
-            R"({"format":"x","n":2,"rows":[["F0","BW0"],["F1","BW1"]],"layout":{"pp":2,"dp":1},"empty":[],)"
-            R"("last":2.5})");
+  EXPECT_EQ(dump(o), R"({"format":"x","n":2,"rows":[["F0","BW0"],["F1","BW1"]],"layout":{"pp":2,"dp":1},"empty":[],)"
+                     R"("last":2.5})");
   EXPECT_EQ(dump_line(o["layout"]), R"({"pp": 2, "dp": 1})");
-  EXPECT_EQ(dump_rows(o),
-            "{\"format\": \"x\", \"n\": 2,\n"
-            " \"rows\": [\n"
-            "  [\"F0\", \"BW0\"],\n"
-            "  [\"F1\", \"BW1\"]\n"
-            " ],\n"
-            " \"layout\": {\"pp\": 2, \"dp\": 1},\n"
-            " \"empty\": [], \"last\": 2.5}\n");
+  EXPECT_EQ(dump_rows(o), "{\"format\": \"x\", \"n\": 2,\n"
+                          " \"rows\": [\n"
+                          "  [\"F0\", \"BW0\"],\n"
+                          "  [\"F1\", \"BW1\"]\n"
+                          " ],\n"
+                          " \"layout\": {\"pp\": 2, \"dp\": 1},\n"
+                          " \"empty\": [], \"last\": 2.5}\n");
   EXPECT_EQ(dump_rows(ordered_json::array({{{"a", 1}}, {{"b", "c"}}})), "[\n{\"a\": 1},\n{\"b\": \"c\"}\n]\n");
   EXPECT_EQ(parse(dump_rows(o)), parse(dump(o)));
 }

@@ -26,7 +26,8 @@ PlacementInputs node(int ranks, int gpus, DeviceKind device = DeviceKind::kAuto)
 void expect_warning(const PlacementReport& report, const std::vector<std::string>& fragments) {
   ASSERT_EQ(report.warnings.size(), 1u);
   for (const std::string& fragment : fragments) {
-    EXPECT_NE(report.warnings[0].find(fragment), std::string::npos) << "missing '" << fragment << "' in: " << report.warnings[0];
+    EXPECT_NE(report.warnings[0].find(fragment), std::string::npos)
+        << "missing '" << fragment << "' in: " << report.warnings[0];
   }
 }
 

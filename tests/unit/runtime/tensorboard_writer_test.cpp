@@ -44,14 +44,20 @@ std::vector<Field> parse_fields(const std::string& data) {
     Field field{static_cast<int>(key >> 3), static_cast<int>(key & 7)};
     switch (field.wire_type) {
       case 0: field.varint = read_varint(data, at); break;
-      case 1: field.bytes = data.substr(at, 8); at += 8; break;
+      case 1:
+        field.bytes = data.substr(at, 8);
+        at += 8;
+        break;
       case 2: {
         const uint64_t length = read_varint(data, at);
         field.bytes = data.substr(at, length);
         at += length;
         break;
       }
-      case 5: field.bytes = data.substr(at, 4); at += 4; break;
+      case 5:
+        field.bytes = data.substr(at, 4);
+        at += 4;
+        break;
       default: ADD_FAILURE() << "unexpected wire type " << field.wire_type; return fields;
     }
     fields.push_back(field);

@@ -57,13 +57,13 @@ TEST(ScheduleCostString, ErrorsNameTheBadPiece) {
 
 TEST(ScheduleCostFromWork, ComputeAllToAllAndLinks) {
   HardwareSpec hw;
-  hw.tflops = 500;           // 1 TFLOP -> 2 ms
-  hw.a2a_gbps = 50;          // 100 MB -> 2 ms
-  hw.p2p_gbps = 100;         // 10 MB -> 0.1 ms
+  hw.tflops = 500;    // 1 TFLOP -> 2 ms
+  hw.a2a_gbps = 50;   // 100 MB -> 2 ms
+  hw.p2p_gbps = 100;  // 10 MB -> 0.1 ms
   hw.p2p_latency_ms = 0.05;
   hw.p2p_bytes = 10e6;
-  const std::vector<StageWork> stages = split_work_evenly(StageWork{4, 4, 4, 200e6, 200e6}, 2,
-                                                          StageWork{1, 0, 0, 0, 0}, StageWork{0, 2, 0, 0, 0});
+  const std::vector<StageWork> stages =
+      split_work_evenly(StageWork{4, 4, 4, 200e6, 200e6}, 2, StageWork{1, 0, 0, 0, 0}, StageWork{0, 2, 0, 0, 0});
   ASSERT_EQ(stages.size(), 2u);
   EXPECT_EQ(stages[0].f_tflop, 3);
   EXPECT_EQ(stages[1].b_tflop, 4);

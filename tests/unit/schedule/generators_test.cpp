@@ -14,11 +14,10 @@ namespace {
 
 TEST(ScheduleGenerators, DualPipeWorkedExampleTokenForToken) {
   // Copied from docs/dualpipe.md#worked-example (P=4, M=8).
-  const std::string expected =
-      "0: F0 F1 F2 F4 B4 W4 F5 F3+BW5 F6+BW0 BW6 F7+BW1 BW7 B2 W2 B3 W3\n"
-      "1: F0 F4 F1 F5 F2 BW4 F6+BW0 F3+BW5 F7+BW1 BW6 BW2 B7 B3 W7 W3\n"
-      "2: F4 F0 F5 F1 F6 BW0 F2+BW4 F7+BW1 F3+BW5 BW2 BW6 B3 B7 W3 W7\n"
-      "3: F4 F5 F6 F0 B0 W0 F1 F7+BW1 F2+BW4 BW2 F3+BW5 BW3 B6 W6 B7 W7\n";
+  const std::string expected = "0: F0 F1 F2 F4 B4 W4 F5 F3+BW5 F6+BW0 BW6 F7+BW1 BW7 B2 W2 B3 W3\n"
+                               "1: F0 F4 F1 F5 F2 BW4 F6+BW0 F3+BW5 F7+BW1 BW6 BW2 B7 B3 W7 W3\n"
+                               "2: F4 F0 F5 F1 F6 BW0 F2+BW4 F7+BW1 F3+BW5 BW2 BW6 B3 B7 W3 W7\n"
+                               "3: F4 F5 F6 F0 B0 W0 F1 F7+BW1 F2+BW4 BW2 F3+BW5 BW3 B6 W6 B7 W7\n";
   EXPECT_EQ(render_ops(generate(ScheduleKind::kDualPipe, 4, 8)), expected);
 }
 
@@ -38,15 +37,12 @@ TEST(ScheduleGenerators, DualPipeVHandDerivedP2M4) {
 }
 
 TEST(ScheduleGenerators, SmallTextbookOrders) {
-  EXPECT_EQ(render_ops(generate(ScheduleKind::kGpipe, 2, 3)),
-            "0: F0 F1 F2 BW0 BW1 BW2\n1: F0 F1 F2 BW0 BW1 BW2\n");
-  EXPECT_EQ(render_ops(generate(ScheduleKind::k1F1B, 3, 4)),
-            "0: F0 F1 F2 BW0 F3 BW1 BW2 BW3\n"
-            "1: F0 F1 BW0 F2 BW1 F3 BW2 BW3\n"
-            "2: F0 BW0 F1 BW1 F2 BW2 F3 BW3\n");
-  EXPECT_EQ(render_ops(generate(ScheduleKind::kZb1p, 2, 3)),
-            "0: F0 F1 B0 W0 F2 B1 W1 B2 W2\n"
-            "1: F0 B0 F1 B1 W0 F2 B2 W1 W2\n");
+  EXPECT_EQ(render_ops(generate(ScheduleKind::kGpipe, 2, 3)), "0: F0 F1 F2 BW0 BW1 BW2\n1: F0 F1 F2 BW0 BW1 BW2\n");
+  EXPECT_EQ(render_ops(generate(ScheduleKind::k1F1B, 3, 4)), "0: F0 F1 F2 BW0 F3 BW1 BW2 BW3\n"
+                                                             "1: F0 F1 BW0 F2 BW1 F3 BW2 BW3\n"
+                                                             "2: F0 BW0 F1 BW1 F2 BW2 F3 BW3\n");
+  EXPECT_EQ(render_ops(generate(ScheduleKind::kZb1p, 2, 3)), "0: F0 F1 B0 W0 F2 B1 W1 B2 W2\n"
+                                                             "1: F0 B0 F1 B1 W0 F2 B2 W1 W2\n");
   // Interleaved P=2, v=2, M=4: chunk 0 then chunk 1 for each group of P micro-batches.
   EXPECT_EQ(render_ops(generate(ScheduleKind::kInterleaved, 2, 4, 2)),
             "0: F0.0 F1.0 F0.1 F1.1 F2.0 BW0.1 F3.0 BW1.1 F2.1 BW0.0 F3.1 BW1.0 BW2.1 BW3.1 BW2.0 BW3.0\n"
@@ -141,12 +137,13 @@ TEST(ScheduleGenerators, PerTensorChannelsAreFifo) {
 }
 
 TEST(ScheduleGenerators, OneRankWorksWhereItMakesSense) {
-  for (ScheduleKind kind : {ScheduleKind::kGpipe, ScheduleKind::k1F1B, ScheduleKind::kZb1p,
-                            ScheduleKind::kInterleaved, ScheduleKind::kDualPipeV}) {
+  for (ScheduleKind kind : {ScheduleKind::kGpipe, ScheduleKind::k1F1B, ScheduleKind::kZb1p, ScheduleKind::kInterleaved,
+                            ScheduleKind::kDualPipeV}) {
     const Schedule s = generate(kind, 1, 4);
     EXPECT_TRUE(validate(s).ok()) << schedule_kind_name(kind) << validate(s).summary();
   }
-  EXPECT_EQ(render_ops(generate(ScheduleKind::kDualPipeV, 1, 2)), "0: F0.0 F0.1 F1.0 BW0.1 F1.1+BW0.0 BW1.1 B1.0 W1.0\n");
+  EXPECT_EQ(render_ops(generate(ScheduleKind::kDualPipeV, 1, 2)),
+            "0: F0.0 F0.1 F1.0 BW0.1 F1.1+BW0.0 BW1.1 B1.0 W1.0\n");
 }
 
 }  // namespace

@@ -62,7 +62,8 @@ TEST(ScheduleJson, ErrorsNameThePath) {
   EXPECT_NE(input_error(R"({"kind": "1f1b", "num_microbatches": 2, "ranks": [["F0", "X1"]]})")
                 .find("ranks[0][1]: bad op token 'X1'"),
             std::string::npos);
-  EXPECT_NE(input_error(R"({"kind": "1f1b", "num_microbatches": 2, "ranks": [["F0", 3]]})").find("ranks[0][1] must be a token"),
+  EXPECT_NE(input_error(R"({"kind": "1f1b", "num_microbatches": 2, "ranks": [["F0", 3]]})")
+                .find("ranks[0][1] must be a token"),
             std::string::npos);
   EXPECT_NE(input_error(R"({"kind": "1f1b", "num_microbatches": 2.5, "ranks": [["F0"]]})")
                 .find("num_microbatches must be an integer >= 1 (got 2.5)"),
@@ -70,8 +71,9 @@ TEST(ScheduleJson, ErrorsNameThePath) {
   EXPECT_NE(input_error(R"({"kind": "1f1b", "num_microbatches": 2, "ranks": [["F0"]], "stages": 3})")
                 .find("unknown key \"stages\""),
             std::string::npos);
-  EXPECT_NE(input_error(R"({"kind": "zigzag", "num_microbatches": 2, "ranks": [["F0"]]})").find("unknown schedule kind"),
-            std::string::npos);
+  EXPECT_NE(
+      input_error(R"({"kind": "zigzag", "num_microbatches": 2, "ranks": [["F0"]]})").find("unknown schedule kind"),
+      std::string::npos);
   EXPECT_NE(input_error(R"({"kind": "1f1b", "num_ranks": 3, "num_microbatches": 2, "ranks": [["F0"]]})")
                 .find("num_ranks is 3 but \"ranks\" lists 1 ranks"),
             std::string::npos);

@@ -9,8 +9,8 @@
 #include <sstream>
 
 #include "runtime/error.h"
-#include "schedule/generators.h"
 #include "runtime/json.h"
+#include "schedule/generators.h"
 #include "schedule/json_io.h"
 #include "schedule/render.h"
 #include "schedule/simulator.h"

@@ -78,7 +78,8 @@ TEST(ScheduleClosedForms, DualPipeForManyPairTimes) {
       for (int m = 2 * p; m <= 64; m += 2) {
         const SimResult r = simulate(generate(ScheduleKind::kDualPipe, p, m), with_fb(fb));
         const double closed = (p / 2 - 1) * (fb + kB + kW - 3 * kW);
-        ASSERT_EQ(r.ranks[static_cast<std::size_t>(p / 2 - 1)].bubble, closed) << "P=" << p << " M=" << m << " FB=" << fb;
+        ASSERT_EQ(r.ranks[static_cast<std::size_t>(p / 2 - 1)].bubble, closed)
+            << "P=" << p << " M=" << m << " FB=" << fb;
         ASSERT_EQ(r.ranks[static_cast<std::size_t>(p / 2)].bubble, closed) << "P=" << p << " M=" << m << " FB=" << fb;
         const double extra = std::max(0, p / 2 - 2) * std::max(0.0, fb - (kF + kB + kW));
         ASSERT_EQ(r.max_bubble(), closed + extra) << "P=" << p << " M=" << m << " FB=" << fb;
@@ -109,9 +110,11 @@ TEST(ScheduleSimulator, OverlapModelHidesAllToAll) {
 }
 
 TEST(ScheduleSimulator, ExplicitPairTime) {
-  EXPECT_EQ(pair_time(OpCosts{1, 1, 1, 0, 0, std::nullopt, 2.5}, {OpKind::kF, 0, 0}, OpCosts{}, {OpKind::kBW, 1, 0}), 2.5);
+  EXPECT_EQ(pair_time(OpCosts{1, 1, 1, 0, 0, std::nullopt, 2.5}, {OpKind::kF, 0, 0}, OpCosts{}, {OpKind::kBW, 1, 0}),
+            2.5);
   // An F+B pair (W queued) is the F+BW pair minus W.
-  EXPECT_EQ(pair_time(OpCosts{1, 1, 1, 0, 0, std::nullopt, 2.5}, {OpKind::kF, 0, 0}, OpCosts{}, {OpKind::kB, 1, 0}), 1.5);
+  EXPECT_EQ(pair_time(OpCosts{1, 1, 1, 0, 0, std::nullopt, 2.5}, {OpKind::kF, 0, 0}, OpCosts{}, {OpKind::kB, 1, 0}),
+            1.5);
   // Without FB: the overlap formula, here with all-to-all as large as compute: fully hidden.
   const OpCosts moe{1, 1, 1, 1, 1, std::nullopt, std::nullopt};
   EXPECT_EQ(piece_time(moe, OpKind::kF), 2);
@@ -169,7 +172,7 @@ TEST(ScheduleSimulator, SummarizeAMeasuredTimeline) {
 
 TEST(ScheduleSimulator, CostModelFromMeasuredSamples) {
   const std::vector<OpSample> samples = {
-      {0, 0, OpKind::kF, false, 1.0}, {0, 0, OpKind::kF, false, 3.0}, {0, 0, OpKind::kBW, false, 5.0},
+      {0, 0, OpKind::kF, false, 1.0}, {0, 0, OpKind::kF, false, 3.0},  {0, 0, OpKind::kBW, false, 5.0},
       {1, 0, OpKind::kF, false, 1.5}, {1, 0, OpKind::kBW, false, 2.5},
   };
   const CostModel model = cost_model_from_samples(samples, OpCosts{}, 0.25);

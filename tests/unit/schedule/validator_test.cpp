@@ -17,7 +17,8 @@ Schedule from_ops(ScheduleKind kind, int m, std::string_view text) { return sche
 // Removes the first op with this token from rank r.
 void erase_token(Schedule& s, int r, std::string_view token) {
   auto& ops = s.ranks[static_cast<std::size_t>(r)];
-  auto it = std::find_if(ops.begin(), ops.end(), [&](const Op& op) { return format_op(op, shows_chunk(s.kind)) == token; });
+  auto it =
+      std::find_if(ops.begin(), ops.end(), [&](const Op& op) { return format_op(op, shows_chunk(s.kind)) == token; });
   ASSERT_NE(it, ops.end()) << token;
   ops.erase(it);
 }

@@ -42,4 +42,8 @@ bool is_norm_weight(std::string_view name) {
   return module.ends_with("norm");
 }
 
+bool takes_weight_decay(std::string_view name) {
+  return !is_norm_weight(name) && name.find(".bias") == std::string_view::npos;
+}
+
 }  // namespace tandem::model

@@ -21,4 +21,8 @@ at::Tensor init_normal(uint64_t seed, std::string_view name, at::IntArrayRef ful
 // q_a_layernorm, model.norm, enorm, hnorm, shared_head.norm, ...): those start at 1.
 bool is_norm_weight(std::string_view name);
 
+// Whether AdamW's decoupled weight decay applies to `name`: every parameter but norm weights and
+// biases (the trainer's rule, which the benchmarks follow).
+bool takes_weight_decay(std::string_view name);
+
 }  // namespace tandem::model

@@ -116,8 +116,8 @@ std::vector<std::pair<std::string, at::Tensor>> PipelineRunner::named_buffers(bo
 
 void PipelineRunner::attach(parallel::DataParallelOptimizer& /*optimizer*/) {
   // The data-parallel reduction starts after the schedule's last backward (finish_gradient_sync);
-  // nothing hooks into the stages, which is why ZeRO 2/3 are refused (check_pipeline_supported).
-  check_pipeline_supported(config_);
+  // nothing hooks into the stages, which is why the constructor refuses ZeRO 2/3
+  // (check_pipeline_supported).
 }
 
 StepLosses PipelineRunner::forward_backward(const std::vector<at::Tensor>& micro_batches, int64_t step) {

@@ -47,17 +47,13 @@ void StepTracing::instrument(model::ParallelGroups& groups) {
 
 void StepTracing::begin_step(int64_t step) {
   if (!is_traced_step(config_, step)) return;
-  if (exchanges_) {
-    exchanges_->set_enabled(true);
-    recording_exchanges_ = true;
-  }
+  if (exchanges_) exchanges_->set_enabled(true);
   if (config_.logging.trace_kernels) kernels_.emplace(cuda_device_);
 }
 
 void StepTracing::end_step(int64_t step) {
-  if (recording_exchanges_) {
+  if (exchanges_ && is_traced_step(config_, step)) {
     exchanges_->set_enabled(false);
-    recording_exchanges_ = false;
     const std::string dir = fmt::format("{}/traces/step{}/exchanges", config_.run.output_dir, step);
     runtime::make_directories(dir);
     runtime::write_file_atomic(fmt::format("{}/rank{}.json", dir, rank_),

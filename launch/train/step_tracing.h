@@ -46,7 +46,6 @@ class StepTracing {
   int rank_;
   int cuda_device_;
   std::shared_ptr<parallel::ExchangeRecorder> exchanges_;  // null: no all-to-all to record
-  bool recording_exchanges_ = false;
   std::optional<KernelTrace> kernels_;
 };
 

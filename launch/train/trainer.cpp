@@ -58,10 +58,7 @@ parallel::DataParallelOptions optimizer_options(const JobConfig& config, std::ve
   options.bucket_mb = config.parallel.grad_bucket_mb;
   options.adamw =
       parallel::AdamWConfig{config.optim.beta1, config.optim.beta2, config.optim.eps, config.optim.weight_decay};
-  // Weight decay skips norms and biases.
-  options.decays = [](const std::string& name) {
-    return !model::is_norm_weight(name) && name.find(".bias") == std::string::npos;
-  };
+  options.decays = model::takes_weight_decay;
   options.counted = std::move(counted);
   return options;
 }

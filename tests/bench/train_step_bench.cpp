@@ -218,9 +218,7 @@ class BenchStep {
     model_.train(true);
     parallel::DataParallelOptions options;
     options.adamw = parallel::AdamWConfig{job.optim.beta1, job.optim.beta2, job.optim.eps, job.optim.weight_decay};
-    options.decays = [](const std::string& name) {
-      return !model::is_norm_weight(name) && name.find(".bias") == std::string::npos;
-    };
+    options.decays = model::takes_weight_decay;
     optimizer_ = std::make_unique<parallel::DataParallelOptimizer>(model_.sharded_parameters(),
                                                                    parallel::DataParallelGroups{}, options);
     // One fixed batch of random tokens on the device: [B, T+1] (inputs and shifted labels).

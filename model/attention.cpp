@@ -21,7 +21,7 @@ GqaAttentionImpl::GqaAttentionImpl(const ModelConfig& c, const ParallelGroups& g
   o_proj = register_module("o_proj", SplitLinear(heads_ * head_dim_, c.hidden_size));
 }
 
-at::Tensor GqaAttentionImpl::forward(const at::Tensor& x_local, ForwardContext& ctx) {
+std::vector<at::Tensor> GqaAttentionImpl::project(const at::Tensor& x_local, ForwardContext& ctx) {
   const at::Tensor x = enter_tp_region(x_local, ctx);  // [B, T, C] full sequence
   const int64_t b = x.size(0), t = x.size(1);
   auto heads_first = [&](const at::Tensor& y, int64_t h) {  // [B, T, h*hd] -> [B, h, T, hd]
@@ -35,9 +35,15 @@ at::Tensor GqaAttentionImpl::forward(const at::Tensor& x_local, ForwardContext& 
     k = k.repeat_interleave(groups, 1);  // [B, H, T, hd]
     v = v.repeat_interleave(groups, 1);
   }
-  const at::Tensor o = at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale_);  // [B, H, T, hd]
-  const at::Tensor merged = o.transpose(1, 2).reshape({b, t, heads_ * head_dim_});                      // [B, T, H*hd]
-  return row_parallel_linear(merged, o_proj->weight, ctx);  // [B, T(/tp), C]
+  return {q, k, v};
+}
+
+at::Tensor GqaAttentionImpl::attend(const std::vector<at::Tensor>& qkv, ForwardContext& ctx) {
+  const at::Tensor o =
+      at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], {}, 0.0, /*is_causal=*/true, scale_);  // [B, H, T, hd]
+  const int64_t b = o.size(0), t = o.size(2);
+  const at::Tensor merged = o.transpose(1, 2).reshape({b, t, heads_ * head_dim_});  // [B, T, H*hd]
+  return row_parallel_linear(merged, o_proj->weight, ctx);                          // [B, T(/tp), C]
 }
 
 }  // namespace tandem::model::detail

@@ -3,6 +3,8 @@
 // combination projection in front of one such layer (docs/model.md#multi-token-prediction).
 #include "model/detail/decoder.h"
 
+#include "model/detail/recompute.h"
+
 #include "runtime/error.h"
 
 namespace tandem::model::detail {
@@ -34,9 +36,31 @@ void DecoderLayerImpl::register_children_on(torch::nn::Module& owner) {
   if (moe) owner.register_module("mlp", moe);
 }
 
+std::vector<at::Tensor> DecoderLayerImpl::attention_inputs(const at::Tensor& x, ForwardContext& ctx) {
+  // Through an alias: the norm reads x more than once, and its gradients are summed here before
+  // they meet the residual's, so that sum is grouped the same whether or not this part is
+  // recomputed (selective recomputation stays bit-identical).
+  const at::Tensor normed = input_layernorm->forward(x.view_as(x));  // [B, T, C]
+  return mla ? mla->project(normed, ctx) : gqa->project(normed, ctx);
+}
+
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
-  const at::Tensor normed = input_layernorm->forward(x);                                   // [B, T, C]
-  const at::Tensor h = x + (mla ? mla->forward(normed, ctx) : gqa->forward(normed, ctx));  // [B, T, C]
+  std::vector<at::Tensor> qkv;
+  if (ctx.recompute_attention_inputs && !ctx.recomputing) {
+    // Selective recomputation: only x and the core's q, k, v stay alive until backward.
+    auto self = std::static_pointer_cast<DecoderLayerImpl>(shared_from_this());
+    ForwardContext again = ctx;
+    again.recomputing = true;
+    // `first` is read only by the first run, which happens inside this call.
+    qkv = run_recomputed_in_backward(
+        [self, first = &ctx, again](const std::vector<at::Tensor>& in, bool recomputing) mutable {
+          return self->attention_inputs(in[0], recomputing ? again : *first);
+        },
+        {x});
+  } else {
+    qkv = attention_inputs(x, ctx);
+  }
+  const at::Tensor h = x + (mla ? mla->attend(qkv, ctx) : gqa->attend(qkv, ctx));  // [B, T, C]
   const at::Tensor normed2 = post_attention_layernorm->forward(h);
   return h + (moe ? moe->forward(normed2, ctx) : mlp->forward_parallel(normed2, ctx));  // [B, T, C]
 }

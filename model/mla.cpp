@@ -31,7 +31,7 @@ MlaAttentionImpl::MlaAttentionImpl(const ModelConfig& c, const ParallelGroups& g
   o_proj = register_module("o_proj", SplitLinear(heads_ * v_dim_, c.hidden_size));
 }
 
-at::Tensor MlaAttentionImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
+std::vector<at::Tensor> MlaAttentionImpl::project(const at::Tensor& x, ForwardContext& ctx) {
   // x is [B, T, C], or this rank's slice [B, T/tp, C] under sequence parallelism: the replicated
   // down-projections run on it, and their (much narrower) outputs enter the tensor-parallel region.
   const at::Tensor q_flat =
@@ -55,14 +55,20 @@ at::Tensor MlaAttentionImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
   const at::Tensor kv =
       kv_b_proj->forward(c_kv, ctx).view({b, t, heads_, nope_dim_ + v_dim_}).transpose(1, 2);  // [B, H, T, dn+dv]
   const at::Tensor k_nope = kv.narrow(-1, 0, nope_dim_);                                       // [B, H, T, dn]
-  const at::Tensor v = kv.narrow(-1, nope_dim_, v_dim_);                                       // [B, H, T, dv]
+  // A copy, so that kv_b_proj's output (twice as wide) is not kept alive by the core's saved v.
+  const at::Tensor v = kv.narrow(-1, nope_dim_, v_dim_).contiguous();  // [B, H, T, dv]
 
   const at::Tensor q_full = at::cat({q_nope, q_rope}, -1);                                    // [B, H, T, dn+dr]
   const at::Tensor k_full = at::cat({k_nope, k_rope.expand({b, heads_, t, rope_dim_})}, -1);  // [B, H, T, dn+dr]
+  return {q_full, k_full, v};
+}
+
+at::Tensor MlaAttentionImpl::attend(const std::vector<at::Tensor>& qkv, ForwardContext& ctx) {
   const at::Tensor o =
-      at::scaled_dot_product_attention(q_full, k_full, v, {}, 0.0, /*is_causal=*/true, scale_);  // [B, H, T, dv]
-  const at::Tensor merged = o.transpose(1, 2).reshape({b, t, heads_ * v_dim_});                  // [B, T, H*dv]
-  return row_parallel_linear(merged, o_proj->weight, ctx);                                       // [B, T(/tp), C]
+      at::scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], {}, 0.0, /*is_causal=*/true, scale_);  // [B, H, T, dv]
+  const int64_t b = o.size(0), t = o.size(2);
+  const at::Tensor merged = o.transpose(1, 2).reshape({b, t, heads_ * v_dim_});  // [B, T, H*dv]
+  return row_parallel_linear(merged, o_proj->weight, ctx);                       // [B, T(/tp), C]
 }
 
 }  // namespace tandem::model::detail

@@ -98,7 +98,7 @@ at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing&
     logits = split_linear(rows.to(compute), gate->weight.to(compute), ctx.queue);
   }
   routing = route(logits, gate->e_score_correction_bias, options_);
-  if (is_training()) {
+  if (is_training() && !ctx.recomputing) {
     torch::NoGradGuard no_grad;
     load_ += expert_counts(routing.topk_idx, num_experts).to(load_.device());
   }
@@ -111,7 +111,7 @@ at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing&
   // The grouped GEMMs take the expert boundaries on the device: no host copy of the counts
   // unless the all-to-all needs them.
   const DispatchPlan plan = plan_dispatch(routing, num_experts, capacity, /*host_counts=*/!grouped || ep_exchange);
-  dropped_ += plan.dropped;
+  if (!ctx.recomputing) dropped_ += plan.dropped;
   // On a GPU the row movement is one kernel each way (model/kernels/); the CPU keeps LibTorch's.
   const bool fused = rows.is_cuda();
   const at::Tensor permuted = fused ? permute_tokens_differentiable(rows, plan.token_index)
@@ -194,9 +194,9 @@ at::Tensor MoEImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
                                    : sequence_balance_loss_sharded(routing.scores, routing.topk_idx, seq_id, b, seq_len,
                                                                    options_, aux_alpha_, ctx.tp);
     out = attach_aux_loss(out, aux, ctx.loss_scale);
-    ctx.aux_loss = ctx.aux_loss.defined() ? ctx.aux_loss + aux.detach() : aux.detach();
+    if (!ctx.recomputing) ctx.aux_loss = ctx.aux_loss.defined() ? ctx.aux_loss + aux.detach() : aux.detach();
   }
-  last_routing = {routing.scores.detach(), routing.topk_idx, routing.topk_weight.detach()};  // no graph kept
+  if (!ctx.recomputing) last_routing = {routing.scores.detach(), routing.topk_idx, routing.topk_weight.detach()};
   return out;
 }
 

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 
+#include "model/detail/recompute.h"
 #include "model/detail/stage_impl.h"
 #include "model/init.h"
 #include "model/sharding.h"
@@ -112,6 +113,7 @@ detail::ForwardContext Stage::Impl::make_context() const {
   if (groups.tp_size() > 1) ctx.tp = groups.tp;
   if (groups.ep_size() > 1) ctx.ep = groups.ep;
   ctx.sequence_parallel = sequence_parallel();
+  ctx.recompute_attention_inputs = recompute.selective();
   return ctx;
 }
 
@@ -158,7 +160,7 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
         "stage {} expects hidden [{}, {}, {}] from the previous stage", spec.index, b, t_local, config.hidden_size);
   }
   ctx.rope = rope_tables(t, h.scalar_type(), h.device());
-  for (DecoderLayer& layer : layers) h = run_layer(layer, h, ctx);
+  for (size_t i = 0; i < layers.size(); ++i) h = run_layer(layers[i], static_cast<int64_t>(i), h, ctx);
 
   StageOutput out;
   if (!spec.is_last()) {
@@ -218,13 +220,30 @@ at::Tensor Stage::Impl::main_logits(const at::Tensor& tokens) {
   detail::ForwardContext ctx = make_context();
   at::Tensor h = embed->forward(tokens, ctx, ctx.sequence_parallel);
   ctx.rope = rope_tables(t, h.scalar_type(), h.device());
-  for (DecoderLayer& layer : layers) h = run_layer(layer, h, ctx);                                    // [B, T(/tp), C]
+  for (size_t i = 0; i < layers.size(); ++i)
+    h = run_layer(layers[i], static_cast<int64_t>(i), h, ctx);                                        // [B, T(/tp), C]
   return detail::split_linear(detail::enter_tp_region(norm->forward(h), ctx), head_weight(), queue);  // [B, T, V/tp]
 }
 
-at::Tensor Stage::Impl::run_layer(DecoderLayer& layer, const at::Tensor& input, detail::ForwardContext& ctx) {
+at::Tensor Stage::Impl::run_layer(DecoderLayer& layer, int64_t position, const at::Tensor& input,
+                                  detail::ForwardContext& ctx) {
   const int64_t index = layer->layer_index();
-  const at::Tensor output = layer->forward(begin_layer(index, {input})[0], ctx);
+  const at::Tensor fed = begin_layer(index, {input})[0];
+  at::Tensor output;
+  if (recompute.recomputes_whole_layer(position)) {
+    // Full recomputation: only `fed` stays alive until backward, where the layer runs again
+    // (inside the layer hooks: ZeRO-3 has gathered the parameters for its backward by then).
+    detail::ForwardContext again = ctx;
+    again.recomputing = true;
+    // `first` is read only by the first run, which happens inside this call.
+    output = detail::run_recomputed_in_backward(
+        [layer, first = &ctx, again](const std::vector<at::Tensor>& in, bool recomputing) mutable {
+          return std::vector<at::Tensor>{layer->forward(in[0], recomputing ? again : *first)};
+        },
+        {fed})[0];
+  } else {
+    output = layer->forward(fed, ctx);
+  }
   end_layer(index, {output});
   return output;
 }
@@ -346,6 +365,11 @@ void Stage::set_weight_grad_queue(std::shared_ptr<WeightGradQueue> queue) {
 
 void Stage::set_overlap_hook(parallel::OverlapHookPtr hook) { impl_->overlap = std::move(hook); }
 
+void Stage::set_recompute(const RecomputePolicy& policy) {
+  TANDEM_CHECK(policy.layers >= 0, "recompute layers must be >= 0, got {}", policy.layers);
+  impl_->recompute = policy;
+}
+
 void Stage::set_objective(std::shared_ptr<const Objective> objective) {
   TANDEM_CHECK(objective != nullptr, "a stage needs an objective");
   impl_->objective = std::move(objective);
@@ -354,6 +378,20 @@ void Stage::set_objective(std::shared_ptr<const Objective> objective) {
 std::vector<std::pair<std::string, at::Tensor>> Stage::named_parameters() const { return impl_->named_parameters(); }
 std::vector<parallel::ShardedParam> Stage::sharded_parameters() const { return impl_->sharded_parameters(); }
 std::vector<std::pair<std::string, at::Tensor>> Stage::named_buffers() const { return impl_->named_buffers(); }
+
+double load_imbalance(const at::Tensor& counts) {
+  double sum = 0;
+  int64_t layers = 0;
+  const at::Tensor as_double = counts.to(at::kDouble);
+  for (int64_t layer = 0; layer < as_double.size(0); ++layer) {
+    const at::Tensor row = as_double[layer];
+    const double mean = row.mean().item<double>();
+    if (mean <= 0) continue;
+    sum += row.max().item<double>() / mean;
+    ++layers;
+  }
+  return layers > 0 ? sum / static_cast<double>(layers) : 1.0;
+}
 
 at::Tensor Stage::expert_load() const {
   const ModelConfig& c = impl_->config;

@@ -29,6 +29,7 @@
 #include "model/model_config.h"
 #include "model/objective.h"
 #include "model/parallel_groups.h"
+#include "model/recompute.h"
 #include "model/weight_grad_queue.h"
 #include "parallel/layer_hooks.h"
 #include "parallel/overlap_hook.h"
@@ -85,6 +86,11 @@ struct StageOutput {
   at::Tensor aux_loss;  // [] this stage's balance loss (detached, for logging), every stage
 };
 
+// Mean over MoE layers of (max / mean) tokens per expert, from counts in Stage::expert_load()'s
+// layout (rows of layers without routed tokens are skipped): 1.0 is perfectly balanced, E/K
+// when every token goes to the same K experts.
+double load_imbalance(const at::Tensor& counts);
+
 class Stage {
  public:
   struct Impl;
@@ -121,6 +127,9 @@ class Stage {
   // What the last stage's head computes its losses with (model/objective.h); the default is
   // next-token prediction. Set before the forwards it should apply to; not null.
   void set_objective(std::shared_ptr<const Objective> objective);
+  // Which activations the stage's layers recompute in backward instead of keeping
+  // (model/recompute.h); none by default. Set before the forwards it should apply to.
+  void set_recompute(const RecomputePolicy& policy);
 
   // Callbacks around each decoder layer's (and MTP module's) use of its parameters in forward
   // and backward (contract in parallel/layer_hooks.h); ZeRO-3 gathers and releases parameters

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "model/model_config.h"
+#include "model/recompute.h"
 #include "parallel/parallel_config.h"
 #include "runtime/config_schema.h"
 #include "runtime/data/data_config.h"
@@ -73,13 +74,22 @@ struct OptimConfig {
 struct TrainConfig {
   int64_t steps = 100;
   Precision precision = Precision::kAuto;
+  model::RecomputeMode recompute = model::RecomputeMode::kNone;
+  int64_t recompute_layers = 0;
   int64_t eval_interval = 0;
   int64_t eval_steps = 4;
+
+  model::RecomputePolicy recompute_policy() const { return {recompute, recompute_layers}; }
 
   template <class V>
   void visit(V& v) {
     v("steps", steps, {.doc = "Optimizer steps to train", .min = 1});
     v("precision", precision, {.doc = "auto (bf16 on GPU, fp32 on CPU), fp32 or bf16 (fp32 master weights)"});
+    v("recompute", recompute,
+      {.doc = "Activations recomputed in backward instead of kept: none, selective (input norm and attention "
+              "projections, as DeepSeek-V3) or full (whole decoder layers)"});
+    v("recompute_layers", recompute_layers,
+      {.doc = "With recompute: full, the first N decoder layers of each pipeline stage; 0 = all", .min = 0});
     v("eval_interval", eval_interval, {.doc = "Evaluate on the held-out split every N steps; 0 = off", .min = 0});
     v("eval_steps", eval_steps,
       {.doc = "Held-out batches of global_batch_size samples per evaluation (the same samples in every layout)",

@@ -36,6 +36,7 @@ class FlatRunner final : public StepRunner {
     // Built on the CPU (initialisation is a pure function of seed and name), then moved, before
     // the optimizer's flat buffers are made: fp32 master weights on the run device.
     model_.whole().set_objective(std::move(objective));
+    model_.whole().set_recompute(config.train.recompute_policy());
     model_.to(device.device);
     model_.train(true);
   }

@@ -60,6 +60,7 @@ PipelineRunner::PipelineRunner(const JobConfig& config, const parallel::ProcessG
     chunks_.push_back(model::Stage::build(config.model, static_cast<uint64_t>(config.run.seed), groups,
                                           specs[static_cast<size_t>(plan.placement.stage_of(pp_rank, c))]));
     chunks_.back()->set_objective(objective);
+    chunks_.back()->set_recompute(config.train.recompute_policy());
     chunks_.back()->to(device.device);
     chunks_.back()->train(true);
   }

@@ -24,6 +24,7 @@
 #include "model/init.h"
 #include "model/model_size.h"
 #include "model/objective.h"
+#include "model/stage.h"
 #include "parallel/data_parallel_optimizer.h"
 #include "parallel/expert_dispatch.h"
 #include "parallel/grid_layout.h"
@@ -66,21 +67,6 @@ parallel::DataParallelOptions optimizer_options(const JobConfig& config, std::ve
 // The loss the job trains with: next-token prediction (pretraining).
 std::shared_ptr<const model::Objective> job_objective(const JobConfig& /*config*/) {
   return model::default_objective();
-}
-
-// Mean over MoE layers of (max / mean) tokens per expert: 1.0 is perfectly balanced.
-double load_imbalance(const at::Tensor& counts) {
-  double sum = 0;
-  int64_t layers = 0;
-  const at::Tensor as_double = counts.to(at::kDouble);
-  for (int64_t layer = 0; layer < as_double.size(0); ++layer) {
-    const at::Tensor row = as_double[layer];
-    const double mean = row.mean().item<double>();
-    if (mean <= 0) continue;
-    sum += row.max().item<double>() / mean;
-    ++layers;
-  }
-  return layers > 0 ? sum / static_cast<double>(layers) : 1.0;
 }
 
 }  // namespace
@@ -237,7 +223,7 @@ StepRecord Trainer::State::train_step(int64_t step) {
                     "step {}: the gradient norm is {}; lower optim.lr or check the data", step, record.grad_norm);
   optimizer->step(record.lr, parallel::clip_scale(record.grad_norm, config.optim.grad_clip));
   runner->update_routing_bias(load);
-  if (config.model.n_routed_experts > 0) record.expert_imbalance = load_imbalance(load);
+  if (config.model.n_routed_experts > 0) record.expert_imbalance = model::load_imbalance(load);
   return record;
 }
 

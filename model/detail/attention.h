@@ -9,15 +9,22 @@
 // gradients are partial over tp).
 #pragma once
 
+#include <vector>
+
 #include "model/detail/layers.h"
 
 namespace tandem::model::detail {
 
+// Both attentions run in two parts, so that selective recomputation can redo the first in
+// backward: project (x -> {q, k, v}, the core's inputs [B, H, T, *] with rotary applied) and
+// attend (causal SDPA, then o_proj). forward = attend(project(x)).
 class GqaAttentionImpl : public torch::nn::Module {
  public:
   GqaAttentionImpl(const ModelConfig& config, const ParallelGroups& groups = {});
   // [B, T, C] -> [B, T, C] (replicated over tp), or [B, T/tp, C] -> [B, T/tp, C] (sequence parallel).
-  at::Tensor forward(const at::Tensor& x, ForwardContext& ctx);
+  at::Tensor forward(const at::Tensor& x, ForwardContext& ctx) { return attend(project(x, ctx), ctx); }
+  std::vector<at::Tensor> project(const at::Tensor& x, ForwardContext& ctx);  // {q, k, v}, KV heads repeated
+  at::Tensor attend(const std::vector<at::Tensor>& qkv, ForwardContext& ctx);
   SplitLinear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
 
  private:
@@ -29,7 +36,10 @@ TORCH_MODULE(GqaAttention);
 class MlaAttentionImpl : public torch::nn::Module {
  public:
   MlaAttentionImpl(const ModelConfig& config, const ParallelGroups& groups = {});
-  at::Tensor forward(const at::Tensor& x, ForwardContext& ctx);  // as GqaAttentionImpl::forward
+  at::Tensor forward(const at::Tensor& x, ForwardContext& ctx) { return attend(project(x, ctx), ctx); }
+  // {q [B, H, T, dn+dr], k [B, H, T, dn+dr], v [B, H, T, dv]}
+  std::vector<at::Tensor> project(const at::Tensor& x, ForwardContext& ctx);
+  at::Tensor attend(const std::vector<at::Tensor>& qkv, ForwardContext& ctx);
   // q_proj when q_lora_rank is null, else q_a_proj -> q_a_layernorm -> q_b_proj.
   SplitLinear q_proj{nullptr}, q_a_proj{nullptr}, q_b_proj{nullptr};
   RMSNorm q_a_layernorm{nullptr};

@@ -21,6 +21,8 @@ class DecoderLayerImpl : public torch::nn::Module {
   void register_children_on(torch::nn::Module& owner);
 
   int64_t layer_index() const { return layer_; }
+  // input_layernorm then the attention's projections: the attention core's {q, k, v}.
+  std::vector<at::Tensor> attention_inputs(const at::Tensor& x, ForwardContext& ctx);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   GqaAttention gqa{nullptr};
   MlaAttention mla{nullptr};

@@ -38,6 +38,11 @@ struct ForwardContext {
   // Called at the MoE layer's dispatch and combine, forward and backward, while the exchange is
   // in flight (an overlapping executor runs another micro-batch there); null when not overlapped.
   parallel::OverlapHookPtr overlap;
+  // Activation recomputation (model/recompute.h): selective recomputes every layer's attention
+  // inputs in backward; `recomputing` is true while a piece runs again there, when a layer must
+  // not repeat its side effects (expert load counts, the logged balance loss, last_routing).
+  bool recompute_attention_inputs = false;
+  bool recomputing = false;
   int64_t tp_size() const { return tp ? tp->size() : 1; }
 };
 

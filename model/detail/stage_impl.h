@@ -23,6 +23,7 @@ struct Stage::Impl {
   parallel::OverlapHookPtr overlap;                                  // see Stage::set_overlap_hook
   std::shared_ptr<parallel::LayerHooks> layer_hooks;                 // null: none (see Stage::set_layer_hooks)
   std::shared_ptr<const Objective> objective = default_objective();  // see Stage::set_objective
+  RecomputePolicy recompute;                                         // see Stage::set_recompute
 
   detail::TokenEmbedding embed{nullptr};     // stage 0; a copy on the last stage when it needs one
   std::vector<detail::DecoderLayer> layers;  // global indices spec.layer_begin ..
@@ -62,8 +63,10 @@ struct Stage::Impl {
   at::Tensor main_logits(const at::Tensor& tokens);
   // Queue and parallel groups of a forward; the caller adds the rotary tables and loss scale.
   detail::ForwardContext make_context() const;
-  // One decoder layer's forward between its layer hooks.
-  at::Tensor run_layer(detail::DecoderLayer& layer, const at::Tensor& input, detail::ForwardContext& ctx);
+  // One decoder layer's forward between its layer hooks; `position` is its index within the
+  // stage (whether full recomputation covers it).
+  at::Tensor run_layer(detail::DecoderLayer& layer, int64_t position, const at::Tensor& input,
+                       detail::ForwardContext& ctx);
   // The hook calls around a layer's forward: begin_layer before it returns the tensors to feed
   // the layer in place of `inputs` (aliases carrying the after_backward hook, which fires once the
   // gradients of all of them are complete), end_layer after it with the layer's outputs.

@@ -55,8 +55,15 @@ void print_report(const JobConfig& config, int64_t world, bool quiet) {
   out += fmt::format("  training FLOPs/token   {:>12.4g}  (seq {})\n",
                      size.train_flops_per_token(config.data.seq_length), config.data.seq_length);
   const Precision precision = estimated_precision(config);
-  out += fmt::format("\n# memory per rank (estimate, {}, zero {}, {} with {} micro-batches)\n",
-                     precision == Precision::kBf16 ? "bf16 + fp32 master" : "fp32", config.parallel.zero,
+  const std::string recompute =
+      config.train.recompute == model::RecomputeMode::kNone
+          ? ""
+          : fmt::format(", recompute {}{}", config::enum_name(config.train.recompute),
+                        config.train.recompute_layers > 0
+                            ? fmt::format(" ({} layers per stage)", config.train.recompute_layers)
+                            : "");
+  out += fmt::format("\n# memory per rank (estimate, {}, zero {}{}, {} with {} micro-batches)\n",
+                     precision == Precision::kBf16 ? "bf16 + fp32 master" : "fp32", config.parallel.zero, recompute,
                      config::enum_name(config.parallel.pipeline.schedule), config.parallel.pipeline.micro_batches);
   out += "  pp rank      params     weights       grads   optimizer  activations (live)       total\n";
   for (const RankMemory& rank : estimate_memory(config, precision)) {

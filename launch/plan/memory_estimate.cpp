@@ -3,10 +3,9 @@
 //  the data-parallel optimizer's measured buffers follow: w = 2 bytes bf16 (+ 4 fp32 master in
 //  the optimizer state), 4 fp32; grads fp32; sharded over the replication group by ZeRO stage,
 //  ZeRO-3 keeping the parameters outside decoder layers (embedding, final norm, head) whole
-//  activations = peak live micro-batch chunks (from simulating the schedule) * layers per chunk
-//                * tokens * bytes per token-layer,
-//  bytes per token-layer ~ w * (17 h / tp + 3 * width of the MLP or of the K+shared experts):
-//  the inputs saved for backward by norms, projections, attention and SwiGLU, no recompute.
+//  activations = peak live micro-batch chunks (from simulating the schedule) * the bytes one
+//                micro-batch of a chunk keeps for backward, counted tensor by tensor below from
+//                what each op of model/ saves (activation_bytes_per_token), under train.recompute.
 // Non-expert parameters are split over tp and replicated over dp; routed experts are split over
 // ep and replicated over the expert-data-parallel group (dp*tp/ep ranks).
 #include "launch/plan/memory_estimate.h"
@@ -20,6 +19,94 @@
 #include "schedule/simulator.h"
 
 namespace tandem::launch {
+
+namespace {
+
+// How activations are stored: element width (2 under bf16 autocast, 4 in fp32), the tensor-
+// parallel split and whether selective recomputation drops the attention inputs.
+struct ActivationShape {
+  double width = 4.0;
+  int64_t tp = 1;
+  bool sequence_parallel = false;
+  bool selective = false;
+};
+
+// The residual stream stays fp32 under autocast: fp32 embeddings plus bf16 branch outputs
+// promote to fp32 (docs/model.md#numerics). Statistics (rstd, log-sum-exp) are fp32.
+constexpr double kResidualWidth = 4.0;
+constexpr double kStatWidth = 4.0;
+
+// Bytes one token keeps for backward in decoder layer `layer` (global index; MTP blocks are
+// N..N+D-1), per tensor-parallel rank. `whole_layer`: full recomputation keeps only the input.
+double activation_bytes_per_token(const model::ModelConfig& m, int64_t layer, const ActivationShape& s,
+                                  bool whole_layer) {
+  const double a = s.width;
+  const double h = static_cast<double>(m.hidden_size);
+  const double tp = static_cast<double>(s.tp);
+  // Token-sized tensors outside the tensor-parallel regions are split over tp only under
+  // sequence parallelism; per-head tensors always are.
+  const double rows = s.sequence_parallel ? 1.0 / tp : 1.0;
+  const double heads = static_cast<double>(m.num_attention_heads) / tp;
+  const double input = kResidualWidth * h * rows;  // the layer's input, saved by its first norm
+  if (whole_layer) return input;
+
+  double attention_inputs = 0;  // norm output, projections and latents up to the core's q, k, v
+  double core_inputs = 0;       // q, k, v: saved by the attention core
+  double value_width = 0;       // per head: of v and of the core's output
+  if (m.uses_gqa()) {
+    const double hd = static_cast<double>(m.gqa_head_dim());
+    value_width = hd;
+    attention_inputs = a * h * rows + kStatWidth * rows;
+    core_inputs = a * hd * (heads + 2.0 * std::max(heads, static_cast<double>(m.num_key_value_heads) / tp));
+  } else {
+    const double dn = static_cast<double>(m.qk_nope_head_dim), dr = static_cast<double>(m.qk_rope_head_dim);
+    const double dv = static_cast<double>(m.v_head_dim), rkv = static_cast<double>(m.kv_lora_rank);
+    value_width = dv;
+    attention_inputs = a * h * rows + kStatWidth * rows;                                   // normed input
+    if (m.q_lora_rank) attention_inputs += 2.0 * a * static_cast<double>(*m.q_lora_rank);  // q latent, normed
+    attention_inputs += a * (rkv + dr) + a * rkv;      // compressed kv, normed latent
+    core_inputs = a * heads * (2.0 * (dn + dr) + dv);  // q, k (nope and rotary), v
+  }
+  if (s.selective) attention_inputs = 0;
+  const double core = 2.0 * a * heads * value_width + kStatWidth * heads;  // SDPA output, merged heads, lse
+
+  double ffn = kResidualWidth * h * rows + kStatWidth * rows + a * h * rows;  // post-attention norm in, out
+  if (m.is_moe_layer(layer)) {
+    const double k = static_cast<double>(m.num_experts_per_tok);
+    const double width = static_cast<double>(m.moe_intermediate_size);
+    const double shared = static_cast<double>(m.n_shared_experts) * width / tp;
+    // Each tp rank routes its share of the tokens (docs/model.md#moe-layer).
+    const double routed_share = s.sequence_parallel ? rows : 1.0 / tp;
+    ffn += (a < 4.0 ? 4.0 * h * routed_share : 0.0) + 4.0 * static_cast<double>(m.n_routed_experts) * routed_share;
+    ffn += routed_share * k * (2.0 * a * h + 3.0 * a * width);  // permuted rows, gate/up, product, expert outputs
+    ffn += 3.0 * a * shared;
+  } else {
+    ffn += 3.0 * a * static_cast<double>(m.intermediate_size) / tp;
+  }
+  return input + attention_inputs + core_inputs + core + ffn;
+}
+
+// Bytes per token of the micro-batch that the last stage keeps outside its decoder layers: the
+// final norm, the MTP modules (each a decoder layer behind its own norms and projection; never
+// recomputed whole) and the head with its cross-entropy, whose fp32 log-probabilities [rows, V/tp]
+// are the largest part for big vocabularies.
+double head_activation_bytes_per_token(const model::ModelConfig& m, const ActivationShape& s) {
+  const double a = s.width;
+  const double h = static_cast<double>(m.hidden_size);
+  const double vocab = static_cast<double>(m.vocab_size) / static_cast<double>(s.tp);
+  const double depths = static_cast<double>(m.num_nextn_predict_layers);
+  const double rows = s.sequence_parallel ? 1.0 / static_cast<double>(s.tp) : 1.0;
+  double bytes = (kResidualWidth + a) * h * rows + kStatWidth * rows;  // final norm in and out
+  for (int64_t depth = 1; depth <= m.num_nextn_predict_layers; ++depth) {
+    // embedding, enorm/hnorm outputs, their concatenation, the block, shared_head.norm in and out
+    bytes += kResidualWidth * h + 4.0 * a * h + 2.0 * a * h;
+    bytes += activation_bytes_per_token(m, m.num_hidden_layers + depth - 1, s, /*whole_layer=*/false);
+  }
+  bytes += (1.0 + depths) * (a * h + 4.0 * vocab);  // head input rows, fp32 log-probabilities
+  return bytes;
+}
+
+}  // namespace
 
 std::vector<RankMemory> estimate_memory(const JobConfig& config, Precision precision, int64_t zero_stage) {
   TANDEM_CHECK(precision != Precision::kAuto, "estimate_memory needs a resolved precision (resolve_precision)");
@@ -42,12 +129,19 @@ std::vector<RankMemory> estimate_memory(const JobConfig& config, Precision preci
   const int64_t edp = dp * p.tp / p.ep;
   const int64_t routed_per_layer = m.n_routed_experts * model::expert_params(m);
   const int64_t tokens = config.data.micro_batch_size * config.data.seq_length;
+  const model::RecomputePolicy recompute = config.train.recompute_policy();
+  ActivationShape shape;
+  shape.width = bf16 ? 2.0 : 4.0;
+  shape.tp = p.tp;
+  shape.sequence_parallel = p.sequence_parallel && p.tp > 1;
+  shape.selective = recompute.selective();
 
   std::vector<RankMemory> ranks;
   for (int64_t rank = 0; rank < p.pp; ++rank) {
     RankMemory memory;
     memory.pp_rank = rank;
     double dense_params = 0, routed_params = 0, persistent_params = 0, activation_per_chunk = 0;
+    double transient = 0;
     for (int chunk = 0; chunk < chunks; ++chunk) {
       const int64_t stage = placement.stage_of(static_cast<int>(rank), chunk);
       const model::StageSpec& spec = specs[static_cast<size_t>(stage)];
@@ -60,11 +154,18 @@ std::vector<RankMemory> estimate_memory(const JobConfig& config, Precision preci
       }
       for (int64_t layer = spec.layer_begin; layer < spec.layer_end; ++layer) {
         if (m.is_moe_layer(layer)) routed += routed_per_layer;
-        const double mlp_width = m.is_moe_layer(layer)
-                                     ? static_cast<double>(m.num_experts_per_tok + m.n_shared_experts) *
-                                           m.moe_intermediate_size
-                                     : static_cast<double>(m.intermediate_size) / p.tp;
-        activation_per_chunk += weight_width * tokens * (17.0 * m.hidden_size / p.tp + 3.0 * mlp_width);
+        const bool whole_layer = recompute.recomputes_whole_layer(layer - spec.layer_begin);
+        activation_per_chunk += tokens * activation_bytes_per_token(m, layer, shape, whole_layer);
+      }
+      // Alive once, not per live micro-batch: the gradient of the first cross-entropy that
+      // backward computes (fp32 [rows, V/tp] twice), or a fully recomputed layer's whole
+      // activations while its backward runs.
+      if (spec.is_last()) {
+        activation_per_chunk += tokens * head_activation_bytes_per_token(m, shape);
+        transient = std::max(transient, tokens * 2.0 * 4.0 * static_cast<double>(m.vocab_size) / p.tp);
+      }
+      if (recompute.mode == model::RecomputeMode::kFull && spec.layer_end > spec.layer_begin) {
+        transient = std::max(transient, tokens * activation_bytes_per_token(m, spec.layer_begin, shape, false));
       }
       dense_params += static_cast<double>(all - routed) / p.tp;
       // Outside decoder layers: embedding (or its copy), final norm, head; not the MTP modules.
@@ -88,7 +189,7 @@ std::vector<RankMemory> estimate_memory(const JobConfig& config, Precision preci
     memory.grad_bytes = bytes.grad_bytes;
     memory.optimizer_bytes = bytes.optimizer_bytes;
     memory.live_microbatches = played.ranks[static_cast<size_t>(rank)].peak_live_chunks;
-    memory.activation_bytes = activation_per_chunk / chunks * static_cast<double>(memory.live_microbatches);
+    memory.activation_bytes = activation_per_chunk / chunks * static_cast<double>(memory.live_microbatches) + transient;
     ranks.push_back(memory);
   }
   return ranks;

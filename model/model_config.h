@@ -89,6 +89,7 @@ struct ModelConfig {
   double aux_loss_alpha = 0.0;           // sequence-wise balance loss weight (V3: 1e-4)
   double bias_update_speed = 0.001;      // tandem: gamma of the auxiliary-loss-free bias update
   double capacity_factor = 0.0;          // tandem: 0 = no token dropping (V3)
+  bool force_balanced_routing = false;   // tandem, benchmarks only: see docs/model.md#moe-routing
   double initializer_range = 0.006;
 
   template <class V>
@@ -134,6 +135,9 @@ struct ModelConfig {
       {.doc = "Auxiliary-loss-free balancing: bias step gamma per optimizer step", .min = 0});
     v("capacity_factor", capacity_factor,
       {.doc = "Expert capacity as a multiple of the even share; 0 = no token dropping", .min = 0});
+    v("force_balanced_routing", force_balanced_routing,
+      {.doc = "Benchmarks only: token n's k-th expert is (n*K + k) mod E instead of the router's choice "
+              "(gates still from the router), so every expert gets the same load"});
     v("initializer_range", initializer_range, {.doc = "Standard deviation of the normal weight init", .min = 0});
   }
 

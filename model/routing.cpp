@@ -19,6 +19,7 @@ RoutingOptions routing_options(const ModelConfig& c) {
   o.sigmoid = c.scoring_func == ScoringFunc::kSigmoid;
   o.norm_topk_prob = c.norm_topk_prob;
   o.routed_scaling_factor = c.routed_scaling_factor;
+  o.force_balanced = c.force_balanced_routing;
   return o;
 }
 
@@ -47,7 +48,13 @@ at::Tensor group_limited_topk(const at::Tensor& selection, const RoutingOptions&
 Routing route(const at::Tensor& logits, const at::Tensor& bias, const RoutingOptions& o) {
   Routing r;
   r.scores = o.sigmoid ? at::sigmoid(logits) : at::softmax(logits, -1);  // [N, E]
-  if (r.scores.is_cuda()) {
+  if (o.force_balanced) {
+    // The same rule as torchtitan's moe_force_load_balance, so that speed comparisons route
+    // identically: rows numbered batch-major, each expert receiving N*K/E rows.
+    const int64_t n = r.scores.size(0);
+    r.topk_idx = at::remainder(at::arange(n * o.top_k, r.scores.options().dtype(at::kLong)), o.num_experts)
+                     .view({n, o.top_k});  // [N, K]
+  } else if (r.scores.is_cuda()) {
     // One fused kernel for the selection (fp32 sigmoid scores; otherwise the same math below).
     r.topk_idx = routing_topk(r.scores, bias, o).first;  // [N, K]
   } else {

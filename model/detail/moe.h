@@ -29,6 +29,8 @@ struct RoutingOptions {
   bool sigmoid = true;  // else softmax over experts
   bool norm_topk_prob = true;
   double routed_scaling_factor = 1.0;
+  // Benchmarks only (ModelConfig::force_balanced_routing): row n's k-th expert is (n*K + k) mod E.
+  bool force_balanced = false;
 };
 RoutingOptions routing_options(const ModelConfig& config);
 

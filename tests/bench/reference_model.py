@@ -3,13 +3,16 @@
 
 Builds the same model as tandem_train_bench (from the JSON that `tandem_train_bench
 --model-json` writes: architecture, batch, precision, optimizer), written the way a user would
-write it in eager PyTorch: nn.Linear layers, RMSNorm in fp32, rotary embeddings, causal
-F.scaled_dot_product_attention, SwiGLU MLPs, and for MoE layers a sigmoid router with the
+write it in eager PyTorch: nn.Linear layers, RMSNorm in fp32, interleaved rotary embeddings
+(optionally YaRN-scaled), causal F.scaled_dot_product_attention as GQA/MHA or as DeepSeek's
+multi-head latent attention (MLA), SwiGLU MLPs, for MoE layers a sigmoid router with the
 auxiliary-loss-free selection bias and the per-expert loop of Hugging Face's DeepseekV3MoE
-(gather each expert's tokens, run it, index_add the weighted output back). One step: bf16
-autocast forward with fp32 master weights, cross-entropy in fp32, backward, global-norm
-clipping, torch.optim.AdamW, routing-bias update; the same fixed random batch every step.
-Prints one JSON line with the same keys as tandem_train_bench.
+(gather each expert's tokens, run it, index_add the weighted output back), and DeepSeek-V3's
+multi-token-prediction (MTP) modules. The math is docs/model.md's. One step: bf16 autocast
+forward with fp32 master weights, cross-entropy in fp32, backward of lm_loss + mtp_loss,
+global-norm clipping, torch.optim.AdamW, routing-bias update; the same fixed random batch every
+step. Prints one JSON line with the same keys as tandem_train_bench ("final_loss" is the
+next-token lm_loss, as tandem reports it), plus "final_mtp_loss".
 
 Usage: reference_model.py --model-json PATH [--steps N] [--warmup N] [--device cuda|cpu] [--label NAME]
                           [--profile TRACE.json]
@@ -38,16 +41,52 @@ class RMSNorm(nn.Module):
         return normed.to(x.dtype) * self.weight
 
 
-def rotary_tables(head_dim, seq_len, theta, device):
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # [T, hd/2]
-    return angles.cos().float().to(device), angles.sin().float().to(device)
+def yarn_mscale(factor, m):
+    return 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+
+def uses_yarn(cfg):
+    return cfg["rope_scaling"] == "yarn" and cfg["rope_factor"] > 1
+
+
+def softmax_scale(cfg, qk_dim):
+    # docs/model.md#yarn-scaling: d_qk^-0.5, times mscale(factor, mscale_all_dim)^2 under YaRN.
+    scale = qk_dim ** -0.5
+    if uses_yarn(cfg):
+        scale *= yarn_mscale(cfg["rope_factor"], cfg["rope_mscale_all_dim"]) ** 2
+    return scale
+
+
+def rotary_tables(cfg, seq_len, device):
+    # Rotary width: qk_rope_head_dim for MLA, the whole head for GQA. YaRN blends each base
+    # frequency with base/factor along a ramp that is linear in the frequency index.
+    dim = cfg["qk_rope_head_dim"] if cfg["attention_type"] == "mla" else cfg["head_dim"]
+    theta = cfg["rope_theta"]
+    index = torch.arange(0, dim // 2, dtype=torch.float64)
+    inv_freq = theta ** (-2.0 * index / dim)
+    amplitude = 1.0
+    if uses_yarn(cfg):
+        factor, original = cfg["rope_factor"], cfg["rope_original_max_position_embeddings"]
+
+        def corr(rotations):  # index whose wavelength fits `rotations` times into `original`
+            return dim * math.log(original / (2 * math.pi * rotations)) / (2 * math.log(theta))
+
+        low = max(math.floor(corr(cfg["rope_beta_fast"])), 0)
+        high = min(math.ceil(corr(cfg["rope_beta_slow"])), dim - 1)
+        if high == low:
+            high += 0.001
+        ramp = ((index - low) / (high - low)).clamp(0, 1)
+        inv_freq = inv_freq * (1 - ramp) + (inv_freq / factor) * ramp
+        amplitude = yarn_mscale(factor, cfg["rope_mscale"]) / yarn_mscale(factor, cfg["rope_mscale_all_dim"])
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)  # [T, dim/2]
+    return (angles.cos() * amplitude).float().to(device), (angles.sin() * amplitude).float().to(device)
 
 
 def apply_rotary(x, cos, sin):
-    # Interleaved pairs (x0, x1), (x2, x3), ... rotated by position: x [B, H, T, hd].
+    # Interleaved pairs (x0, x1), (x2, x3), ... rotated by position: x [B, H, T, dim], in fp32
+    # against the fp32 tables, back in x's dtype.
     even, odd = x[..., 0::2], x[..., 1::2]
-    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -61,6 +100,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, hidden, bias=False)
+        self.scale = softmax_scale(cfg, self.head_dim)
 
     def forward(self, x, cos, sin):
         b, t, _ = x.shape
@@ -71,8 +111,45 @@ class Attention(nn.Module):
         if self.kv_heads != self.heads:
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+
+class MLA(nn.Module):
+    """Multi-head latent attention, the training form (docs/model.md#mla-attention): k_nope and v
+    come per head out of kv_b_proj of the normed latent c_kv; one rotary key k_pe for all heads."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        hidden, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
+        self.heads = cfg["num_attention_heads"]
+        self.nope, self.rope, self.v_dim = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+        self.kv_rank, self.q_rank = cfg["kv_lora_rank"], cfg["q_lora_rank"]
+        q_width = self.heads * (self.nope + self.rope)
+        if self.q_rank is None:
+            self.q_proj = nn.Linear(hidden, q_width, bias=False)
+        else:
+            self.q_a_proj = nn.Linear(hidden, self.q_rank, bias=False)
+            self.q_a_layernorm = RMSNorm(self.q_rank, eps)
+            self.q_b_proj = nn.Linear(self.q_rank, q_width, bias=False)
+        self.kv_a_proj_with_mqa = nn.Linear(hidden, self.kv_rank + self.rope, bias=False)
+        self.kv_a_layernorm = RMSNorm(self.kv_rank, eps)
+        self.kv_b_proj = nn.Linear(self.kv_rank, self.heads * (self.nope + self.v_dim), bias=False)
+        self.o_proj = nn.Linear(self.heads * self.v_dim, hidden, bias=False)
+        self.scale = softmax_scale(cfg, self.nope + self.rope)
+
+    def forward(self, x, cos, sin):
+        b, t, _ = x.shape
+        q = self.q_proj(x) if self.q_rank is None else self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q_nope, q_rope = q.view(b, t, self.heads, -1).transpose(1, 2).split([self.nope, self.rope], dim=-1)
+        c_kv, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_rank, self.rope], dim=-1)  # k_pe not normed
+        kv = self.kv_b_proj(self.kv_a_layernorm(c_kv)).view(b, t, self.heads, -1).transpose(1, 2)
+        k_nope, v = kv.split([self.nope, self.v_dim], dim=-1)  # [B, H, T, dn], [B, H, T, dv]
+        k_rope = apply_rotary(k_pe.unsqueeze(1), cos, sin).expand(b, self.heads, t, self.rope)
+        q = torch.cat((q_nope, apply_rotary(q_rope, cos, sin)), dim=-1)  # [B, H, T, dn+dr]
+        k = torch.cat((k_nope, k_rope), dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # [B, H, T, dv]
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.v_dim))
 
 
 class SwiGLU(nn.Module):
@@ -95,6 +172,7 @@ class MoE(nn.Module):
         self.n_group, self.topk_group = cfg["n_group"], cfg["topk_group"]
         self.norm_topk_prob = cfg["norm_topk_prob"]
         self.scaling = cfg["routed_scaling_factor"]
+        self.force_balanced = cfg.get("force_balanced_routing", False)
         self.gate = nn.Linear(hidden, self.num_experts, bias=False)
         self.register_buffer("e_score_correction_bias", torch.zeros(self.num_experts))
         self.experts = nn.ModuleList(SwiGLU(hidden, width) for _ in range(self.num_experts))
@@ -115,6 +193,9 @@ class MoE(nn.Module):
             mask = kept.unsqueeze(-1).expand_as(grouped).reshape(n, -1)
             selection = selection.masked_fill(~mask, float("-inf"))
         topk_idx = selection.topk(self.top_k, dim=-1).indices  # [N, K]
+        if self.force_balanced:  # row n's k-th expert is (n*K + k) mod E (docs/model.md#moe-routing)
+            n = topk_idx.shape[0]
+            topk_idx = (torch.arange(n * self.top_k, device=x.device) % self.num_experts).view(n, self.top_k)
         weights = scores.gather(1, topk_idx)
         if self.norm_topk_prob:
             weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
@@ -144,7 +225,7 @@ class Layer(nn.Module):
     def __init__(self, cfg, index):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
-        self.self_attn = Attention(cfg)
+        self.self_attn = MLA(cfg) if cfg["attention_type"] == "mla" else Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
         moe = cfg["n_routed_experts"] > 0 and index >= cfg["first_k_dense_replace"]
         self.mlp = MoE(cfg) if moe else SwiGLU(cfg["hidden_size"], cfg["intermediate_size"])
@@ -154,13 +235,35 @@ class Layer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class MTPModule(Layer):
+    """Multi-token prediction module (docs/model.md#multi-token-prediction): eh_proj of
+    [enorm(embedding) ; hnorm(previous hidden)], then one decoder layer (whose parameters sit
+    flat beside enorm/hnorm/eh_proj, as in Hugging Face's layout) and its own output norm."""
+
+    def __init__(self, cfg, index):
+        super().__init__(cfg, index)
+        hidden, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
+        self.enorm = RMSNorm(hidden, eps)
+        self.hnorm = RMSNorm(hidden, eps)
+        self.eh_proj = nn.Linear(2 * hidden, hidden, bias=False)
+        self.shared_head = nn.Module()
+        self.shared_head.norm = RMSNorm(hidden, eps)
+
+    def forward(self, prev, emb, cos, sin):
+        return super().forward(self.eh_proj(torch.cat((self.enorm(emb), self.hnorm(prev)), dim=-1)), cos, sin)
+
+
 class Model(nn.Module):
     def __init__(self, cfg):
         super().__init__()
+        n = cfg["num_hidden_layers"]
         self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(Layer(cfg, i) for i in range(cfg["num_hidden_layers"]))
+        self.layers = nn.ModuleList(Layer(cfg, i) for i in range(n))
         self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
         self.lm_head = nn.Linear(cfg["hidden_size"], cfg["vocab_size"], bias=False)
+        # MTP module k (1..D) is decoder layer N+k-1: MoE or dense by that index.
+        self.mtp = nn.ModuleList(MTPModule(cfg, n + k) for k in range(cfg["num_nextn_predict_layers"]))
+        self.mtp_loss_weight = cfg.get("mtp_loss_weight", 0.0)
         if cfg["tie_word_embeddings"]:
             self.lm_head.weight = self.embed_tokens.weight
         for name, p in self.named_parameters():
@@ -169,34 +272,52 @@ class Model(nn.Module):
             else:
                 nn.init.normal_(p, std=cfg["initializer_range"])
 
+    def cross_entropy(self, normed, labels):
+        return F.cross_entropy(self.lm_head(normed).float().flatten(0, 1), labels.flatten())
+
     def forward(self, tokens, cos, sin):
-        inputs, labels = tokens[:, :-1], tokens[:, 1:]
-        x = self.embed_tokens(inputs)
+        """Returns (lm_loss, mtp_loss); the training loss is their sum (no balance loss here)."""
+        t = tokens.shape[1] - 1
+        h = self.embed_tokens(tokens[:, :t])
         for layer in self.layers:
-            x = layer(x, cos, sin)
-        logits = self.lm_head(self.norm(x))
-        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+            h = layer(h, cos, sin)
+        lm_loss = self.cross_entropy(self.norm(h), tokens[:, 1:])
+        mtp_losses = []
+        for k, mtp in enumerate(self.mtp, start=1):  # depth k predicts the token k+1 ahead
+            n = t - k  # positions whose target exists; rotary positions restart at 0
+            h = mtp(h[:, :n], self.embed_tokens(tokens[:, k:k + n]), cos[:n], sin[:n])
+            mtp_losses.append(self.cross_entropy(mtp.shared_head.norm(h), tokens[:, k + 1:]))
+        mtp_loss = self.mtp_loss_weight / len(mtp_losses) * sum(mtp_losses) if mtp_losses else torch.zeros_like(lm_loss)
+        return lm_loss, mtp_loss
+
+    def moe_layers(self):
+        return [layer.mlp for layer in [*self.layers, *self.mtp] if isinstance(layer.mlp, MoE)]
 
     def update_routing_bias(self, speed):
         with torch.no_grad():
-            for layer in self.layers:
-                if isinstance(layer.mlp, MoE) and layer.mlp.load is not None:
-                    load = layer.mlp.load.float()
-                    layer.mlp.e_score_correction_bias += speed * torch.sign(load.mean() - load)
+            for moe in self.moe_layers():
+                if moe.load is not None:
+                    load = moe.load.float()
+                    moe.e_score_correction_bias += speed * torch.sign(load.mean() - load)
+
+    def load_imbalance(self):
+        """As tandem's trainer: mean over MoE layers (MTP blocks included) of max / mean load."""
+        ratios = [(m.load.max() / m.load.float().mean()).item() for m in self.moe_layers() if m.load is not None]
+        return sum(ratios) / len(ratios) if ratios else 1.0
 
 
 def check_supported(cfg):
     problems = []
-    if cfg["attention_type"] != "gqa":
-        problems.append(f"attention_type {cfg['attention_type']} (the reference has gqa/MHA only)")
-    if cfg["num_nextn_predict_layers"] != 0:
-        problems.append("MTP modules (set model.num_nextn_predict_layers: 0)")
+    if cfg["attention_type"] not in ("gqa", "mla"):
+        problems.append(f"attention_type {cfg['attention_type']}")
+    if cfg["num_nextn_predict_layers"] > 0 and "mtp_loss_weight" not in cfg:
+        problems.append("MTP modules but no mtp_loss_weight in the JSON (an older tandem_train_bench)")
     if cfg["n_routed_experts"] > 0 and cfg["scoring_func"] != "sigmoid":
         problems.append("softmax routing")
     if cfg["aux_loss_alpha"] > 0:
         problems.append("the sequence-wise balance loss (aux_loss_alpha > 0)")
-    if cfg["rope_scaling"] != "none":
-        problems.append("rope_scaling")
+    if cfg["rope_scaling"] not in ("none", "yarn"):
+        problems.append(f"rope_scaling {cfg['rope_scaling']}")
     if problems:
         sys.exit("reference_model.py: this config uses " + ", ".join(problems))
 
@@ -209,11 +330,15 @@ def main():
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--label", default="")
     parser.add_argument("--count-params", action="store_true", help="print the parameter count and exit")
+    parser.add_argument("--force-balanced", action="store_true",
+                        help="route token n's k-th slot to expert (n*K + k) mod E (also set by the JSON's "
+                             "force_balanced_routing)")
     parser.add_argument("--profile", default="", help="after timing, record one step with torch.profiler "
                         "and write it as a Chrome trace to this path")
     args = parser.parse_args()
     with open(args.model_json) as f:
         cfg = json.load(f)
+    cfg["force_balanced_routing"] = cfg.get("force_balanced_routing", False) or args.force_balanced
     check_supported(cfg)
     if args.count_params:
         with torch.device("meta"):
@@ -231,18 +356,18 @@ def main():
     batch, seq = cfg["micro_batch_size"], cfg["seq_length"]
     generator = torch.Generator().manual_seed(cfg["seed"])
     tokens = torch.randint(0, cfg["vocab_size"], (batch, seq + 1), generator=generator).to(device)
-    cos, sin = rotary_tables(cfg["head_dim"], seq, cfg["rope_theta"], device)
+    cos, sin = rotary_tables(cfg, seq, device)
     bf16 = cfg["bf16"]
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(tokens, cos, sin)
-        loss.backward()
+            lm_loss, mtp_loss = model(tokens, cos, sin)
+        (lm_loss + mtp_loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         optimizer.step()
         model.update_routing_bias(cfg["bias_update_speed"])
-        return loss.detach()
+        return lm_loss.detach(), mtp_loss.detach()
 
     def sync():
         if device.type == "cuda":
@@ -255,7 +380,7 @@ def main():
     sync()
     start = time.perf_counter()
     for _ in range(args.steps):
-        loss = step()
+        loss, mtp_loss = step()
     sync()
     seconds = time.perf_counter() - start
     if args.profile:  # after timing: the profiler's overhead stays out of the figures
@@ -280,7 +405,9 @@ def main():
         "tokens_per_s": round(tokens_per_s, 1),
         "mfu": cfg["flops_per_token"] * tokens_per_s / peak_flops,
         "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0,
-        "final_loss": float(loss),
+        "final_loss": float(loss),  # lm_loss, as tandem_train_bench reports it
+        "final_mtp_loss": float(mtp_loss),  # (mtp_loss_weight / D) * sum of the depths' losses
+        "imbalance": round(model.load_imbalance(), 3),  # 1.0 without MoE layers, as tandem
         "torch": torch.__version__,
     }
     print(json.dumps(result), flush=True)

@@ -46,12 +46,14 @@ namespace {
 
 constexpr const char* kUsage =
     "usage: tandem_train_bench JOB.yaml [--steps N] [--warmup N] [--set key=value]... [--label NAME]\n"
-    "                          [--model-json PATH] [--describe] [--profile TRACE.json]\n"
+    "                          [--model-json PATH] [--describe] [--profile TRACE.json] [--print-load]\n"
     "Runs N timed optimizer steps (after warm-up) of the job's model with micro_batch_size x seq_length\n"
     "tokens per step on run.device and prints one JSON line of throughput, MFU and peak memory.\n"
     "--describe: only resolve the job, write --model-json and print the parameter and FLOP counts.\n"
     "--profile: after the timed steps, record one more step with the Kineto profiler (host ops and\n"
-    "device kernels) and write it as a Chrome trace (tests/bench/profile_summary.py reads it).\n";
+    "device kernels) and write it as a Chrome trace (tests/bench/profile_summary.py reads it).\n"
+    "--print-load: add the last step's tokens per expert (\"expert_load\", one row per MoE layer) to the\n"
+    "line; with --steps 1 --warmup 0 that is the routing of the initial weights (compare devices).\n";
 
 struct Options {
   std::string config_path;
@@ -61,6 +63,7 @@ struct Options {
   std::string label;
   std::string model_json;
   bool describe = false;
+  bool print_load = false;
   std::string profile_path;
 };
 
@@ -86,6 +89,8 @@ Options parse(int argc, char** argv) {
       o.profile_path = value();
     } else if (arg == "--describe") {
       o.describe = true;
+    } else if (arg == "--print-load") {
+      o.print_load = true;
     } else if (arg == "--help" || arg == "-h") {
       std::fputs(kUsage, stdout);
       std::exit(0);
@@ -165,6 +170,13 @@ void write_model_json(const std::string& path, const launch::JobConfig& job, boo
   o["num_attention_heads"] = m.num_attention_heads;
   o["num_key_value_heads"] = m.num_key_value_heads;
   o["head_dim"] = m.gqa_head_dim();
+  // MLA (attention_type "mla"); q_lora_rank null means a direct q_proj.
+  o["q_lora_rank"] = m.q_lora_rank ? nlohmann::ordered_json(*m.q_lora_rank) : nlohmann::ordered_json(nullptr);
+  o["kv_lora_rank"] = m.kv_lora_rank;
+  o["qk_nope_head_dim"] = m.qk_nope_head_dim;
+  o["qk_rope_head_dim"] = m.qk_rope_head_dim;
+  o["v_head_dim"] = m.v_head_dim;
+  o["max_position_embeddings"] = m.max_position_embeddings;
   o["n_routed_experts"] = m.n_routed_experts;
   o["n_shared_experts"] = m.n_shared_experts;
   o["num_experts_per_tok"] = m.num_experts_per_tok;
@@ -178,10 +190,18 @@ void write_model_json(const std::string& path, const launch::JobConfig& job, boo
   o["rope_theta"] = json::number(m.rope_theta);
   o["tie_word_embeddings"] = m.tie_word_embeddings;
   o["num_nextn_predict_layers"] = m.num_nextn_predict_layers;
+  o["mtp_loss_weight"] = json::number(m.mtp_loss_weight);
   o["aux_loss_alpha"] = json::number(m.aux_loss_alpha);
   o["bias_update_speed"] = json::number(m.bias_update_speed);
+  o["force_balanced_routing"] = m.force_balanced_routing;
   o["initializer_range"] = json::number(m.initializer_range);
   o["rope_scaling"] = config::enum_name(m.rope_scaling.type);
+  o["rope_factor"] = json::number(m.rope_scaling.factor);
+  o["rope_original_max_position_embeddings"] = m.rope_scaling.original_max_position_embeddings;
+  o["rope_beta_fast"] = json::number(m.rope_scaling.beta_fast);
+  o["rope_beta_slow"] = json::number(m.rope_scaling.beta_slow);
+  o["rope_mscale"] = json::number(m.rope_scaling.mscale);
+  o["rope_mscale_all_dim"] = json::number(m.rope_scaling.mscale_all_dim);
   o["micro_batch_size"] = job.data.micro_batch_size;
   o["seq_length"] = job.data.seq_length;
   o["bf16"] = bf16;
@@ -214,6 +234,7 @@ class BenchStep {
  public:
   BenchStep(const launch::JobConfig& job, const launch::TrainingDevice& on)
       : job_(job), on_(on), model_(job.model, static_cast<uint64_t>(job.run.seed)) {
+    model_.whole().set_recompute(job.train.recompute_policy());
     model_.to(on.device);
     model_.train(true);
     parallel::DataParallelOptions options;
@@ -242,13 +263,27 @@ class BenchStep {
     const double grad_norm = optimizer_->global_grad_norm();  // the step's one host sync
     optimizer_->step(job_.optim.lr, parallel::clip_scale(grad_norm, job_.optim.grad_clip));
     if (job_.model.n_routed_experts > 0) {
-      model_.update_routing_bias(model_.expert_load());
+      const at::Tensor load = model_.expert_load();
+      imbalance_ = model::load_imbalance(load);
+      last_load_ = load;
+      model_.update_routing_bias(load);
       model_.reset_expert_load();
     }
     last_loss_ = pieces.lm_loss.detach();
   }
 
   double last_loss() const { return last_loss_.item<double>(); }
+  double last_imbalance() const { return imbalance_; }  // model::load_imbalance of the last step
+  // Tokens per expert of the last step, one row per MoE layer (main layers, then MTP blocks).
+  std::vector<std::vector<int64_t>> last_load() const {
+    std::vector<std::vector<int64_t>> rows;
+    for (int64_t layer = 0; last_load_.defined() && layer < last_load_.size(0); ++layer) {
+      const at::Tensor row = last_load_[layer].contiguous();
+      if (row.sum().item<int64_t>() == 0) continue;  // a dense layer
+      rows.emplace_back(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + row.numel());
+    }
+    return rows;
+  }
 
  private:
   const launch::JobConfig& job_;
@@ -257,6 +292,8 @@ class BenchStep {
   std::unique_ptr<parallel::DataParallelOptimizer> optimizer_;
   at::Tensor tokens_;
   at::Tensor last_loss_;
+  double imbalance_ = 1.0;
+  at::Tensor last_load_;
 };
 
 int run(const Options& options) {
@@ -306,6 +343,12 @@ int run(const Options& options) {
   line["mfu"] = json::rounded(flops_per_token * tokens_per_s / peak_flops, 5);
   line["peak_mem_gib"] = json::rounded(peak_memory_gib(device), 3);
   line["final_loss"] = json::rounded(step.last_loss(), 5);
+  line["imbalance"] = json::rounded(step.last_imbalance(), 3);
+  if (options.print_load) line["expert_load"] = step.last_load();
+  line["recompute"] = config::enum_name(job.train.recompute);
+  // What check-config predicts for this job (launch/plan/memory_estimate.h), beside the peak.
+  line["estimated_mem_gib"] =
+      json::rounded(launch::estimate_memory(job, trained_on.precision).front().total_bytes() / 1073741824.0, 3);
   print_json_line(line);
   return 0;
 }

@@ -112,11 +112,6 @@ run_peer() {
     pytorch) "$python" "$here/reference_model.py" --model-json "$out/$label.model.json" --steps "$steps" \
                --warmup "$warmup" --label "$label" --device "$device" "$@" > "$file" || rc=$? ;;
     torchtitan|megatron)
-      local module=$peer
-      [ "$peer" = megatron ] && module=megatron.core
-      if ! PYTHONPATH="$peer_site/$peer${PYTHONPATH:+:$PYTHONPATH}" "$python" -c "import $module" 2>/dev/null; then
-        echo "   $peer is not installed (--install-peers): skipped" >&2; return 0
-      fi
       PYTHONPATH="$peer_site/$peer${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 "$python" "$here/peers/${peer}_peer.py" \
         --model-json "$out/$label.model.json" --steps "$steps" --warmup "$warmup" --label "$label" --device "$device" \
         "$@" > "$file" || rc=$? ;;
@@ -131,6 +126,13 @@ run_peer() {
 }
 # A peer that has no MTP (torchtitan 0.2.x) runs against a tandem variant without it.
 peer_without_mtp() { [ "$1" = torchtitan ]; }
+# Whether PEER can be imported (eager PyTorch always can).
+peer_installed() {
+  local module=$1
+  [ "$1" = pytorch ] && return 0
+  [ "$1" = megatron ] && module=megatron.core
+  PYTHONPATH="$peer_site/$1${PYTHONPATH:+:$PYTHONPATH}" "$python" -c "import $module" 2>/dev/null
+}
 
 results=()
 memory_results=()
@@ -147,6 +149,10 @@ for model in $models; do
     "$out/$model.model.json")
   nomtp_done=0
   for peer in $peers; do
+    if ! peer_installed "$peer"; then
+      echo "== $model: $peer is not installed (--install-peers): skipped" >&2
+      continue
+    fi
     label=$model
     if [ "$has_mtp" = 1 ] && peer_without_mtp "$peer"; then
       label=${model}_nomtp

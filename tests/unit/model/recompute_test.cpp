@@ -124,7 +124,7 @@ TEST(ModelRecompute, EveryModeIsBitIdenticalToNone) {
   }
 }
 
-TEST(ModelRecompute, NoGradForwardRunsPlainAndEvalKeepsNoNode) {
+TEST(ModelRecompute, NoGradForwardRunsPlain) {
   ModelConfig c = tiny_config();
   Model model(c, 3);
   model.whole().set_recompute({RecomputeMode::kFull, 0});
@@ -132,6 +132,7 @@ TEST(ModelRecompute, NoGradForwardRunsPlainAndEvalKeepsNoNode) {
   const torch::NoGradGuard no_grad;
   const LossPieces losses = model.forward_loss(toks);
   EXPECT_FALSE(losses.loss.requires_grad());
+  EXPECT_FALSE(losses.loss.grad_fn());
   EXPECT_TRUE(std::isfinite(losses.loss.item<double>()));
 }
 

@@ -15,8 +15,9 @@
 # (n*K + k) mod E, torchtitan's rule) so that all route the same, even load; --natural-routing
 # lets each router choose. A peer that cannot express a job (e.g. torchtitan's DeepSeek-V3 and a
 # GQA model) is reported and skipped. With --memory also: moe_1b under train.recompute none,
-# selective and full, and at sequence 32768 (YaRN, full recomputation), each with its measured
-# peak against check-config's estimate (bench_table.py --memory). Results (JSON lines, the
+# selective and full, and at sequence 32768 (YaRN, full recomputation; also beside torchtitan with
+# its full activation checkpointing, without MTP), each with its measured peak against
+# check-config's estimate (bench_table.py --memory). Results (JSON lines, the
 # tables) go to --out.
 #
 #   tests/bench/run_gpu_bench.sh --install-peers --memory   # on the GPU machine, after ./bootstrap.sh test
@@ -178,6 +179,16 @@ if [ "$memory" = 1 ]; then
         --set model.rope_scaling.original_max_position_embeddings=2048 --set train.recompute=full)
   run_tandem moe_1b_32k "$config" "${long[@]}"
   memory_results+=("$out/moe_1b_32k.tandem.json")
+  # The same long sequence beside torchtitan (no MTP there) with its own full activation
+  # checkpointing, routed as the speed table is.
+  if [[ " $peers " == *" torchtitan "* ]] && peer_installed torchtitan; then
+    routing=() peer_routing=()
+    [ "$balanced" = 1 ] && routing=(--set model.force_balanced_routing=true) peer_routing=(--force-balanced)
+    run_tandem moe_1b_32k_nomtp "$config" "${long[@]}" --set model.num_nextn_predict_layers=0 "${routing[@]}"
+    results+=("$out/moe_1b_32k_nomtp.tandem.json")
+    memory_results+=("$out/moe_1b_32k_nomtp.tandem.json")
+    run_peer torchtitan moe_1b_32k_nomtp "${peer_routing[@]}" --activation-checkpoint full
+  fi
 fi
 
 status=0

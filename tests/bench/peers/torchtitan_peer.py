@@ -233,7 +233,8 @@ def make_job_config(cfg, args, JobConfig):
     jc.optimizer.eps = float(cfg["eps"])
     jc.optimizer.weight_decay = float(cfg["weight_decay"])
     jc.optimizer.implementation = "fused"  # torchtitan's default
-    jc.activation_checkpoint.mode = "none"
+    # torchtitan's own activation checkpointing: "none" unless memory asks for it (--activation-checkpoint)
+    jc.activation_checkpoint.mode = args.activation_checkpoint
     jc.compile.enable = not args.no_compile
     jc.compile.components = ["model", "loss"]
     jc.parallelism.data_parallel_shard_degree = 1
@@ -325,6 +326,8 @@ def main():
                         "else flex")
     parser.add_argument("--force-balanced", action="store_true",
                         help="torchtitan's debug.moe_force_load_balance: round-robin expert assignment")
+    parser.add_argument("--activation-checkpoint", choices=("none", "selective", "full"), default="none",
+                        help="torchtitan's activation_checkpoint.mode (long sequences); default none")
     parser.add_argument("--step-times", action="store_true",
                         help="print each step's synchronized wall time to stderr (slows the timed loop)")
     parser.add_argument("--count-params", action="store_true", help="print the parameter count and exit")

@@ -49,14 +49,9 @@ at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
   if (ctx.recompute_attention_inputs && !ctx.recomputing) {
     // Selective recomputation: only x and the core's q, k, v stay alive until backward.
     auto self = std::static_pointer_cast<DecoderLayerImpl>(shared_from_this());
-    ForwardContext again = ctx;
-    again.recomputing = true;
-    // `first` is read only by the first run, which happens inside this call.
     qkv = run_recomputed_in_backward(
-        [self, first = &ctx, again](const std::vector<at::Tensor>& in, bool recomputing) mutable {
-          return self->attention_inputs(in[0], recomputing ? again : *first);
-        },
-        {x});
+        [self](const std::vector<at::Tensor>& in, ForwardContext& c) { return self->attention_inputs(in[0], c); }, {x},
+        ctx);
   } else {
     qkv = attention_inputs(x, ctx);
   }

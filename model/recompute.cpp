@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "model/autocast.h"
+#include "model/detail/layers.h"
 #include "model/detail/recompute.h"
 #include "runtime/error.h"
 
@@ -17,10 +18,12 @@ namespace tandem::model::detail {
 namespace {
 
 using torch::autograd::variable_list;
+// What the node runs in backward: the piece on its own copy of the forward's context.
+using Rerun = std::function<variable_list(const variable_list& inputs)>;
 
 class RecomputeNode final : public torch::autograd::Node {
  public:
-  RecomputeNode(RecomputedPiece piece, const variable_list& inputs) : piece_(std::move(piece)) {
+  RecomputeNode(Rerun piece, const variable_list& inputs) : piece_(std::move(piece)) {
     for (const at::Tensor& input : inputs) {
       saved_.push_back({input.detach(), input.requires_grad(), input._version()});
     }
@@ -45,7 +48,7 @@ class RecomputeNode final : public torch::autograd::Node {
     {
       const torch::AutoGradMode grad_on(true);
       const AutocastScope autocast(device_type_, autocast_dtype_, autocast_);
-      outputs = piece_(leaves, /*recomputing=*/true);
+      outputs = piece_(leaves);
     }
     TANDEM_CHECK(outputs.size() == grads.size(), "recomputed piece returned {} outputs, first run {}", outputs.size(),
                  grads.size());
@@ -73,7 +76,7 @@ class RecomputeNode final : public torch::autograd::Node {
     bool requires_grad;
     int64_t version;
   };
-  RecomputedPiece piece_;
+  Rerun piece_;
   std::vector<Saved> saved_;
   c10::DeviceType device_type_ = c10::DeviceType::CPU;
   bool autocast_ = false;
@@ -82,15 +85,19 @@ class RecomputeNode final : public torch::autograd::Node {
 
 }  // namespace
 
-std::vector<at::Tensor> run_recomputed_in_backward(RecomputedPiece piece, const std::vector<at::Tensor>& inputs) {
+std::vector<at::Tensor> run_recomputed_in_backward(const RecomputedPiece& piece, const std::vector<at::Tensor>& inputs,
+                                                   ForwardContext& ctx) {
   TANDEM_CHECK(!inputs.empty() && inputs.front().defined(), "a recomputed piece needs a defined first input");
-  if (!torch::GradMode::is_enabled()) return piece(inputs, /*recomputing=*/false);
+  if (!torch::GradMode::is_enabled()) return piece(inputs, ctx);
+  ForwardContext again = ctx;  // before the first run changes it (the logged balance loss)
+  again.recomputing = true;
   std::vector<at::Tensor> outputs;
   {
     const torch::NoGradGuard no_grad;
-    outputs = piece(inputs, /*recomputing=*/false);
+    outputs = piece(inputs, ctx);
   }
-  const std::shared_ptr<RecomputeNode> node(new RecomputeNode(std::move(piece), inputs), torch::autograd::deleteNode);
+  Rerun rerun = [piece, again](const variable_list& in) mutable { return piece(in, again); };
+  const std::shared_ptr<RecomputeNode> node(new RecomputeNode(std::move(rerun), inputs), torch::autograd::deleteNode);
   node->set_next_edges(torch::autograd::collect_next_edges(inputs));
   for (at::Tensor& output : outputs) {
     TANDEM_CHECK(output.is_floating_point(), "a recomputed piece's outputs must be floating tensors");

@@ -233,14 +233,11 @@ at::Tensor Stage::Impl::run_layer(DecoderLayer& layer, int64_t position, const a
   if (recompute.recomputes_whole_layer(position)) {
     // Full recomputation: only `fed` stays alive until backward, where the layer runs again
     // (inside the layer hooks: ZeRO-3 has gathered the parameters for its backward by then).
-    detail::ForwardContext again = ctx;
-    again.recomputing = true;
-    // `first` is read only by the first run, which happens inside this call.
     output = detail::run_recomputed_in_backward(
-        [layer, first = &ctx, again](const std::vector<at::Tensor>& in, bool recomputing) mutable {
-          return std::vector<at::Tensor>{layer->forward(in[0], recomputing ? again : *first)};
+        [layer](const std::vector<at::Tensor>& in, detail::ForwardContext& c) mutable {
+          return std::vector<at::Tensor>{layer->forward(in[0], c)};
         },
-        {fed})[0];
+        {fed}, ctx)[0];
   } else {
     output = layer->forward(fed, ctx);
   }

@@ -7,20 +7,24 @@
 // activation checkpointing: only the inputs are held between forward and backward.
 #pragma once
 
-#include <torch/torch.h>
+#include <ATen/core/Tensor.h>
 
 #include <functional>
 #include <vector>
 
 namespace tandem::model::detail {
 
-// The recomputed piece: deterministic in its inputs and parameters. It runs first with
-// `recomputing` false (the forward: side effects such as load counting happen here) and again in
-// backward with `recomputing` true (no side effects then: ForwardContext::recomputing).
-using RecomputedPiece = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>& inputs, bool recomputing)>;
+struct ForwardContext;  // model/detail/layers.h
 
-// Runs `piece` on `inputs` and returns its outputs, which are new tensors (never views of the
-// inputs). With grad mode off, the plain outputs. Every output must be a floating tensor.
-std::vector<at::Tensor> run_recomputed_in_backward(RecomputedPiece piece, const std::vector<at::Tensor>& inputs);
+// The recomputed piece: deterministic in its inputs and parameters. It runs first on the caller's
+// context (the forward: side effects such as load counting happen here) and again in backward on
+// a copy of it taken before the first run, with ForwardContext::recomputing set (no side effects).
+using RecomputedPiece =
+    std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>& inputs, ForwardContext& ctx)>;
+
+// Runs `piece` on `inputs` and `ctx` and returns its outputs, which are new tensors (never views
+// of the inputs). With grad mode off, the plain outputs. Every output must be a floating tensor.
+std::vector<at::Tensor> run_recomputed_in_backward(const RecomputedPiece& piece, const std::vector<at::Tensor>& inputs,
+                                                   ForwardContext& ctx);
 
 }  // namespace tandem::model::detail

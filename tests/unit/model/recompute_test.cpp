@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "model/detail/layers.h"
 #include "model/detail/recompute.h"
 #include "model/model.h"
 #include "test_util.h"
@@ -140,8 +141,12 @@ TEST(ModelRecompute, InputChangedInPlaceBeforeBackwardIsAnError) {
   const at::Tensor w = at::randn({4, 4}).requires_grad_(true);
   at::Tensor x = at::randn({2, 4}).requires_grad_(true);
   at::Tensor input = x * 1.0;  // not a leaf, so it can be changed in place
+  detail::ForwardContext ctx;
   const auto out = detail::run_recomputed_in_backward(
-      [w](const std::vector<at::Tensor>& in, bool) { return std::vector<at::Tensor>{at::matmul(in[0], w)}; }, {input});
+      [w](const std::vector<at::Tensor>& in, detail::ForwardContext&) {
+        return std::vector<at::Tensor>{at::matmul(in[0], w)};
+      },
+      {input}, ctx);
   {
     const torch::NoGradGuard no_grad;
     input.add_(1.0);
@@ -158,11 +163,12 @@ TEST(ModelRecompute, GradientsReachInputsAndParameters) {
   const at::Tensor w = at::randn({3, 3}, at::kDouble).requires_grad_(true);
   const at::Tensor x = at::randn({2, 3}, at::kDouble).requires_grad_(true);
   int runs = 0;
-  const auto piece = [&](const std::vector<at::Tensor>& in, bool) {
+  const auto piece = [&](const std::vector<at::Tensor>& in, detail::ForwardContext&) {
     ++runs;
     return std::vector<at::Tensor>{at::tanh(at::matmul(in[0], w)), in[0] * 2.0};
   };
-  const auto out = detail::run_recomputed_in_backward(piece, {x});
+  detail::ForwardContext ctx;
+  const auto out = detail::run_recomputed_in_backward(piece, {x}, ctx);
   EXPECT_EQ(runs, 1);
   (out[0].sum() + out[1].pow(2).sum()).backward();
   EXPECT_EQ(runs, 2);  // once in forward, once in backward

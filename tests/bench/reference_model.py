@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench_common import load_imbalance, profile_one_step, result_line
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
@@ -302,8 +304,7 @@ class Model(nn.Module):
 
     def load_imbalance(self):
         """As tandem's trainer: mean over MoE layers (MTP blocks included) of max / mean load."""
-        ratios = [(m.load.max() / m.load.float().mean()).item() for m in self.moe_layers() if m.load is not None]
-        return sum(ratios) / len(ratios) if ratios else 1.0
+        return load_imbalance([m.load for m in self.moe_layers() if m.load is not None])[0]
 
 
 def check_supported(cfg):
@@ -383,33 +384,13 @@ def main():
         loss, mtp_loss = step()
     sync()
     seconds = time.perf_counter() - start
-    if args.profile:  # after timing: the profiler's overhead stays out of the figures
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if device.type == "cuda":
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        with torch.profiler.profile(activities=activities) as prof:
-            step()
-            sync()
-        prof.export_chrome_trace(args.profile)
-    tokens_per_s = args.steps * batch * seq / seconds
-    peak_flops = cfg["peak_flops"] if device.type == "cuda" else cfg["cpu_peak_flops"]
-    result = {
-        "impl": "pytorch",
-        "label": args.label,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16" if bf16 else "fp32",
-        "params": sum(p.numel() for p in model.parameters()),
-        "tokens_per_step": batch * seq,
-        "steps": args.steps,
-        "step_ms": 1e3 * seconds / args.steps,
-        "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": cfg["flops_per_token"] * tokens_per_s / peak_flops,
-        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0,
-        "final_loss": float(loss),  # lm_loss, as tandem_train_bench reports it
-        "final_mtp_loss": float(mtp_loss),  # (mtp_loss_weight / D) * sum of the depths' losses
-        "imbalance": round(model.load_imbalance(), 3),  # 1.0 without MoE layers, as tandem
-        "torch": torch.__version__,
-    }
+    if args.profile:
+        profile_one_step(step, sync, device, args.profile)
+    # final_loss is the lm_loss, as tandem_train_bench reports it.
+    result = result_line("pytorch", args.label, device, bf16, sum(p.numel() for p in model.parameters()), batch * seq,
+                         args.steps, seconds, cfg, loss)
+    result["final_mtp_loss"] = float(mtp_loss)  # (mtp_loss_weight / D) * sum of the depths' losses
+    result["imbalance"] = round(model.load_imbalance(), 3)  # 1.0 without MoE layers, as tandem
     print(json.dumps(result), flush=True)
     if not math.isfinite(result["final_loss"]):
         sys.exit("reference_model.py: the loss is not finite")

@@ -38,6 +38,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from bench_common import load_imbalance, profile_one_step, result_line  # noqa: E402  (tests/bench)
+
 PROG = "megatron_peer.py"
 EXIT_UNSUPPORTED = 2
 
@@ -673,15 +676,13 @@ def main():
         loss = step(rec=(i == args.steps - 1))
     sync()
     seconds = time.perf_counter() - start
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     # As tandem's trainer and reference_model.py: the mean over MoE layers (MTP blocks included)
     # of max / mean tokens per expert, from the last timed step's routing.
     imbalance, per_layer = None, None
     if record["counts"] is not None:
-        counts = record["counts"].double()
-        ratio = counts.max(dim=1).values / counts.mean(dim=1).clamp(min=1e-9)
-        per_layer = [round(float(r), 4) for r in ratio]
-        imbalance = round(float(ratio.mean()), 4)
+        mean, ratios = load_imbalance(record["counts"])
+        per_layer = [round(r, 4) for r in ratios]
+        imbalance = round(mean, 4)
 
     mtp_losses, final_mtp_loss = None, None
     if cfg["num_nextn_predict_layers"] > 0 and "loss_values" in MTPLossLoggingHelper.tracker:
@@ -691,16 +692,8 @@ def main():
 
     # After timing and after the last step's figures are read: the profiler's overhead stays out.
     if args.profile:
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if device.type == "cuda":
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        with torch.profiler.profile(activities=activities) as prof:
-            step()
-            sync()
-        prof.export_chrome_trace(args.profile)
+        profile_one_step(step, sync, device, args.profile)
 
-    tokens_per_s = args.steps * batch * seq / seconds
-    peak_flops = cfg["peak_flops"] if device.type == "cuda" else cfg["cpu_peak_flops"]
     experts_impl = sorted({type(m).__name__ for m in model.modules()
                            if type(m).__name__ in ("SequentialMLP", "GroupedMLP", "TEGroupedMLP")})
     notes = [
@@ -723,20 +716,8 @@ def main():
         notes.append("force-balanced: router logits replaced by N(0,1) noise each forward, then sigmoid/softmax, "
                      "expert bias and top-k as usual (random, balanced in expectation only)")
     result = {
-        "impl": "megatron",
-        "label": args.label,
+        **result_line("megatron", args.label, device, cfg["bf16"], params, batch * seq, args.steps, seconds, cfg, loss),
         **({"compare_to": args.compare_to} if args.compare_to else {}),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16" if cfg["bf16"] else "fp32",
-        "params": params,
-        "tokens_per_step": batch * seq,
-        "steps": args.steps,
-        "step_ms": round(1e3 * seconds / args.steps, 3),
-        "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": round(cfg["flops_per_token"] * tokens_per_s / peak_flops, 5),
-        "peak_mem_gib": round(peak_mem, 3),
-        "final_loss": round(float(loss), 5),
-        "torch": torch.__version__,
         "peer_version": megatron.core.__version__,
         "spec": "local",
         "final_mtp_loss": final_mtp_loss,

@@ -48,6 +48,9 @@ import types  # noqa: E402
 
 import torch  # noqa: E402
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from bench_common import load_imbalance, profile_one_step, result_line  # noqa: E402  (tests/bench)
+
 PROG = "torchtitan_peer.py"
 
 
@@ -481,20 +484,12 @@ def main():
         gc_handler.run(args.warmup + i + 1)
     sync()
     seconds = time.perf_counter() - start
-    if args.profile:  # after timing: the profiler's overhead stays out of the figures
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if device.type == "cuda":
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        with torch.profiler.profile(activities=activities) as prof:
-            step()
-            sync()
-        prof.export_chrome_trace(args.profile)
+    if args.profile:
+        profile_one_step(step, sync, device, args.profile)
 
     imbalance = None
     if "load" in captured:
-        load = captured["load"].double().cpu()
-        ratios = [float(row.max() / row.mean()) for row in load if row.mean() > 0]
-        imbalance = round(sum(ratios) / len(ratios), 4) if ratios else 1.0
+        imbalance = round(load_imbalance(captured["load"].cpu())[0], 4)
 
     # What this run does differently from tandem's step (see docs/model.md).
     notes.append(f"attention {attention}")
@@ -519,22 +514,8 @@ def main():
     if not job_config.compile.enable:
         notes.append("eager (--no-compile)")
 
-    tokens_per_s = args.steps * batch * seq / seconds
-    peak_flops = cfg["peak_flops"] if device.type == "cuda" else cfg["cpu_peak_flops"]
     result = {
-        "impl": "torchtitan",
-        "label": args.label,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": "bf16" if bf16 else "fp32",
-        "params": params,
-        "tokens_per_step": batch * seq,
-        "steps": args.steps,
-        "step_ms": round(1e3 * seconds / args.steps, 3),
-        "tokens_per_s": round(tokens_per_s, 1),
-        "mfu": round(cfg["flops_per_token"] * tokens_per_s / peak_flops, 5),
-        "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else 0.0,
-        "final_loss": round(float(loss), 5),
-        "torch": torch.__version__,
+        **result_line("torchtitan", args.label, device, bf16, params, batch * seq, args.steps, seconds, cfg, loss),
         "peer_version": f"torchtitan {peer_version}",
         "imbalance": imbalance,
         "attention": attention,

@@ -106,90 +106,99 @@ double head_activation_bytes_per_token(const model::ModelConfig& m, const Activa
   return bytes;
 }
 
+// What one rank holds for its model chunks, summed over them (before ZeRO and the schedule).
+struct ChunkTotals {
+  double dense_params = 0, routed_params = 0, persistent_params = 0;
+  double activation_per_chunk = 0;  // bytes of one micro-batch, summed over the rank's chunks
+  double transient = 0;             // bytes alive once, whatever the number of live micro-batches
+};
+
+void add_stage(const JobConfig& config, const model::StageSpec& spec, const ActivationShape& shape,
+               ChunkTotals& totals) {
+  const model::ModelConfig& m = config.model;
+  const parallel::ParallelConfig& p = config.parallel;
+  const model::RecomputePolicy recompute = config.train.recompute_policy();
+  const int64_t routed_per_layer = m.n_routed_experts * model::expert_params(m);
+  const int64_t tokens = config.data.micro_batch_size * config.data.seq_length;
+  const int64_t all = model::stage_params(m, spec.layer_begin, spec.layer_end, spec.is_first(), spec.is_last());
+  int64_t routed = 0;
+  // The MTP modules (on the last stage) are MoE layers too: their routed experts split over ep.
+  const int64_t mtp_layers = spec.is_last() ? m.num_nextn_predict_layers : 0;
+  for (int64_t layer = 0; layer < mtp_layers; ++layer) {
+    if (m.is_moe_layer(m.num_hidden_layers + layer)) routed += routed_per_layer;
+  }
+  for (int64_t layer = spec.layer_begin; layer < spec.layer_end; ++layer) {
+    if (m.is_moe_layer(layer)) routed += routed_per_layer;
+    const bool whole_layer = recompute.recomputes_whole_layer(layer - spec.layer_begin);
+    totals.activation_per_chunk += tokens * activation_bytes_per_token(m, layer, shape, whole_layer);
+  }
+  // Alive once, not per live micro-batch: the gradient of the first cross-entropy that
+  // backward computes (fp32 [rows, V/tp] twice), or a fully recomputed layer's whole
+  // activations while its backward runs.
+  if (spec.is_last()) {
+    totals.activation_per_chunk += tokens * head_activation_bytes_per_token(m, shape);
+    totals.transient = std::max(totals.transient, tokens * 2.0 * 4.0 * static_cast<double>(m.vocab_size) / p.tp);
+  }
+  if (recompute.mode == model::RecomputeMode::kFull && spec.layer_end > spec.layer_begin) {
+    totals.transient =
+        std::max(totals.transient, tokens * activation_bytes_per_token(m, spec.layer_begin, shape, false));
+  }
+  totals.dense_params += static_cast<double>(all - routed) / p.tp;
+  // Outside decoder layers: embedding (or its copy), final norm, head; not the MTP modules.
+  int64_t outside_layers = model::stage_params(m, 0, 0, spec.is_first(), spec.is_last());
+  for (int64_t depth = 1; depth <= mtp_layers; ++depth) outside_layers -= model::mtp_module_params(m, depth);
+  totals.persistent_params += static_cast<double>(outside_layers) / p.tp;
+  totals.routed_params += static_cast<double>(routed) / p.ep;
+}
+
 }  // namespace
 
 std::vector<RankMemory> estimate_memory(const JobConfig& config, Precision precision, int64_t zero_stage) {
   TANDEM_CHECK(precision != Precision::kAuto, "estimate_memory needs a resolved precision (resolve_precision)");
   const bool bf16 = precision == Precision::kBf16;
-  const model::ModelConfig& m = config.model;
   const parallel::ParallelConfig& p = config.parallel;
   const schedule::ScheduleKind kind = p.pipeline.schedule;
   const int chunks = pipeline_chunks(p.pipeline);
   const schedule::Placement placement =
       schedule::placement_for(kind, static_cast<int>(p.pp), chunks, static_cast<int>(p.pipeline.micro_batches));
-  const int64_t num_stages = placement.num_stages();
   // Peak live activation chunks per rank, from playing the schedule itself (unit costs: the
   // order, not the timing, decides what is alive at once).
   const schedule::SimResult played = schedule::simulate(
       schedule::generate(kind, static_cast<int>(p.pp), static_cast<int>(p.pipeline.micro_batches), chunks));
-  const std::vector<model::StageSpec> specs = model::partition_layers(m, num_stages);
+  const std::vector<model::StageSpec> specs = model::partition_layers(config.model, placement.num_stages());
   const double weight_width = bf16 ? 2.0 : 4.0;
   const double master_width = bf16 ? 4.0 : 0.0;
   const int64_t dp = std::max<int64_t>(p.dp, 1);
-  const int64_t edp = dp * p.tp / p.ep;
-  const int64_t routed_per_layer = m.n_routed_experts * model::expert_params(m);
-  const int64_t tokens = config.data.micro_batch_size * config.data.seq_length;
-  const model::RecomputePolicy recompute = config.train.recompute_policy();
   ActivationShape shape;
   shape.width = bf16 ? 2.0 : 4.0;
   shape.tp = p.tp;
   shape.sequence_parallel = p.sequence_parallel && p.tp > 1;
-  shape.selective = recompute.selective();
+  shape.selective = config.train.recompute_policy().selective();
 
   std::vector<RankMemory> ranks;
   for (int64_t rank = 0; rank < p.pp; ++rank) {
+    ChunkTotals totals;
+    for (int chunk = 0; chunk < chunks; ++chunk) {
+      add_stage(config, specs[static_cast<size_t>(placement.stage_of(static_cast<int>(rank), chunk))], shape, totals);
+    }
     RankMemory memory;
     memory.pp_rank = rank;
-    double dense_params = 0, routed_params = 0, persistent_params = 0, activation_per_chunk = 0;
-    double transient = 0;
-    for (int chunk = 0; chunk < chunks; ++chunk) {
-      const int64_t stage = placement.stage_of(static_cast<int>(rank), chunk);
-      const model::StageSpec& spec = specs[static_cast<size_t>(stage)];
-      const int64_t all = model::stage_params(m, spec.layer_begin, spec.layer_end, spec.is_first(), spec.is_last());
-      int64_t routed = 0;
-      // The MTP modules (on the last stage) are MoE layers too: their routed experts split over ep.
-      const int64_t mtp_layers = spec.is_last() ? m.num_nextn_predict_layers : 0;
-      for (int64_t layer = 0; layer < mtp_layers; ++layer) {
-        if (m.is_moe_layer(m.num_hidden_layers + layer)) routed += routed_per_layer;
-      }
-      for (int64_t layer = spec.layer_begin; layer < spec.layer_end; ++layer) {
-        if (m.is_moe_layer(layer)) routed += routed_per_layer;
-        const bool whole_layer = recompute.recomputes_whole_layer(layer - spec.layer_begin);
-        activation_per_chunk += tokens * activation_bytes_per_token(m, layer, shape, whole_layer);
-      }
-      // Alive once, not per live micro-batch: the gradient of the first cross-entropy that
-      // backward computes (fp32 [rows, V/tp] twice), or a fully recomputed layer's whole
-      // activations while its backward runs.
-      if (spec.is_last()) {
-        activation_per_chunk += tokens * head_activation_bytes_per_token(m, shape);
-        transient = std::max(transient, tokens * 2.0 * 4.0 * static_cast<double>(m.vocab_size) / p.tp);
-      }
-      if (recompute.mode == model::RecomputeMode::kFull && spec.layer_end > spec.layer_begin) {
-        transient = std::max(transient, tokens * activation_bytes_per_token(m, spec.layer_begin, shape, false));
-      }
-      dense_params += static_cast<double>(all - routed) / p.tp;
-      // Outside decoder layers: embedding (or its copy), final norm, head; not the MTP modules.
-      int64_t outside_layers = model::stage_params(m, 0, 0, spec.is_first(), spec.is_last());
-      for (int64_t depth = 1; depth <= mtp_layers; ++depth) outside_layers -= model::mtp_module_params(m, depth);
-      persistent_params += static_cast<double>(outside_layers) / p.tp;
-      routed_params += static_cast<double>(routed) / p.ep;
-    }
-    const double params = dense_params + routed_params;
-    memory.params = static_cast<int64_t>(params);
+    memory.params = static_cast<int64_t>(totals.dense_params + totals.routed_params);
     // ZeRO shards over the group that replicates each parameter: dp for dense, edp for experts.
     parallel::ZeroParamCounts counts;
-    counts.dense = dense_params;
-    counts.dense_persistent = persistent_params;
-    counts.experts = routed_params;
+    counts.dense = totals.dense_params;
+    counts.dense_persistent = totals.persistent_params;
+    counts.experts = totals.routed_params;
     counts.dp = dp;
-    counts.edp = edp;
+    counts.edp = dp * p.tp / p.ep;
     const parallel::ZeroMemoryBytes bytes =
         parallel::zero_memory_bytes(counts, zero_stage < 0 ? p.zero : zero_stage, weight_width, master_width);
     memory.weight_bytes = bytes.param_bytes;
     memory.grad_bytes = bytes.grad_bytes;
     memory.optimizer_bytes = bytes.optimizer_bytes;
     memory.live_microbatches = played.ranks[static_cast<size_t>(rank)].peak_live_chunks;
-    memory.activation_bytes = activation_per_chunk / chunks * static_cast<double>(memory.live_microbatches) + transient;
+    memory.activation_bytes = totals.activation_per_chunk / chunks * static_cast<double>(memory.live_microbatches) +
+                              totals.transient;
     ranks.push_back(memory);
   }
   return ranks;

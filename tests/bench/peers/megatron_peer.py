@@ -27,19 +27,19 @@ A config that Megatron-Core cannot reproduce is refused: one line on stderr, exi
 """
 import argparse
 import contextlib
+import functools
 import json
-import math
 import os
 import socket
 import sys
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from bench_common import load_imbalance, profile_one_step, result_line  # noqa: E402  (tests/bench)
+from bench_common import (  # noqa: E402  (tests/bench)
+    finish, fixed_batch, load_imbalance, profile_one_step, result_line, synchronize, time_steps)
 
 PROG = "megatron_peer.py"
 EXIT_UNSUPPORTED = 2
@@ -289,17 +289,15 @@ def patch_attention_spec(spec, core_cls, no_q_norm):
 # Config
 
 
-def build_config(cfg, args, device):
-    from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
+def common_config(cfg, args, device):
+    """The TransformerConfig arguments that MLA and GQA models share."""
     from megatron.core.utils import init_method_normal
 
     bf16 = bool(cfg["bf16"])
-    mla = cfg["attention_type"] == "mla"
-    L, E = cfg["num_hidden_layers"], cfg["n_routed_experts"]
     std = cfg["initializer_range"]
     fusions = not args.no_fusions
-    common = dict(
-        num_layers=L,
+    return dict(
+        num_layers=cfg["num_hidden_layers"],
         hidden_size=cfg["hidden_size"],
         ffn_hidden_size=cfg["intermediate_size"],
         num_attention_heads=cfg["num_attention_heads"],
@@ -333,65 +331,77 @@ def build_config(cfg, args, device):
         sequence_parallel=False,
         transformer_impl="local",
     )
-    if E > 0:
-        k = cfg["first_k_dense_replace"]
-        common.update(
-            num_moe_experts=E,
-            moe_ffn_hidden_size=cfg["moe_intermediate_size"],
-            moe_layer_freq=[0] * min(k, L) + [1] * max(L - k, 0),
-            moe_router_topk=cfg["num_experts_per_tok"],
-            moe_router_score_function=cfg["scoring_func"],
-            moe_router_pre_softmax=cfg["scoring_func"] == "softmax" and not cfg["norm_topk_prob"],
-            moe_router_topk_scaling_factor=cfg["routed_scaling_factor"],
-            moe_router_dtype="fp32",
-            moe_router_enable_expert_bias=cfg["bias_update_speed"] > 0,
-            moe_router_bias_update_rate=cfg["bias_update_speed"],
-            moe_router_load_balancing_type="seq_aux_loss" if cfg["aux_loss_alpha"] > 0 else "none",
-            moe_aux_loss_coeff=cfg["aux_loss_alpha"],
-            moe_shared_expert_intermediate_size=(cfg["n_shared_experts"] * cfg["moe_intermediate_size"]
-                                                 if cfg["n_shared_experts"] > 0 else None),
-            moe_shared_expert_overlap=False,
-            moe_token_dispatcher_type="alltoall",
-            moe_grouped_gemm=False,  # GroupedMLP/TEGroupedMLP need TE; the local spec builds SequentialMLP
-            moe_permute_fusion=False,  # TE kernels
-            moe_router_fusion=False,  # TE kernels
-            moe_router_force_load_balancing=args.force_balanced,
-        )
-        if cfg["topk_group"] < cfg["n_group"]:
-            common.update(moe_router_num_groups=cfg["n_group"], moe_router_group_topk=cfg["topk_group"])
+
+
+def moe_config(cfg, args):
+    """The TransformerConfig arguments of the MoE layers; none without routed experts."""
+    L, E = cfg["num_hidden_layers"], cfg["n_routed_experts"]
+    if E == 0:
+        return {}
+    k = cfg["first_k_dense_replace"]
+    moe = dict(
+        num_moe_experts=E,
+        moe_ffn_hidden_size=cfg["moe_intermediate_size"],
+        moe_layer_freq=[0] * min(k, L) + [1] * max(L - k, 0),
+        moe_router_topk=cfg["num_experts_per_tok"],
+        moe_router_score_function=cfg["scoring_func"],
+        moe_router_pre_softmax=cfg["scoring_func"] == "softmax" and not cfg["norm_topk_prob"],
+        moe_router_topk_scaling_factor=cfg["routed_scaling_factor"],
+        moe_router_dtype="fp32",
+        moe_router_enable_expert_bias=cfg["bias_update_speed"] > 0,
+        moe_router_bias_update_rate=cfg["bias_update_speed"],
+        moe_router_load_balancing_type="seq_aux_loss" if cfg["aux_loss_alpha"] > 0 else "none",
+        moe_aux_loss_coeff=cfg["aux_loss_alpha"],
+        moe_shared_expert_intermediate_size=(cfg["n_shared_experts"] * cfg["moe_intermediate_size"]
+                                             if cfg["n_shared_experts"] > 0 else None),
+        moe_shared_expert_overlap=False,
+        moe_token_dispatcher_type="alltoall",
+        moe_grouped_gemm=False,  # GroupedMLP/TEGroupedMLP need TE; the local spec builds SequentialMLP
+        moe_permute_fusion=False,  # TE kernels
+        moe_router_fusion=False,  # TE kernels
+        moe_router_force_load_balancing=args.force_balanced,
+    )
+    if cfg["topk_group"] < cfg["n_group"]:
+        moe.update(moe_router_num_groups=cfg["n_group"], moe_router_group_topk=cfg["topk_group"])
+    return moe
+
+
+def build_config(cfg, args, device):
+    from megatron.core.transformer.transformer_config import MLATransformerConfig, TransformerConfig
+
+    common = common_config(cfg, args, device)
+    common.update(moe_config(cfg, args))
     if cfg["num_nextn_predict_layers"] > 0:
         common.update(mtp_num_layers=cfg["num_nextn_predict_layers"],
                       mtp_loss_scaling_factor=cfg.get("mtp_loss_weight", 0.3))
-    if mla:
-        yarn = cfg["rope_scaling"] == "yarn"
-        config = MLATransformerConfig(
-            **common,
-            num_query_groups=cfg["num_attention_heads"],
-            kv_channels=cfg["v_head_dim"],
-            q_lora_rank=cfg["q_lora_rank"],
-            kv_lora_rank=cfg["kv_lora_rank"],
-            qk_head_dim=cfg["qk_nope_head_dim"],
-            qk_pos_emb_head_dim=cfg["qk_rope_head_dim"],
-            v_head_dim=cfg["v_head_dim"],
-            qk_layernorm=True,  # q_a_layernorm and kv_a_layernorm on the latents
-            rope_type="yarn" if yarn else "rope",
-            rotary_base=cfg["rope_theta"],
-            rotary_percent=1.0,
-            rotary_scaling_factor=cfg["rope_factor"] if yarn else 1.0,
-            original_max_position_embeddings=cfg["rope_original_max_position_embeddings"],
-            beta_fast=cfg["rope_beta_fast"],
-            beta_slow=cfg["rope_beta_slow"],
-            mscale=cfg["rope_mscale"],
-            mscale_all_dim=cfg["rope_mscale_all_dim"],
-        )
-    else:
-        config = TransformerConfig(
+    if cfg["attention_type"] != "mla":
+        return TransformerConfig(
             **common,
             num_query_groups=cfg["num_key_value_heads"],
             kv_channels=cfg["head_dim"] or cfg["hidden_size"] // cfg["num_attention_heads"],
             rotary_interleaved=True,  # tandem rotates interleaved pairs
         )
-    return config
+    yarn = cfg["rope_scaling"] == "yarn"
+    return MLATransformerConfig(
+        **common,
+        num_query_groups=cfg["num_attention_heads"],
+        kv_channels=cfg["v_head_dim"],
+        q_lora_rank=cfg["q_lora_rank"],
+        kv_lora_rank=cfg["kv_lora_rank"],
+        qk_head_dim=cfg["qk_nope_head_dim"],
+        qk_pos_emb_head_dim=cfg["qk_rope_head_dim"],
+        v_head_dim=cfg["v_head_dim"],
+        qk_layernorm=True,  # q_a_layernorm and kv_a_layernorm on the latents
+        rope_type="yarn" if yarn else "rope",
+        rotary_base=cfg["rope_theta"],
+        rotary_percent=1.0,
+        rotary_scaling_factor=cfg["rope_factor"] if yarn else 1.0,
+        original_max_position_embeddings=cfg["rope_original_max_position_embeddings"],
+        beta_fast=cfg["rope_beta_fast"],
+        beta_slow=cfg["rope_beta_slow"],
+        mscale=cfg["rope_mscale"],
+        mscale_all_dim=cfg["rope_mscale_all_dim"],
+    )
 
 
 def build_model(cfg, config, args):
@@ -515,9 +525,112 @@ class TorchMasterAdamW:
 
 
 # ----------------------------------------------------------------------------------------------
+# Training step
 
 
-def main():
+def summed_token_losses(output_tensor):
+    """Megatron's loss_func contract: (the loss, the tokens it sums over, what to report)."""
+    losses = output_tensor.float().view(-1)
+    total = losses.sum()
+    num = torch.tensor(losses.numel(), dtype=torch.int, device=losses.device)
+    return total, num, {"lm loss": torch.stack([total.detach(), num.float()])}
+
+
+class TrainStep:
+    """One training step on the fixed batch, as pretrain_gpt.py takes it: the non-pipelined
+    forward_backward_func, then the optimizer of --optimizer. Called as step(capture=False) -> the
+    main LM loss; a capturing step leaves its tokens per expert in `counts`, one row per router."""
+
+    def __init__(self, model, config, cfg, args, device):
+        from megatron.core.distributed import finalize_model_grads
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        self.config, self.cfg, self.args = config, cfg, args
+        self.batch, self.seq = cfg["micro_batch_size"], cfg["seq_length"]
+        self.input_ids, self.labels = fixed_batch(cfg, device)
+        self.position_ids = torch.arange(self.seq, device=device).unsqueeze(0).expand(self.batch, -1).contiguous()
+        # Megatron's convention: True = masked out. Only the local attention reads it.
+        self.attention_mask = torch.triu(torch.ones(self.seq, self.seq, dtype=torch.bool, device=device),
+                                         diagonal=1).view(1, 1, self.seq, self.seq)
+        self.routers = routers(model)
+        self.capturing, self.counts, self.hooked = False, None, []
+        if args.optimizer == "megatron":
+            self.wrapped, self.optimizer, self.scheduler = megatron_training_objects(model, config, cfg, device)
+            config.finalize_model_grads_func = self.finalize
+            config.grad_scale_func = self.optimizer.scale_loss
+        else:
+            from megatron.core.transformer.module import Float16Module
+
+            self.wrapped = Float16Module(config, model) if cfg["bf16"] else model
+            self.optimizer = TorchMasterAdamW(self.wrapped, cfg)
+            config.finalize_model_grads_func = None
+        self.forward_backward = get_forward_backward_func()
+        self.finalize_model_grads = finalize_model_grads
+
+    def finalize(self, *a, **kw):
+        # The routers' per-expert counts of this step, read before finalize_model_grads uses and
+        # zeroes them (only on the step that is recorded, so no extra work while timing).
+        if self.capturing and self.routers and self.routers[0].local_tokens_per_expert is not None:
+            self.counts = torch.stack([r.local_tokens_per_expert.detach().clone() for r in self.routers])
+        return self.finalize_model_grads(*a, **kw)
+
+    def forward_step(self, data_iterator, model):
+        output = model(self.input_ids, self.position_ids, self.attention_mask, labels=self.labels)
+        return output, summed_token_losses
+
+    def count_hook(self, router, inputs, output):  # routers without expert bias keep no counts
+        self.hooked.append(output[1].sum(dim=0).float())
+
+    def optimizer_step(self, capture):
+        """Returns the gradient norm."""
+        if self.args.optimizer == "megatron":
+            _, grad_norm, _ = self.optimizer.step()
+            self.scheduler.step(increment=1)
+            return grad_norm
+        # Without Megatron's optimizer nothing calls finalize_model_grads, which updates the bias.
+        if self.routers and self.routers[0].expert_bias is not None:
+            if capture:
+                self.counts = torch.stack([r.local_tokens_per_expert.clone() for r in self.routers])
+            from megatron.core.distributed.finalize_model_grads import (_update_router_expert_bias,
+                                                                         reset_model_temporary_tensors)
+            _update_router_expert_bias([self.wrapped], self.config)
+            reset_model_temporary_tensors(self.config, [self.wrapped])
+        return self.optimizer.step()
+
+    def __call__(self, capture=False):
+        self.capturing = capture
+        hooks = []
+        if capture and self.routers and self.routers[0].local_tokens_per_expert is None:
+            self.hooked = []
+            hooks = [r.register_forward_hook(self.count_hook) for r in self.routers]
+        if capture and self.cfg["num_nextn_predict_layers"] > 0:
+            from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
+
+            MTPLossLoggingHelper.clean_metrics_in_tracker()  # so that it holds this step alone
+        if self.args.optimizer == "megatron":
+            self.wrapped.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        out = self.forward_backward(forward_step_func=self.forward_step, data_iterator=iter([None]),
+                                    model=[self.wrapped], num_microbatches=1, seq_length=self.seq,
+                                    micro_batch_size=self.batch, decoder_seq_length=self.seq, forward_only=False)
+        grad_norm = self.optimizer_step(capture)
+        for h in hooks:
+            h.remove()
+        if hooks and self.hooked:
+            self.counts = torch.stack(self.hooked)
+        loss_sum, n = out[0]["lm loss"]
+        if self.args.verbose:  # host syncs: not for timing
+            bias = [round(float(r.expert_bias.abs().sum()), 6) for r in self.routers if r.expert_bias is not None]
+            print(f"{PROG}: step loss {float(loss_sum / n):.5f} grad_norm {float(grad_norm or 0):.5f} "
+                  f"|expert_bias| per router {bias}", file=sys.stderr, flush=True)
+        return loss_sum / n
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-json", required=True, help="written by tandem_train_bench --model-json")
     parser.add_argument("--steps", type=int, default=10)
@@ -541,25 +654,17 @@ def main():
     parser.add_argument("--verbose", action="store_true",
                         help="print each step's loss, grad norm and routing-bias size to stderr (syncs: not for timing)")
     parser.add_argument("--count-params", action="store_true", help="build on the CPU, print the parameter count")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    with open(args.model_json) as f:
-        cfg = json.load(f)
-    check_supported(cfg)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+def start_single_rank(args, cfg):
+    """The device, in a process group and model-parallel state of one rank, seeded."""
     device = torch.device("cpu") if args.count_params else torch.device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     init_process_group(device)
-
-    import megatron.core
+    # Imported once the group exists, so that Megatron's import-time warnings carry the rank.
     from megatron.core import parallel_state, tensor_parallel
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-    from megatron.core.distributed import finalize_model_grads
-
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
                                              expert_model_parallel_size=1, context_parallel_size=1)
     torch.manual_seed(cfg["seed"])
@@ -567,133 +672,22 @@ def main():
         tensor_parallel.model_parallel_cuda_manual_seed(cfg["seed"])
     else:
         cpu_shims()
+    return device
 
-    config = build_config(cfg, args, device)
-    model = build_model(cfg, config, args)
-    params = count_params(model)
-    if args.count_params:
-        print(json.dumps({"params": params, "tandem_params": cfg.get("total_params")}), flush=True)
-        return
-    if device.type == "cuda":
-        model.cuda(device)
 
-    batch, seq = cfg["micro_batch_size"], cfg["seq_length"]
-    generator = torch.Generator().manual_seed(cfg["seed"])
-    tokens = torch.randint(0, cfg["vocab_size"], (batch, seq + 1), generator=generator).to(device)
-    input_ids, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-    position_ids = torch.arange(seq, device=device).unsqueeze(0).expand(batch, -1).contiguous()
-    # Megatron's convention: True = masked out. Only the local attention reads it.
-    attention_mask = torch.triu(torch.ones(seq, seq, dtype=torch.bool, device=device), diagonal=1).view(1, 1, seq, seq)
-
-    moe_routers = routers(model)
-    record = {"on": False, "counts": None}
-
-    def finalize(*a, **kw):
-        # The routers' per-expert counts of this step, read before finalize_model_grads uses and
-        # zeroes them (only on the step that is recorded, so no extra work while timing).
-        if record["on"] and moe_routers and moe_routers[0].local_tokens_per_expert is not None:
-            record["counts"] = torch.stack([r.local_tokens_per_expert.detach().clone() for r in moe_routers])
-        return finalize_model_grads(*a, **kw)
-
-    if args.optimizer == "megatron":
-        wrapped, optimizer, scheduler = megatron_training_objects(model, config, cfg, device)
-        config.finalize_model_grads_func = finalize
-        config.grad_scale_func = optimizer.scale_loss
-    else:
-        from megatron.core.transformer.module import Float16Module
-
-        wrapped = Float16Module(config, model) if cfg["bf16"] else model
-        optimizer = TorchMasterAdamW(wrapped, cfg)
-        config.finalize_model_grads_func = None
-    forward_backward = get_forward_backward_func()
+def mtp_figures(cfg, config):
+    """The last step's cross-entropy per MTP depth and their weighted sum; (None, None) without MTP."""
     from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
 
-    def forward_step(data_iterator, m):
-        output = m(input_ids, position_ids, attention_mask, labels=labels)
+    if cfg["num_nextn_predict_layers"] == 0 or "loss_values" not in MTPLossLoggingHelper.tracker:
+        return None, None
+    mtp_losses = [round(float(v), 5) for v in MTPLossLoggingHelper.tracker["loss_values"]]
+    # (lambda / D) * sum_k CE_k, the mtp_loss of docs/model.md and reference_model.py
+    return mtp_losses, round(config.mtp_loss_scaling_factor / len(mtp_losses) * sum(mtp_losses), 5)
 
-        def loss_func(output_tensor):
-            losses = output_tensor.float().view(-1)
-            total = losses.sum()
-            num = torch.tensor(losses.numel(), dtype=torch.int, device=losses.device)
-            return total, num, {"lm loss": torch.stack([total.detach(), num.float()])}
 
-        return output, loss_func
-
-    def count_hook(router, inputs, output):  # routers without expert bias keep no counts
-        counts = output[1].sum(dim=0).float()
-        record.setdefault("hooked", []).append(counts)
-
-    def step(rec=False):
-        record["on"] = rec
-        hooks = []
-        if rec and moe_routers and moe_routers[0].local_tokens_per_expert is None:
-            record["hooked"] = []
-            hooks = [r.register_forward_hook(count_hook) for r in moe_routers]
-        if rec and cfg["num_nextn_predict_layers"] > 0:
-            MTPLossLoggingHelper.clean_metrics_in_tracker()  # so that it holds this step alone
-        if args.optimizer == "megatron":
-            wrapped.zero_grad_buffer()
-        optimizer.zero_grad()
-        out = forward_backward(forward_step_func=forward_step, data_iterator=iter([None]), model=[wrapped],
-                               num_microbatches=1, seq_length=seq, micro_batch_size=batch,
-                               decoder_seq_length=seq, forward_only=False)
-        if args.optimizer == "megatron":
-            _, grad_norm, _ = optimizer.step()
-            scheduler.step(increment=1)
-        else:
-            if moe_routers and moe_routers[0].expert_bias is not None:
-                if rec:
-                    record["counts"] = torch.stack([r.local_tokens_per_expert.clone() for r in moe_routers])
-                from megatron.core.distributed.finalize_model_grads import (_update_router_expert_bias,
-                                                                             reset_model_temporary_tensors)
-                _update_router_expert_bias([wrapped], config)
-                reset_model_temporary_tensors(config, [wrapped])
-            grad_norm = optimizer.step()
-        for h in hooks:
-            h.remove()
-        if hooks and record["hooked"]:
-            record["counts"] = torch.stack(record["hooked"])
-        loss_sum, n = out[0]["lm loss"]
-        if args.verbose:  # host syncs: not for timing
-            bias = [round(float(r.expert_bias.abs().sum()), 6) for r in moe_routers if r.expert_bias is not None]
-            print(f"{PROG}: step loss {float(loss_sum / n):.5f} grad_norm {float(grad_norm or 0):.5f} "
-                  f"|expert_bias| per router {bias}", file=sys.stderr, flush=True)
-        return loss_sum / n
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    wrapped.train()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(args.warmup):
-        step()
-    sync()
-    start = time.perf_counter()
-    loss = None
-    for i in range(args.steps):
-        loss = step(rec=(i == args.steps - 1))
-    sync()
-    seconds = time.perf_counter() - start
-    # As tandem's trainer and reference_model.py: the mean over MoE layers (MTP blocks included)
-    # of max / mean tokens per expert, from the last timed step's routing.
-    imbalance, per_layer = None, None
-    if record["counts"] is not None:
-        mean, ratios = load_imbalance(record["counts"])
-        per_layer = [round(r, 4) for r in ratios]
-        imbalance = round(mean, 4)
-
-    mtp_losses, final_mtp_loss = None, None
-    if cfg["num_nextn_predict_layers"] > 0 and "loss_values" in MTPLossLoggingHelper.tracker:
-        mtp_losses = [round(float(v), 5) for v in MTPLossLoggingHelper.tracker["loss_values"]]
-        # (lambda / D) * sum_k CE_k, the mtp_loss of docs/model.md and reference_model.py
-        final_mtp_loss = round(config.mtp_loss_scaling_factor / len(mtp_losses) * sum(mtp_losses), 5)
-
-    # After timing and after the last step's figures are read: the profiler's overhead stays out.
-    if args.profile:
-        profile_one_step(step, sync, device, args.profile)
-
+def run_notes(cfg, config, args, model):
+    """Every way this run differs from tandem's step."""
     experts_impl = sorted({type(m).__name__ for m in model.modules()
                            if type(m).__name__ in ("SequentialMLP", "GroupedMLP", "TEGroupedMLP")})
     notes = [
@@ -715,8 +709,47 @@ def main():
     if args.force_balanced:
         notes.append("force-balanced: router logits replaced by N(0,1) noise each forward, then sigmoid/softmax, "
                      "expert bias and top-k as usual (random, balanced in expectation only)")
+    return notes
+
+
+def main():
+    args = parse_args()
+    with open(args.model_json) as f:
+        cfg = json.load(f)
+    check_supported(cfg)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    device = start_single_rank(args, cfg)
+    import megatron.core
+
+    config = build_config(cfg, args, device)
+    model = build_model(cfg, config, args)
+    params = count_params(model)
+    if args.count_params:
+        print(json.dumps({"params": params, "tandem_params": cfg.get("total_params")}), flush=True)
+        return
+    if device.type == "cuda":
+        model.cuda(device)
+
+    step = TrainStep(model, config, cfg, args, device)
+    step.wrapped.train()
+    loss, seconds = time_steps(step, device, args.warmup, args.steps)
+    # As tandem's trainer and reference_model.py: the mean over MoE layers (MTP blocks included)
+    # of max / mean tokens per expert, from the last timed step's routing.
+    imbalance, per_layer = None, None
+    if step.counts is not None:
+        mean, ratios = load_imbalance(step.counts)
+        per_layer = [round(r, 4) for r in ratios]
+        imbalance = round(mean, 4)
+    mtp_losses, final_mtp_loss = mtp_figures(cfg, config)
+    # After timing and after the last step's figures are read: the profiler's overhead stays out.
+    if args.profile:
+        profile_one_step(step, functools.partial(synchronize, device), device, args.profile)
+
+    tokens = cfg["micro_batch_size"] * cfg["seq_length"]
     result = {
-        **result_line("megatron", args.label, device, cfg["bf16"], params, batch * seq, args.steps, seconds, cfg, loss),
+        **result_line("megatron", args.label, device, cfg["bf16"], params, tokens, args.steps, seconds, cfg, loss),
         **({"compare_to": args.compare_to} if args.compare_to else {}),
         "peer_version": megatron.core.__version__,
         "spec": "local",
@@ -728,14 +761,9 @@ def main():
         "optimizer": args.optimizer,
         "force_balanced": args.force_balanced,
         "tandem_params": cfg.get("total_params"),
-        "notes": "; ".join(notes),
+        "notes": "; ".join(run_notes(cfg, config, args, model)),
     }
-    print(json.dumps(result), flush=True)
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
-    if not math.isfinite(result["final_loss"]):
-        sys.exit(f"{PROG}: the loss is not finite")
+    finish(PROG, result)
 
 
 if __name__ == "__main__":

@@ -40,16 +40,17 @@ os.environ.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import types  # noqa: E402
 
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from bench_common import load_imbalance, profile_one_step, result_line  # noqa: E402  (tests/bench)
+from bench_common import (  # noqa: E402  (tests/bench)
+    finish, fixed_batch, load_imbalance, profile_one_step, result_line, synchronize, time_steps)
 
 PROG = "torchtitan_peer.py"
 
@@ -316,7 +317,9 @@ def install_cpu_histc_shim(notes):
 
 
 # --------------------------------------------------------------------------------------------
-def main():
+# The run: one process, one device, torchtitan's trainer objects, the timed steps
+# --------------------------------------------------------------------------------------------
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-json", required=True, help="written by tandem_train_bench --model-json")
     parser.add_argument("--steps", type=int, default=10)
@@ -339,44 +342,32 @@ def main():
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
-    with open(args.model_json) as f:
-        cfg = json.load(f)
+    return args
 
-    notes = []
+
+def load_model_json(path):
+    """The JSON's model, refused (exit 1) when torchtitan cannot build it; with it the notes that
+    the run starts from: what torchtitan will build differently."""
+    with open(path) as f:
+        cfg = json.load(f)
     problems, differences = check_architecture(cfg)
     if problems:
         refuse(problems)
     for line in differences:
         say("NOTE: " + line)
-    notes.extend(differences)
+    return cfg, list(differences)
 
-    ensure_dataloader_imports(notes)
-    import torch.distributed as dist
+
+def print_param_count(model_args):
+    from torchtitan.models.deepseek_v3 import DeepSeekV3Model
+
+    with torch.device("meta"):
+        model = DeepSeekV3Model(model_args)
+    print(json.dumps({"params": sum(p.numel() for p in model.parameters())}), flush=True)
+
+
+def prepare_device(device, notes):
     import torchtitan.distributed.parallel_dims as tt_parallel_dims
-    from torchtitan.components import loss as tt_loss
-    from torchtitan.components.optimizer import build_optimizers_with_moe_load_balancing
-    from torchtitan.config import JobConfig
-    from torchtitan.distributed import ParallelDims
-    from torchtitan.distributed import utils as dist_utils
-    from torchtitan.models.deepseek_v3 import DeepSeekV3Model, DeepSeekV3ModelArgs, parallelize_deepseekv3
-    from torchtitan.models.moe import MoEArgs
-    from torchtitan.tools import utils as tt_utils
-
-    peer_version = torchtitan_version()
-    device = torch.device(args.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", 0)
-    moe = cfg["n_routed_experts"] > 0
-    bf16 = bool(cfg["bf16"])
-
-    job_config = make_job_config(cfg, args, JobConfig)
-    model_args = build_model_args(cfg, job_config, DeepSeekV3ModelArgs, MoEArgs)
-
-    if args.count_params:
-        with torch.device("meta"):
-            model = DeepSeekV3Model(model_args)
-        print(json.dumps({"params": sum(p.numel() for p in model.parameters())}), flush=True)
-        return
 
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -386,26 +377,43 @@ def main():
     # is found, even on a CPU-only host); the CPU plumbing run needs a CPU mesh.
     tt_parallel_dims.device_type = device.type
 
-    # Attention choice (needs the softmax scale the model will use).
-    qk_head_dim = cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"]
-    scale = qk_head_dim ** -0.5
+
+def set_attention(requested, cfg, device, model_args):
+    """Sets model_args.attn_type (see choose_attention) and returns how the run's attention is
+    described in its line."""
+    # The probe runs SDPA at the softmax scale that the model will use, YaRN's mscale included.
+    scale = (cfg["qk_nope_head_dim"] + cfg["qk_rope_head_dim"]) ** -0.5
     if model_args.max_seq_len > model_args.original_seq_len:
         m = 0.1 * model_args.mscale * math.log(model_args.rope_factor) + 1.0
         scale *= m * m
-    attn, sdpa_backend = choose_attention(args.attn, cfg, device, bf16, scale)
+    attn, sdpa_backend = choose_attention(requested, cfg, device, bool(cfg["bf16"]), scale)
     model_args.attn_type = attn
     attention = f"sdpa ({sdpa_backend})" if attn == "sdpa" else f"flex (sdpa would run {sdpa_backend})"
     say(f"attention: {attention}")
     if attn == "sdpa" and sdpa_backend not in ("cudnn", "flash", "cpu"):
         say(f"WARNING: SDPA runs its {sdpa_backend} backend at this shape; try --attn flex")
+    return attention
 
-    # One process, one device: torchtitan always runs under torchrun with a process group (its
-    # device meshes and the expert-bias hook ask for them). A local HashStore avoids ports.
+
+def init_single_process(device):
+    """ParallelDims of one rank, in a process group of one."""
+    import torch.distributed as dist
+    from torchtitan.distributed import ParallelDims
+
+    # torchtitan always runs under torchrun with a process group (its device meshes and the
+    # expert-bias hook ask for them). A local HashStore avoids ports.
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
                                 rank=0, world_size=1)
-    parallel_dims = ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=1)
-    gc_handler = tt_utils.GarbageCollection(gc_freq=job_config.training.gc_freq)  # as the trainer
+    return ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=1)
+
+
+def build_model(cfg, model_args, job_config, parallel_dims, device, notes):
+    """As torchtitan's trainer builds it: on the meta device, parallelized (on one GPU that is
+    compilation alone), materialized on `device`, torchtitan's init_weights. Returns the model,
+    its parameter count and its MoE modules."""
+    from torchtitan.models.deepseek_v3 import DeepSeekV3Model, parallelize_deepseekv3
+    from torchtitan.tools import utils as tt_utils
 
     with torch.device("meta"), tt_utils.set_default_dtype(torch.float32):
         model = DeepSeekV3Model(model_args)
@@ -417,24 +425,38 @@ def main():
         model.init_weights(buffer_device=None)
     model.train()
     moe_blocks = [b.moe for b in model.layers.values() if getattr(b, "moe_enabled", False)]
-    if moe and moe_blocks and not moe_blocks[0].experts.use_grouped_mm:
+    if cfg["n_routed_experts"] > 0 and moe_blocks and not moe_blocks[0].experts.use_grouped_mm:
         notes.append("experts run torchtitan's for-loop path (grouped mm needs SM90+)")
+    return model, params, moe_blocks
+
+
+def build_loss(job_config):
+    from torchtitan.components import loss as tt_loss
+
+    if hasattr(tt_loss, "rescale_accumulated_loss"):  # 0.2.1: mean cross-entropy, / accumulation steps
+        return tt_loss.rescale_accumulated_loss(tt_loss.build_cross_entropy_loss(job_config), 1)
+    # 0.2.2: sum cross-entropy, divided by the global count of valid tokens in the trainer
+    summed = tt_loss.build_cross_entropy_loss(job_config)
+
+    def loss_fn(pred, labels):
+        return summed(pred, labels) / labels.numel()
+
+    return loss_fn
+
+
+def make_step(cfg, model, moe_blocks, job_config, parallel_dims, device):
+    """torchtitan's training step on the fixed batch, as step(capture=False) -> the loss; a
+    capturing step leaves its tokens per expert, one row per MoE layer, in the returned dict's
+    "load"."""
+    from torchtitan.components.optimizer import build_optimizers_with_moe_load_balancing
+    from torchtitan.distributed import utils as dist_utils
 
     optimizers = build_optimizers_with_moe_load_balancing([model], job_config.optimizer, parallel_dims)
-    if hasattr(tt_loss, "rescale_accumulated_loss"):  # 0.2.1: mean cross-entropy, / accumulation steps
-        loss_fn = tt_loss.rescale_accumulated_loss(tt_loss.build_cross_entropy_loss(job_config), 1)
-    else:  # 0.2.2: sum cross-entropy, divided by the global count of valid tokens in the trainer
-        summed = tt_loss.build_cross_entropy_loss(job_config)
-
-        def loss_fn(pred, labels):
-            return summed(pred, labels) / labels.numel()
+    loss_fn = build_loss(job_config)
     amp = (dist_utils.maybe_enable_amp(parallel_dims, job_config.training.mixed_precision_param, device.type)
-           if bf16 else contextlib.nullcontext())
-
-    batch, seq = cfg["micro_batch_size"], cfg["seq_length"]
-    generator = torch.Generator().manual_seed(cfg["seed"])
-    tokens = torch.randint(0, cfg["vocab_size"], (batch, seq + 1), generator=generator).to(device)
-    inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+           if cfg["bf16"] else contextlib.nullcontext())
+    inputs, labels = fixed_batch(cfg, device)
+    flex = model.model_args.attn_type == "flex"
     pp_mesh = parallel_dims.get_optional_mesh("pp")
     captured = {}
 
@@ -444,7 +466,7 @@ def main():
                 m.tokens_per_expert.zero_()
         optimizers.zero_grad()
         extra = {}
-        if attn == "flex":  # the trainer builds the BlockMask per batch (post_dataloading_process)
+        if flex:  # the trainer builds the BlockMask per batch (post_dataloading_process)
             extra["attention_masks"] = model.get_attention_masks(input_batch=inputs, tokenizer=None)
         with amp:
             pred = model(inputs, **extra)
@@ -458,43 +480,14 @@ def main():
         optimizers.step()
         return loss.detach()
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    return step, captured
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    def timed(kind, i, **kwargs):
-        begin = time.perf_counter()
-        out = step(**kwargs)
-        if args.step_times:
-            sync()
-            say(f"{kind} step {i}: {1e3 * (time.perf_counter() - begin):.1f} ms, loss {float(out):.5f}")
-        return out
 
-    compile_start = time.perf_counter()
-    for i in range(args.warmup):
-        timed("warmup", i)
-        gc_handler.run(i + 1)
-    sync()
-    say(f"warmup ({args.warmup} steps, compilation included): {time.perf_counter() - compile_start:.1f} s")
-    start = time.perf_counter()
-    for i in range(args.steps):
-        loss = timed("timed", i, capture=(i == args.steps - 1))
-        gc_handler.run(args.warmup + i + 1)
-    sync()
-    seconds = time.perf_counter() - start
-    if args.profile:
-        profile_one_step(step, sync, device, args.profile)
-
-    imbalance = None
-    if "load" in captured:
-        imbalance = round(load_imbalance(captured["load"].cpu())[0], 4)
-
-    # What this run does differently from tandem's step (see docs/model.md).
+def note_differences_from_tandem(notes, cfg, args, attention, moe_blocks, compiled):
+    """What this run does differently from tandem's step (see docs/model.md)."""
     notes.append(f"attention {attention}")
-    if moe:
-        notes.append(("routing: gate linear under bf16 autocast, " if bf16 else "routing: ")
+    if cfg["n_routed_experts"] > 0:
+        notes.append(("routing: gate linear under bf16 autocast, " if cfg["bf16"] else "routing: ")
                      + "sigmoid/softmax in fp32, expert_bias for selection only")
         if moe_blocks and moe_blocks[0].experts.use_grouped_mm:
             notes.append("experts as torch._grouped_mm, always in bf16 (torchtitan casts), per-expert token "
@@ -511,11 +504,48 @@ def main():
                  "N(0,1)); initializer_range unused")
     notes.append("final RMSNorm uses torch's default eps, block norms use rms_norm_eps")
     notes.append("constant lr (no torchtitan warmup scheduler)")
-    if not job_config.compile.enable:
+    if not compiled:
         notes.append("eager (--no-compile)")
 
+
+def main():
+    args = parse_args()
+    cfg, notes = load_model_json(args.model_json)
+    ensure_dataloader_imports(notes)  # before anything of torchtitan is imported
+    from torchtitan.config import JobConfig
+    from torchtitan.models.deepseek_v3 import DeepSeekV3ModelArgs
+    from torchtitan.models.moe import MoEArgs
+    from torchtitan.tools import utils as tt_utils
+
+    peer_version = torchtitan_version()
+    device = torch.device(args.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)
+    job_config = make_job_config(cfg, args, JobConfig)
+    model_args = build_model_args(cfg, job_config, DeepSeekV3ModelArgs, MoEArgs)
+    if args.count_params:
+        print_param_count(model_args)
+        return
+
+    prepare_device(device, notes)
+    attention = set_attention(args.attn, cfg, device, model_args)
+    parallel_dims = init_single_process(device)
+    gc_handler = tt_utils.GarbageCollection(gc_freq=job_config.training.gc_freq)  # as the trainer
+    model, params, moe_blocks = build_model(cfg, model_args, job_config, parallel_dims, device, notes)
+    step, captured = make_step(cfg, model, moe_blocks, job_config, parallel_dims, device)
+    loss, seconds = time_steps(step, device, args.warmup, args.steps, after_step=gc_handler.run, log=say,
+                               step_times=args.step_times)
+    if args.profile:
+        profile_one_step(step, functools.partial(synchronize, device), device, args.profile)
+
+    imbalance = None
+    if "load" in captured:
+        imbalance = round(load_imbalance(captured["load"].cpu())[0], 4)
+    note_differences_from_tandem(notes, cfg, args, attention, moe_blocks, job_config.compile.enable)
+    tokens = cfg["micro_batch_size"] * cfg["seq_length"]
     result = {
-        **result_line("torchtitan", args.label, device, bf16, params, batch * seq, args.steps, seconds, cfg, loss),
+        **result_line("torchtitan", args.label, device, bool(cfg["bf16"]), params, tokens, args.steps, seconds,
+                      cfg, loss),
         "peer_version": f"torchtitan {peer_version}",
         "imbalance": imbalance,
         "attention": attention,
@@ -523,14 +553,10 @@ def main():
         "force_balanced": bool(args.force_balanced),
         "notes": "; ".join(notes),
     }
-    print(json.dumps(result), flush=True)
     if params != cfg.get("total_params", params):
         say(f"NOTE: params {params} != the JSON's total_params {cfg['total_params']}"
             + (" (MTP not built)" if cfg["num_nextn_predict_layers"] > 0 else ""))
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    if not math.isfinite(result["final_loss"]):
-        sys.exit(f"{PROG}: the loss is not finite")
+    finish(PROG, result)
 
 
 if __name__ == "__main__":

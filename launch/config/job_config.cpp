@@ -108,6 +108,34 @@ void check_run(const JobConfig& c) {
   }
 }
 
+// train.cuda_graph records a micro-batch's forward and backward once and replays it, so that work
+// may not talk to the host or to other ranks (launch/train/graphed_step.h): the layouts whose
+// forward and backward hold no collective, and no host-side token counts.
+void check_cuda_graph(const JobConfig& c) {
+  if (!c.train.cuda_graph) return;
+  TANDEM_CONFIG_REQUIRE(c.run.device != runtime::DeviceKind::kCpu, "train.cuda_graph",
+                        "CUDA graphs need a GPU, but run.device is cpu; set train.cuda_graph: false");
+  TANDEM_CONFIG_REQUIRE(!uses_pipeline(c), "train.cuda_graph",
+                        "CUDA graphs do not drive pipelines yet (pp = {}, schedule {}); use pp = 1 or "
+                        "train.cuda_graph: false",
+                        c.parallel.pp, config::enum_name(c.parallel.pipeline.schedule));
+  TANDEM_CONFIG_REQUIRE(c.parallel.tp == 1 && c.parallel.ep == 1, "train.cuda_graph",
+                        "CUDA graphs cannot record the tensor- or expert-parallel collectives of forward and backward "
+                        "(tp = {}, ep = {}); use tp = ep = 1 or train.cuda_graph: false",
+                        c.parallel.tp, c.parallel.ep);
+  TANDEM_CONFIG_REQUIRE(c.parallel.zero <= 1, "train.cuda_graph",
+                        "CUDA graphs need the gradients in fixed buffers: ZeRO {} frees and gathers them during "
+                        "backward; use parallel.zero 0 or 1",
+                        c.parallel.zero);
+  TANDEM_CONFIG_REQUIRE(c.model.capacity_factor <= 0, "train.cuda_graph",
+                        "token dropping (model.capacity_factor = {}) counts tokens on the host, which a CUDA graph "
+                        "cannot; set capacity_factor: 0",
+                        c.model.capacity_factor);
+  TANDEM_CONFIG_REQUIRE(c.train.precision != Precision::kFp32 || c.model.n_routed_experts == 0, "train.cuda_graph",
+                        "the routed experts' fp32 grouped GEMMs read the expert boundaries on the host, which a CUDA "
+                        "graph cannot; use train.precision bf16 (or auto) for an MoE model");
+}
+
 }  // namespace
 
 void JobConfig::resolve_and_validate(int64_t world_size) {
@@ -121,6 +149,7 @@ void JobConfig::resolve_and_validate(int64_t world_size) {
   parallel.pipeline.micro_batches = resolve_micro_batches(*this);
   check_pipeline(*this);
   check_run(*this);
+  check_cuda_graph(*this);
 }
 
 int pipeline_chunks(const parallel::PipelineConfig& pipeline) {

@@ -76,6 +76,7 @@ struct TrainConfig {
   Precision precision = Precision::kAuto;
   model::RecomputeMode recompute = model::RecomputeMode::kNone;
   int64_t recompute_layers = 0;
+  bool cuda_graph = false;
   int64_t eval_interval = 0;
   int64_t eval_steps = 4;
 
@@ -90,6 +91,9 @@ struct TrainConfig {
               "projections, as DeepSeek-V3) or full (whole decoder layers)"});
     v("recompute_layers", recompute_layers,
       {.doc = "With recompute: full, the first N decoder layers of each pipeline stage; 0 = all", .min = 0});
+    v("cuda_graph", cuda_graph,
+      {.doc = "Replay each micro-batch's forward and backward as one CUDA graph (GPU; pp, tp and ep 1, ZeRO 0/1, "
+              "no capacity_factor)"});
     v("eval_interval", eval_interval, {.doc = "Evaluate on the held-out split every N steps; 0 = off", .min = 0});
     v("eval_steps", eval_steps,
       {.doc = "Held-out batches of global_batch_size samples per evaluation (the same samples in every layout)",

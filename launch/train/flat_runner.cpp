@@ -2,11 +2,15 @@
 // Per micro-batch: forward under the run's autocast, then backward with gradient 1/M while the
 // data-parallel optimizer reduces each gradient bucket as soon as backward completes it (ZeRO
 // 2/3 reduce-scatter every micro-batch); ZeRO-3 gathers each decoder layer's parameters around
-// its use through the model's layer hooks.
+// its use through the model's layer hooks. With train.cuda_graph each micro-batch's forward and
+// backward replay one CUDA graph (graphed_step.h) and the buckets are reduced after the last one.
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/grad_mode.h>
 
+#include <memory>
+
+#include "launch/train/graphed_step.h"
 #include "launch/train/pipeline_runner.h"
 #include "launch/train/step_runner.h"
 #include "model/autocast.h"
@@ -14,6 +18,7 @@
 #include "parallel/data_parallel_optimizer.h"
 #include "parallel/process_grid.h"
 #include "runtime/error.h"
+#include "runtime/log.h"
 
 namespace tandem::launch {
 namespace {
@@ -56,15 +61,23 @@ class FlatRunner final : public StepRunner {
     // Loss pieces accumulate on the device; one copy to the host per step (no sync per micro-batch).
     at::Tensor loss_sums = at::zeros({4}, at::TensorOptions().dtype(at::kDouble).device(device_.device));
     for (int64_t micro = 0; micro < count; ++micro) {
-      model::LossPieces pieces;
-      {
-        const model::AutocastScope autocast(device_.device.type(), at::kBFloat16, device_.bf16());
-        pieces = model_.forward_loss(micro_batches[static_cast<size_t>(micro)], loss_scale);
+      const at::Tensor& tokens = micro_batches[static_cast<size_t>(micro)];
+      if (config_.train.cuda_graph) {
+        // The graph cannot hold the bucket reductions (collectives, host bookkeeping): no backward
+        // is armed, and finish_gradient_sync reduces every bucket after the last micro-batch.
+        optimizer_->begin_backward(/*final_backward=*/false);
+        GraphedMicroStep& graphed_step = graphed(loss_scale);
+        loss_sums += graphed_step.run(tokens) * loss_scale;
+        optimizer_->end_backward();
+        if (!logged_capture_ && graphed_step.captured() && is_root_) {
+          TANDEM_LOG_INFO("train", "cuda graph: each micro-batch's forward and backward now replay as one graph");
+        }
+        logged_capture_ = graphed_step.captured();
+        continue;
       }
       optimizer_->begin_backward(/*final_backward=*/micro == count - 1);
-      torch::autograd::backward({pieces.loss}, {at::full({}, loss_scale, pieces.loss.options())});
+      loss_sums += forward_backward_one(tokens, loss_scale) * loss_scale;
       optimizer_->end_backward();
-      loss_sums += stacked_losses(pieces) * loss_scale;
     }
     const at::Tensor sums = loss_sums.to(at::kCPU);
     return {sums[0].item<double>(), sums[1].item<double>(), sums[2].item<double>(), sums[3].item<double>()};
@@ -95,11 +108,46 @@ class FlatRunner final : public StepRunner {
   }
 
  private:
+  // One micro-batch's forward under the run's autocast and its backward with gradient
+  // `loss_scale`; returns its stacked loss pieces.
+  at::Tensor forward_backward_one(const at::Tensor& tokens, double loss_scale) {
+    model::LossPieces pieces;
+    {
+      const model::AutocastScope autocast(device_.device.type(), at::kBFloat16, device_.bf16());
+      pieces = model_.forward_loss(tokens, loss_scale);
+    }
+    torch::autograd::backward({pieces.loss}, {at::full({}, loss_scale, pieces.loss.options())});
+    return stacked_losses(pieces);
+  }
+
+  // The recorded micro-batch (made on first use: the loss scale is part of the recording). Two
+  // eager runs first: the rotary tables, cuBLAS/cuDNN workspaces and autotuning settle.
+  GraphedMicroStep& graphed(double loss_scale) {
+    if (!graphed_) {
+      TANDEM_CHECK_KIND(kConfig, device_.device.is_cuda(),
+                        "train.cuda_graph needs a GPU, but this rank trains on {}; set run.device: cuda or "
+                        "train.cuda_graph: false",
+                        device_.device.str());
+      TANDEM_CHECK_KIND(kConfig, device_.bf16() || config_.model.n_routed_experts == 0,
+                        "train.cuda_graph: the routed experts' fp32 grouped GEMMs read the expert boundaries on the "
+                        "host, which a CUDA graph cannot; train in bf16 (train.precision: bf16 or auto)");
+      graphed_ = std::make_unique<GraphedMicroStep>(
+          [this, loss_scale](const at::Tensor& tokens) { return forward_backward_one(tokens, loss_scale); },
+          /*eager_runs=*/2);
+      graphed_scale_ = loss_scale;
+    }
+    TANDEM_CHECK(loss_scale == graphed_scale_, "train.cuda_graph: the micro-batch count changed during the run");
+    return *graphed_;
+  }
+
   const JobConfig& config_;
   TrainingDevice device_;
   bool is_root_;
   model::Model model_;
   parallel::DataParallelOptimizer* optimizer_ = nullptr;
+  std::unique_ptr<GraphedMicroStep> graphed_;
+  double graphed_scale_ = 0;
+  bool logged_capture_ = false;
 };
 
 }  // namespace

@@ -25,6 +25,7 @@
 
 #include "launch/config/config_loader.h"
 #include "launch/plan/memory_estimate.h"
+#include "launch/train/graphed_step.h"
 #include "launch/train/training_device.h"
 #include "model/autocast.h"
 #include "model/init.h"
@@ -251,13 +252,18 @@ class BenchStep {
 
   void operator()() {
     optimizer_->zero_grad();
-    model::LossPieces pieces;
-    {
-      const model::AutocastScope autocast(on_.device.type(), at::kBFloat16, on_.bf16());
-      pieces = model_.forward_loss(tokens_, 1.0);
+    if (job_.train.cuda_graph) {
+      // As the trainer's flat runner: the recorded forward and backward, reductions after it.
+      if (!graphed_) {
+        graphed_ = std::make_unique<launch::GraphedMicroStep>(
+            [this](const at::Tensor& tokens) { return forward_backward(tokens); }, /*eager_runs=*/2);
+      }
+      optimizer_->begin_backward(/*final_backward=*/false);
+      last_loss_ = graphed_->run(tokens_);
+    } else {
+      optimizer_->begin_backward(/*final_backward=*/true);
+      last_loss_ = forward_backward(tokens_);
     }
-    optimizer_->begin_backward(/*final_backward=*/true);
-    torch::autograd::backward({pieces.loss}, {at::ones({}, pieces.loss.options())});
     optimizer_->end_backward();
     optimizer_->finish_gradient_sync();
     const double grad_norm = optimizer_->global_grad_norm();  // the step's one host sync
@@ -269,7 +275,6 @@ class BenchStep {
       model_.update_routing_bias(load);
       model_.reset_expert_load();
     }
-    last_loss_ = pieces.lm_loss.detach();
   }
 
   double last_loss() const { return last_loss_.item<double>(); }
@@ -286,11 +291,23 @@ class BenchStep {
   }
 
  private:
+  // Forward under the job's autocast and backward of the batch; returns the LM loss.
+  at::Tensor forward_backward(const at::Tensor& tokens) {
+    model::LossPieces pieces;
+    {
+      const model::AutocastScope autocast(on_.device.type(), at::kBFloat16, on_.bf16());
+      pieces = model_.forward_loss(tokens, 1.0);
+    }
+    torch::autograd::backward({pieces.loss}, {at::ones({}, pieces.loss.options())});
+    return pieces.lm_loss.detach();
+  }
+
   const launch::JobConfig& job_;
   launch::TrainingDevice on_;
   model::Model model_;
   std::unique_ptr<parallel::DataParallelOptimizer> optimizer_;
   at::Tensor tokens_;
+  std::unique_ptr<launch::GraphedMicroStep> graphed_;  // with train.cuda_graph
   at::Tensor last_loss_;
   double imbalance_ = 1.0;
   at::Tensor last_load_;
@@ -346,6 +363,7 @@ int run(const Options& options) {
   line["imbalance"] = json::rounded(step.last_imbalance(), 3);
   if (options.print_load) line["expert_load"] = step.last_load();
   line["recompute"] = config::enum_name(job.train.recompute);
+  line["cuda_graph"] = job.train.cuda_graph;
   // What check-config predicts for this job (launch/plan/memory_estimate.h), beside the peak.
   line["estimated_mem_gib"] =
       json::rounded(launch::estimate_memory(job, trained_on.precision).front().total_bytes() / 1073741824.0, 3);

@@ -8,7 +8,11 @@
 #  4. a DualPipe pipeline over 2 ranks on the GPU(s) (activations and gradients between stages
 #     as device tensors, bf16 autocast on both threads of the overlapped pairs) follows the
 #     one-rank fp32 run, and in bf16 the one-rank run with the same micro-batches;
-#  5. dp2 under ZeRO 1, 2 and 3 in fp32 follows the one-rank fp32 run.
+#  5. dp2 under ZeRO 1, 2 and 3 in fp32 follows the one-rank fp32 run;
+#  6. train.cuda_graph (forward and backward replayed as one CUDA graph from the third micro-
+#     batch on, two micro-batches per step accumulating into the same gradient buffers) follows
+#     the eager runs: bf16 on one rank and on dp2 (buckets reduced after the graph), a dense
+#     model in fp32; fp32 experts are refused.
 # Skips (exit 77) without a GPU or without the corpus.
 # Usage: train_gpu_test.sh TANDEM_BINARY SOURCE_DIR MPIEXEC...
 set -uo pipefail
@@ -90,5 +94,33 @@ for zero in 1 2 3; do
     ok "dp2 zero $zero fp32 on GPU: worst relative loss difference vs one rank $worst ($(grep -m1 -o 'rank 0: parameters [^)]*' "$work/zero$zero.log"))"
   else fail "dp2 zero $zero fp32 differs from one rank: worst $worst"; fi
 done
+
+# 6. train.cuda_graph against the eager runs above (the same kernels; only the MoE combine's
+# atomic adds may order differently)
+compare() {  # compare RUN REFERENCE STEPS LIMIT WHAT
+  local worst
+  worst=$(paste <(field "$1" loss) <(head -"$3" <(field "$2" loss)) |
+          awk '{ d = ($1 - $2) / $2; if (d < 0) d = -d; if (d > w) w = d } END { printf "%.3g", w + 0 }')
+  if [ "$(field "$1" loss | wc -l)" -eq "$3" ] && awk -v w="$worst" -v l="$4" 'BEGIN { exit !(w < l) }'; then
+    ok "$5: worst relative loss difference vs the eager run $worst"
+  else fail "$5 differs from the eager run: worst $worst ($(tail -2 "$1.log"))"; fi
+}
+graph=(--set train.cuda_graph=true)
+train "$work/graph16" 1 "${graph[@]}" --set train.steps=40 || fail "cuda graph bf16 exited $?"
+grep -q "cuda graph: each micro-batch" "$work/graph16.log" || fail "cuda graph bf16: no graph was recorded"
+compare "$work/graph16" "$work/bf16" 40 3e-2 "cuda graph bf16 on GPU"
+train "$work/graphdp2" 2 "${graph[@]}" --set train.steps=40 || fail "cuda graph dp2 exited $?"
+compare "$work/graphdp2" "$work/dp2" 40 3e-2 "cuda graph dp2 bf16 on GPU"
+# fp32: a dense model (the fp32 grouped expert GEMMs need the expert boundaries on the host,
+# which train.cuda_graph refuses before training)
+dense=(--set train.steps=20 --set train.precision=fp32 --set model.n_routed_experts=0)
+train "$work/dense32" 1 "${dense[@]}" || fail "dense fp32 exited $?"
+train "$work/graphdense32" 1 "${dense[@]}" "${graph[@]}" || fail "cuda graph dense fp32 exited $?"
+compare "$work/graphdense32" "$work/dense32" 20 1e-6 "cuda graph dense fp32 on GPU"
+train "$work/graphmoe32" 1 "${graph[@]}" --set train.steps=2 --set train.precision=fp32
+code=$?
+if [ $code -eq 2 ] && grep -q "train.cuda_graph: the routed experts' fp32 grouped GEMMs" "$work/graphmoe32.log"; then
+  ok "cuda graph with fp32 experts refused before training (exit 2)"
+else fail "cuda graph with fp32 experts: exit $code, $(grep -m1 -i error "$work/graphmoe32.log")"; fi
 
 [ $failures -eq 0 ] || { echo "$failures check(s) failed; logs:"; for f in "$work"/*.log; do echo "== $f"; tail -n 5 "$f"; done; exit 1; }

@@ -1,5 +1,7 @@
 // Job-file loading: every kind of bad input is rejected with a message that names the key, the
 // value and where it was set; overrides, defaults and the printed config round-trip.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -107,6 +109,37 @@ TEST(ConfigLoader, ScheduleRulesComeFromTheScheduleLibrary) {
       {"job.yaml:3", "parallel.pipeline.micro_batches", "is 3, but global_batch_size"}, {}, 1);
   expect_rejected("parallel:\n  pp: 2\n  pipeline:\n    virtual_stages: 2\n", {"virtual_stages = 2 only applies"}, {},
                   2);
+}
+
+TEST(ConfigLoader, CudaGraphsOnlyWhereForwardAndBackwardCanBeRecorded) {
+  // The default job on one GPU rank, then on dp 2 (its buckets reduced after the graph).
+  const std::vector<std::string> flat = {"parallel.pp=1", "parallel.pipeline.schedule=1f1b", "run.device=cuda",
+                                         "train.precision=auto", "train.cuda_graph=true"};
+  EXPECT_TRUE(load_job_config(kTinyJob, flat, 1).train.cuda_graph);
+  EXPECT_TRUE(load_job_config(kTinyJob, flat, 2).train.cuda_graph);
+  auto rejected = [&](std::vector<std::string> extra, int64_t world, const std::string& fragment) {
+    std::vector<std::string> overrides = flat;
+    overrides.insert(overrides.end(), extra.begin(), extra.end());
+    try {
+      load_job_config(kTinyJob, overrides, world);
+      ADD_FAILURE() << "accepted train.cuda_graph with " << fmt::format("{}", fmt::join(extra, " "));
+    } catch (const Error& error) {
+      EXPECT_EQ(error.kind(), ErrorKind::kConfig);
+      EXPECT_NE(std::string(error.what()).find("train.cuda_graph"), std::string::npos) << error.what();
+      EXPECT_NE(std::string(error.what()).find(fragment), std::string::npos) << error.what();
+    }
+  };
+  rejected({"run.device=cpu"}, 1, "run.device is cpu");
+  rejected({"parallel.pp=2"}, 2, "pipelines");
+  rejected({"parallel.tp=2"}, 2, "tp = 2");
+  rejected({"parallel.ep=2"}, 2, "ep = 2");
+  rejected({"parallel.zero=2"}, 2, "ZeRO 2");
+  rejected({"model.capacity_factor=1.25"}, 1, "capacity_factor");
+  rejected({"train.precision=fp32"}, 1, "fp32 grouped GEMMs");
+  // A dense model may record its fp32 step.
+  std::vector<std::string> dense_fp32 = flat;
+  dense_fp32.insert(dense_fp32.end(), {"train.precision=fp32", "model.n_routed_experts=0"});
+  EXPECT_TRUE(load_job_config(kTinyJob, dense_fp32, 1).train.cuda_graph);
 }
 
 TEST(ConfigLoader, BadOverridesAndSyntaxErrors) {

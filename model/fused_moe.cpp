@@ -147,6 +147,27 @@ struct UnpermuteCombine : torch::autograd::Function<UnpermuteCombine> {
     const at::Tensor& expert_rows = saved[0];
     const at::Tensor& gate = saved[1];
     const at::Tensor& token_index = saved[2];
+#ifdef TANDEM_HAVE_CUDA
+    // One pass on the GPU: each row's token gradient read in place, scaled, and dotted with the
+    // row (no permuted copy, no fp32 copies of both [R, C] operands).
+    kernels::RowType type{};
+    if (expert_rows.is_cuda() && grads[0].scalar_type() == expert_rows.scalar_type() && gate.is_cuda() &&
+        kernel_row_type(expert_rows, type)) {
+      const c10::cuda::CUDAGuard guard(expert_rows.device());
+      const at::Tensor upstream = grads[0].contiguous();
+      const at::Tensor rows = expert_rows.contiguous();
+      const at::Tensor index = token_index.contiguous();
+      const at::Tensor weights = gate.to(at::kFloat).contiguous();
+      at::Tensor grad_expert = at::empty_like(rows);
+      at::Tensor grad_gate = at::empty({rows.size(0)}, weights.options());
+      TANDEM_KERNEL_CHECK(kernels::launch_unpermute_combine_backward(
+                              upstream.data_ptr(), rows.data_ptr(), type, weights.data_ptr<float>(),
+                              index.data_ptr<int64_t>(), grad_expert.data_ptr(), grad_gate.data_ptr<float>(),
+                              rows.size(0), rows.size(1), current_stream(rows)),
+                          "kernels::launch_unpermute_combine_backward");
+      return {grad_expert, grad_gate.to(gate.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
+    }
+#endif
     const at::Tensor grad_rows = permute_tokens(grads[0].contiguous(), token_index);  // [R, C] in expert order
     const at::Tensor grad_expert =
         (grad_rows * gate.unsqueeze(1).to(grad_rows.scalar_type())).to(expert_rows.scalar_type());

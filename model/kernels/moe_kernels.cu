@@ -132,6 +132,54 @@ __global__ void unpermute_combine_kernel(const T* __restrict__ rows, const float
   }
 }
 
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16(v);
+}
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) {
+  return __float2half(v);
+}
+
+// One block per expert row: the scaled token gradient out, the dot product with the row reduced
+// over the block (warp shuffles, then one partial per warp).
+template <typename T>
+__global__ void unpermute_combine_backward_kernel(const T* __restrict__ grad_out, const T* __restrict__ rows,
+                                                  const float* __restrict__ gate,
+                                                  const int64_t* __restrict__ token_index, T* __restrict__ grad_rows,
+                                                  float* __restrict__ grad_gate, int64_t num_rows, int64_t hidden) {
+  __shared__ float partial[kRowThreads / kWarp];
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int warp = static_cast<int>(threadIdx.x) / kWarp;
+  for (int64_t r = blockIdx.x; r < num_rows; r += gridDim.x) {
+    const float weight = gate[r];
+    const T* upstream = grad_out + token_index[r] * hidden;
+    const T* row = rows + r * hidden;
+    T* target = grad_rows + r * hidden;
+    float dot = 0.0f;
+    for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
+      const float g = to_float(upstream[c]);
+      target[c] = from_float<T>(weight * g);
+      dot += g * to_float(row[c]);
+    }
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+    if (lane == 0) partial[warp] = dot;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float total = 0.0f;
+      for (int w = 0; w < kRowThreads / kWarp; ++w) total += partial[w];
+      grad_gate[r] = total;
+    }
+    __syncthreads();  // `partial` is reused by the next row
+  }
+}
+
 int grid_for(int64_t items) { return static_cast<int>(items < kMaxBlocks ? items : kMaxBlocks); }
 
 template <typename Vector>
@@ -148,6 +196,16 @@ int launch_combine_as(const void* rows, const float* gate, const int64_t* token_
                       int64_t hidden, cudaStream_t stream) {
   unpermute_combine_kernel<T><<<grid_for(num_rows), kRowThreads, 0, stream>>>(static_cast<const T*>(rows), gate,
                                                                               token_index, out, num_rows, hidden);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+int launch_combine_backward_as(const void* grad_out, const void* rows, const float* gate, const int64_t* token_index,
+                               void* grad_rows, float* grad_gate, int64_t num_rows, int64_t hidden,
+                               cudaStream_t stream) {
+  unpermute_combine_backward_kernel<T><<<grid_for(num_rows), kRowThreads, 0, stream>>>(
+      static_cast<const T*>(grad_out), static_cast<const T*>(rows), gate, token_index, static_cast<T*>(grad_rows),
+      grad_gate, num_rows, hidden);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -195,6 +253,26 @@ int launch_unpermute_combine(const void* rows, RowType type, const float* gate, 
     case RowType::kFloat32: return launch_combine_as<float>(rows, gate, token_index, out, num_rows, hidden, s);
     case RowType::kBFloat16: return launch_combine_as<__nv_bfloat16>(rows, gate, token_index, out, num_rows, hidden, s);
     case RowType::kFloat16: return launch_combine_as<__half>(rows, gate, token_index, out, num_rows, hidden, s);
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+int launch_unpermute_combine_backward(const void* grad_out, const void* rows, RowType type, const float* gate,
+                                      const int64_t* token_index, void* grad_rows, float* grad_gate, int64_t num_rows,
+                                      int64_t hidden, runtime::CudaStream stream) {
+  if (num_rows < 0 || hidden < 0 || gate == nullptr) return static_cast<int>(cudaErrorInvalidValue);
+  if (num_rows == 0) return static_cast<int>(cudaSuccess);
+  const auto s = stream;
+  switch (type) {
+    case RowType::kFloat32:
+      return launch_combine_backward_as<float>(grad_out, rows, gate, token_index, grad_rows, grad_gate, num_rows,
+                                               hidden, s);
+    case RowType::kBFloat16:
+      return launch_combine_backward_as<__nv_bfloat16>(grad_out, rows, gate, token_index, grad_rows, grad_gate,
+                                                       num_rows, hidden, s);
+    case RowType::kFloat16:
+      return launch_combine_backward_as<__half>(grad_out, rows, gate, token_index, grad_rows, grad_gate, num_rows,
+                                                hidden, s);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

@@ -4,7 +4,7 @@
 //    selection values, weights from the unbiased scores, normalised, times the scaling factor);
 //  - token permute: gather token rows into expert order;
 //  - un-permute with weighted combine: scatter-add of the expert output rows, each times its gate,
-//    back onto the token rows (fp32 accumulation).
+//    back onto the token rows (fp32 accumulation), and its backward in one pass.
 // Every launch is asynchronous on `stream` (a cudaStream_t; null = the legacy default stream) and
 // returns the cudaError_t of the launch as an int (0 = success); argument errors return
 // cudaErrorInvalidValue without launching. Pointers are device pointers. Ties between equal
@@ -46,5 +46,14 @@ int launch_permute_rows(const void* in, const int64_t* token_index, void* out, i
 // the caller.
 int launch_unpermute_combine(const void* rows, RowType type, const float* gate, const int64_t* token_index, float* out,
                              int64_t num_rows, int64_t hidden, runtime::CudaStream stream);
+
+// The backward of the weighted combine, reading each expert row's token gradient in place (no
+// permuted copy): grad_rows[r, :] = gate[r] * grad_out[token_index[r], :] (rounded once to
+// `type`) and grad_gate[r] = sum_c grad_out[token_index[r], c] * rows[r, c], accumulated in fp32.
+// grad_out [num_tokens, hidden] and rows, grad_rows [num_rows, hidden] all of `type`; gate,
+// grad_gate [num_rows] fp32.
+int launch_unpermute_combine_backward(const void* grad_out, const void* rows, RowType type, const float* gate,
+                                      const int64_t* token_index, void* grad_rows, float* grad_gate, int64_t num_rows,
+                                      int64_t hidden, runtime::CudaStream stream);
 
 }  // namespace tandem::model::kernels

@@ -149,6 +149,28 @@ TEST(MoeKernels, DifferentiableFormsMatchReferenceGradientsOnGpu) {
   expect_reference_gradients(kGpu);
 }
 
+// The combine's fused backward in bf16 (the training dtype) against the same products in fp32:
+// the row gradients rounded once to bf16, the gate gradients accumulated in fp32.
+TEST(MoeKernels, CombineBackwardInBf16MatchesFp32Math) {
+  TANDEM_SKIP_WITHOUT_GPU();
+  at::manual_seed(23);
+  constexpr int64_t kTokens = 96, kRows = 96 * 3, kHidden = 200;
+  const auto bf16 = at::TensorOptions().dtype(at::kBFloat16).device(kGpu);
+  const at::Tensor index = at::randint(0, kTokens, {kRows}, at::TensorOptions().dtype(at::kLong)).to(kGpu);
+  const at::Tensor rows = at::randn({kRows, kHidden}, bf16).requires_grad_();
+  const at::Tensor gate = at::rand({kRows}, at::TensorOptions().device(kGpu)).requires_grad_();
+  const at::Tensor upstream = at::randn({kTokens, kHidden}, bf16);
+  unpermute_combine_differentiable(rows, gate, index, kTokens, at::kBFloat16).backward(upstream);
+  const at::Tensor g = upstream.to(at::kFloat).index_select(0, index);  // [R, C]
+  const at::Tensor expected_rows = g * gate.detach().unsqueeze(1);
+  const at::Tensor expected_gate = (g * rows.detach().to(at::kFloat)).sum(1);
+  ASSERT_EQ(rows.grad().scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(at::allclose(rows.grad().to(at::kFloat), expected_rows, 1e-2, 1e-2))
+      << "max |difference| " << (rows.grad().to(at::kFloat) - expected_rows).abs().max().item<double>();
+  EXPECT_TRUE(at::allclose(gate.grad(), expected_gate, 1e-4, 1e-4))
+      << "max |difference| " << (gate.grad() - expected_gate).abs().max().item<double>();
+}
+
 // The whole MoE layer on the GPU (fused routing, permute and combine kernels, grouped expert
 // GEMMs) against the same layer on the CPU (LibTorch ops, one SwiGLU per expert), fp32.
 ModelConfig small_moe_config() {

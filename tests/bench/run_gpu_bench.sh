@@ -74,7 +74,7 @@ if [ "$smoke" = 1 ]; then
   # checks that both losses sit near ln(vocab) for this random-token batch.
   device=cpu steps=2 warmup=1
   [ "$out" = "$root/build/bench-results" ] && out=$(mktemp -d)
-  sets+=(--set run.device=cpu --set train.precision=fp32 --set model.vocab_size=512 --set model.hidden_size=64
+  sets+=(--set run.device=cpu --set train.precision=fp32 --set train.cuda_graph=false --set model.vocab_size=512 --set model.hidden_size=64
          --set model.num_hidden_layers=2 --set model.intermediate_size=128 --set model.moe_intermediate_size=32
          --set model.num_attention_heads=4 --set model.num_key_value_heads=4 --set data.seq_length=64
          --set data.micro_batch_size=2 --set data.global_batch_size=2 --set model.q_lora_rank=32

@@ -45,6 +45,14 @@ std::vector<at::Tensor> DecoderLayerImpl::attention_inputs(const at::Tensor& x, 
 }
 
 at::Tensor DecoderLayerImpl::forward(const at::Tensor& x, ForwardContext& ctx) {
+  if (ctx.kv_cache) {
+    // Decoding: attention reads and extends this layer's cache; nothing is recomputed.
+    LayerKv& cache = ctx.kv_cache->layers[layer_];
+    const at::Tensor normed = input_layernorm->forward(x);
+    const at::Tensor h = x + (mla ? mla->decode(normed, ctx, cache) : gqa->decode(normed, ctx, cache));
+    const at::Tensor normed2 = post_attention_layernorm->forward(h);
+    return h + (moe ? moe->forward(normed2, ctx) : mlp->forward_parallel(normed2, ctx));
+  }
   std::vector<at::Tensor> qkv;
   if (ctx.recompute_attention_inputs && !ctx.recomputing) {
     // Selective recomputation: only x and the core's q, k, v stay alive until backward.

@@ -18,17 +18,6 @@
 namespace tandem::model::detail {
 namespace {
 
-at::Tensor rotary_composite(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  std::vector<int64_t> pair_shape = x.sizes().vec();
-  pair_shape.back() = x.size(-1) / 2;
-  pair_shape.push_back(2);
-  const at::Tensor pairs = x.reshape(pair_shape);  // [..., T, d/2, 2]
-  const at::Tensor even = pairs.select(-1, 0);     // [..., T, d/2]
-  const at::Tensor odd = pairs.select(-1, 1);
-  const at::Tensor rotated = at::stack({even * cos - odd * sin, even * sin + odd * cos}, -1);  // [..., T, d/2, 2]
-  return rotated.flatten(-2);                                                                  // [..., T, d]
-}
-
 #ifdef TANDEM_HAVE_CUDA
 // x [..., T, d] on the GPU, tables fp32 [>= T, d/2] -> rotated, in x's dtype and layout. A
 // heads-first view of [B, T, H, d] memory (what attention's q/k are) is rotated where it lies
@@ -104,6 +93,17 @@ bool kernel_dtype(const at::Tensor& t) {
 #endif
 
 }  // namespace
+
+at::Tensor rotary_composite(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  std::vector<int64_t> pair_shape = x.sizes().vec();
+  pair_shape.back() = x.size(-1) / 2;
+  pair_shape.push_back(2);
+  const at::Tensor pairs = x.reshape(pair_shape);  // [..., T, d/2, 2]
+  const at::Tensor even = pairs.select(-1, 0);     // [..., T, d/2]
+  const at::Tensor odd = pairs.select(-1, 1);
+  const at::Tensor rotated = at::stack({even * cos - odd * sin, even * sin + odd * cos}, -1);  // [..., T, d/2, 2]
+  return rotated.flatten(-2);                                                                  // [..., T, d]
+}
 
 at::Tensor rotary_differentiable(const at::Tensor& x, const RopeTables& rope) {
   const int64_t t = x.size(-2);

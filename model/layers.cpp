@@ -102,4 +102,26 @@ RopeTables make_rope_tables(const ModelConfig& c, int64_t rope_dim, int64_t leng
 
 at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope) { return rotary_differentiable(x, rope); }
 
+at::Tensor apply_rope_at(const at::Tensor& x, const RopeTables& rope, const at::Tensor& positions) {
+  const int64_t b = x.size(0), t = x.size(-2), half = rope.cos.size(1);
+  TANDEM_CHECK(positions.dim() == 2 && positions.size(0) == b && positions.size(1) == t,
+               "rotary positions [{}] do not fit x [{}]", fmt::join(positions.sizes(), ", "),
+               fmt::join(x.sizes(), ", "));
+  const at::Tensor flat = positions.reshape({-1}).to(rope.cos.device());
+  // [B, 1, T, d/2]: one table row per token, broadcast over the heads.
+  const at::Tensor cos = rope.cos.index_select(0, flat).view({b, 1, t, half});
+  const at::Tensor sin = rope.sin.index_select(0, flat).view({b, 1, t, half});
+  return rotary_composite(x, cos, sin);
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const ForwardContext& ctx) {
+  return ctx.positions.defined() ? apply_rope_at(x, ctx.rope, ctx.positions) : apply_rope(x, ctx.rope);
+}
+
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                            const ForwardContext& ctx) {
+  if (!ctx.attn_mask.defined()) return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale);
+  return at::scaled_dot_product_attention(q, k, v, ctx.attn_mask, 0.0, /*is_causal=*/false, scale);
+}
+
 }  // namespace tandem::model::detail

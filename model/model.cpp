@@ -33,7 +33,9 @@ LossPieces Model::forward_loss(const at::Tensor& tokens, double loss_scale) {
   return whole_->forward({.tokens = tokens, .hidden = {}, .loss_scale = loss_scale}).losses;
 }
 
-at::Tensor Model::forward_logits(const at::Tensor& tokens) { return whole_->impl().main_logits(tokens); }
+at::Tensor Model::forward_logits(const at::Tensor& tokens, const PackedRows& packing) {
+  return whole_->impl().main_logits(tokens, packing);
+}
 
 std::vector<std::shared_ptr<Stage>> Model::make_stages(int64_t num_stages) {
   std::vector<int64_t> sizes;

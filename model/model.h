@@ -43,7 +43,8 @@ class Model {
   LossPieces forward_loss(const at::Tensor& tokens, double loss_scale = 1.0);
   // Inference path (MTP inactive): tokens [B, T] -> logits [B, T, vocab]; under tensor
   // parallelism this rank's vocabulary columns [B, T, vocab / tp] (no rank holds them all).
-  at::Tensor forward_logits(const at::Tensor& tokens);
+  // `packing`: several samples per row (see PackedRows in model/stage.h).
+  at::Tensor forward_logits(const at::Tensor& tokens, const PackedRows& packing = {});
 
   // Pipeline stages over this model's parameters (partition_layers rule or explicit sizes).
   // The stages share the model's weight-gradient queue.

@@ -103,9 +103,12 @@ at::Tensor MoEImpl::routed(const at::Tensor& rows, ForwardContext& ctx, Routing&
     load_ += expert_counts(routing.topk_idx, num_experts).to(load_.device());
   }
 
-  // 2. Permute token rows into expert order. Capacity counts this rank's rows only.
-  const int64_t capacity =
-      capacity_factor_ > 0 ? static_cast<int64_t>(std::ceil(capacity_factor_ * n * options_.top_k / num_experts)) : 0;
+  // 2. Permute token rows into expert order. Capacity counts this rank's rows only, and only in
+  // training: inference drops no token (as DeepSeek-V3), so a token's output never depends on
+  // which other tokens share its forward (decoding one token at a time equals the full pass).
+  const int64_t capacity = capacity_factor_ > 0 && is_training()
+                               ? static_cast<int64_t>(std::ceil(capacity_factor_ * n * options_.top_k / num_experts))
+                               : 0;
   const bool grouped = grouped_experts_for(rows);
   const bool ep_exchange = ctx.ep && ctx.ep->size() > 1;
   // The grouped GEMMs take the expert boundaries on the device: no host copy of the counts

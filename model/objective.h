@@ -10,7 +10,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "model/model_config.h"
@@ -22,10 +24,14 @@ namespace tandem::model {
 // reaches the router through the hidden states (model/stage.h), so it enters `loss` detached.
 struct LossPieces {
   at::Tensor loss;      // [] the objective
-  at::Tensor lm_loss;   // [] next-token cross-entropy, mean over B*T positions
+  at::Tensor lm_loss;   // [] next-token cross-entropy, mean over B*T positions (post-training: the method's loss)
   at::Tensor mtp_loss;  // [] (lambda / D) * sum_k L_k; 0 when D = 0
   at::Tensor aux_loss;  // [] sequence-wise balance loss of the MoE layers that ran (detached)
+  // Further detached scalars to log (post-training: KL, clip fraction, entropy, ...), by name.
+  std::vector<std::pair<std::string, at::Tensor>> metrics;
 };
+
+struct ResponseTokens;  // model/policy_objectives.h
 
 // The head's output for one micro-batch [B, T+1] with MTP depth D.
 struct HeadOutput {
@@ -36,6 +42,8 @@ struct HeadOutput {
   at::Tensor aux_loss;           // [] balance loss of the stage's MoE layers (detached); may be undefined
   int64_t vocab_start = 0;       // this tp rank's first vocabulary column
   parallel::CommunicatorPtr tp;  // the vocabulary's tensor-parallel group (null: all of it here)
+  // Post-training: the micro-batch's responses (StageInput::responses); null in pretraining.
+  std::shared_ptr<const ResponseTokens> responses;
 };
 
 class Objective {

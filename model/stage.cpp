@@ -150,6 +150,7 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
 
   detail::ForwardContext ctx = make_context();
   ctx.loss_scale = input.loss_scale;
+  apply_packing(input.packing, b, t, ctx);
   at::Tensor h;  // [B, T(/tp), C]
   if (spec.is_first()) {
     h = embed->forward(tokens.narrow(1, 0, t), ctx, sp);
@@ -168,12 +169,13 @@ StageOutput Stage::Impl::forward(const StageInput& input) {
     out.aux_loss = ctx.aux_loss.defined() ? ctx.aux_loss : at::zeros({}, h.options());
     return out;
   }
-  out.losses = head_losses(h, tokens, ctx);
+  out.losses = head_losses(h, tokens, ctx, input.responses);
   out.aux_loss = out.losses.aux_loss;
   return out;
 }
 
-LossPieces Stage::Impl::head_losses(const at::Tensor& h, const at::Tensor& tokens, detail::ForwardContext& ctx) {
+LossPieces Stage::Impl::head_losses(const at::Tensor& h, const at::Tensor& tokens, detail::ForwardContext& ctx,
+                                    std::shared_ptr<const ResponseTokens> responses) {
   const int64_t b = tokens.size(0);
   const int64_t t = tokens.size(1) - 1;
   const bool sp = ctx.sequence_parallel;
@@ -184,9 +186,14 @@ LossPieces Stage::Impl::head_losses(const at::Tensor& h, const at::Tensor& token
   // MTP modules run on the full, replicated sequence (T-k is rarely divisible by tp).
   at::Tensor prev = sp ? parallel::gather_to_replicated(h, ctx.tp, 1) : h;  // [B, T, C]
   ctx.sequence_parallel = false;
+  const at::Tensor positions = ctx.positions, mask = ctx.attn_mask;  // packed rows: narrowed per depth
   for (MtpModule& m : mtp) {
     const int64_t k = m->depth();
     const int64_t len = t - k;
+    if (positions.defined()) {
+      ctx.positions = positions.narrow(1, 0, len);
+      ctx.attn_mask = mask.narrow(2, 0, len).narrow(3, 0, len);
+    }
     const at::Tensor ids = tokens.narrow(1, k, len);
     const at::Tensor emb = embed->forward(ids, ctx, false);  // [B, T-k, C] Emb(t_{i+k})
     const int64_t layer = m->block->layer_index();
@@ -207,10 +214,11 @@ LossPieces Stage::Impl::head_losses(const at::Tensor& h, const at::Tensor& token
   head.aux_loss = ctx.aux_loss;
   head.vocab_start = vocab_start();
   head.tp = ctx.tp;
+  head.responses = std::move(responses);
   return objective->losses(config, head);
 }
 
-at::Tensor Stage::Impl::main_logits(const at::Tensor& tokens) {
+at::Tensor Stage::Impl::main_logits(const at::Tensor& tokens, const PackedRows& packing) {
   TANDEM_CHECK(spec.is_first() && spec.is_last(), "main_logits needs the stage spanning the whole model");
   TANDEM_CHECK_INPUT(tokens.dim() == 2 && tokens.scalar_type() == at::kLong, "tokens must be [B, T] int64");
   const int64_t t = tokens.size(1);
@@ -218,11 +226,55 @@ at::Tensor Stage::Impl::main_logits(const at::Tensor& tokens) {
                      "with sequence parallelism the sequence length {} must be divisible by tp = {}", t,
                      groups.tp_size());
   detail::ForwardContext ctx = make_context();
+  apply_packing(packing, tokens.size(0), t, ctx);
   at::Tensor h = embed->forward(tokens, ctx, ctx.sequence_parallel);
   ctx.rope = rope_tables(t, h.scalar_type(), h.device());
   for (size_t i = 0; i < layers.size(); ++i)
     h = run_layer(layers[i], static_cast<int64_t>(i), h, ctx);                                        // [B, T(/tp), C]
   return detail::split_linear(detail::enter_tp_region(norm->forward(h), ctx), head_weight(), queue);  // [B, T, V/tp]
+}
+
+at::Tensor Stage::Impl::decode_logits(const at::Tensor& tokens, const at::Tensor& positions,
+                                      const at::Tensor& attn_mask, detail::KvCache& cache) {
+  TANDEM_CHECK(spec.is_first() && spec.is_last(), "decoding needs the stage spanning the whole model");
+  const int64_t n = tokens.size(1);
+  TANDEM_CHECK_INPUT(tokens.dim() == 2 && positions.sizes() == tokens.sizes() && attn_mask.dim() == 4 &&
+                         attn_mask.size(2) == n && attn_mask.size(3) == cache.length + n,
+                     "decode: tokens [B, n], positions [B, n] and mask [B, 1, n, {}] expected", cache.length + n);
+  const torch::NoGradGuard no_grad;
+  detail::ForwardContext ctx = make_context();
+  ctx.sequence_parallel = false;  // a step is often one token: nothing to split along the sequence
+  ctx.positions = positions;
+  ctx.attn_mask = attn_mask;
+  ctx.kv_cache = &cache;
+  at::Tensor h = embed->forward(tokens, ctx, false);  // [B, n, C]
+  ctx.rope = rope_tables(cache.capacity, h.scalar_type(), h.device());
+  for (DecoderLayer& layer : layers) {
+    const int64_t index = layer->layer_index();
+    h = layer->forward(begin_layer(index, {h})[0], ctx);
+    end_layer(index, {h});
+  }
+  cache.length += n;
+  const at::Tensor last = norm->forward(h.select(1, n - 1));  // [B, C]
+  return detail::split_linear(last, head_weight(), nullptr);  // [B, V/tp]
+}
+
+void Stage::Impl::apply_packing(const PackedRows& packing, int64_t batch, int64_t t,
+                                detail::ForwardContext& ctx) const {
+  if (!packing.defined()) return;
+  const at::Tensor& segments = packing.segment_ids;
+  TANDEM_CHECK_INPUT(segments.dim() == 2 && segments.size(0) == batch && segments.size(1) == t &&
+                         packing.positions.defined() && packing.positions.sizes() == segments.sizes(),
+                     "packed rows need segment_ids and positions [{}, {}]", batch, t);
+  ctx.positions = packing.positions.to(at::kLong);
+  ctx.attn_mask = packed_causal_mask(segments);
+}
+
+at::Tensor packed_causal_mask(const at::Tensor& segment_ids) {
+  const int64_t t = segment_ids.size(1);
+  const at::Tensor same = segment_ids.unsqueeze(2) == segment_ids.unsqueeze(1);  // [B, T, T]
+  const at::Tensor causal = at::ones({t, t}, segment_ids.options().dtype(at::kBool)).tril();
+  return (same & causal).unsqueeze(1);  // [B, 1, T, T]
 }
 
 at::Tensor Stage::Impl::run_layer(DecoderLayer& layer, int64_t position, const at::Tensor& input,

@@ -70,6 +70,20 @@ std::vector<std::vector<int64_t>> interleaved_stage_assignment(int64_t pp, int64
 std::vector<std::vector<int64_t>> dualpipe_stage_assignment(int64_t pp);
 std::vector<std::vector<int64_t>> dualpipev_stage_assignment(int64_t pp);
 
+// Several samples packed into each row (post-training): which sample each input token belongs to
+// and its position inside that sample, both [B, T] int64 (segment 0: padding). Attention stays
+// inside a sample (block-diagonal causal) and rotary positions restart with each sample, so a
+// sample gets the logits it would get alone. Undefined: one sequence per row, from position 0.
+struct PackedRows {
+  at::Tensor segment_ids;
+  at::Tensor positions;
+  bool defined() const { return segment_ids.defined(); }
+};
+
+// [B, 1, T, T] bool, true where query i may attend key j: same segment and j <= i (a padding
+// position sees the padding before it, so no row of the mask is empty).
+at::Tensor packed_causal_mask(const at::Tensor& segment_ids);
+
 struct StageInput {
   at::Tensor tokens;  // [B, T+1] int64: inputs are tokens[:, :T], next-token labels tokens[:, 1:]
   at::Tensor hidden;  // [B, T, C] ([B, T/tp, C] under sequence parallelism) from the previous
@@ -78,6 +92,9 @@ struct StageInput {
   // Factor the caller will apply to this micro-batch's loss gradient (e.g. 1 / micro-batches);
   // the balance loss injected inside the stage is scaled by it too.
   double loss_scale = 1.0;
+  PackedRows packing;  // every stage of a forward gets the same (undefined: unpacked rows)
+  // Post-training: the responses the last stage's objective scores (model/policy_objectives.h).
+  std::shared_ptr<const ResponseTokens> responses;
 };
 
 struct StageOutput {

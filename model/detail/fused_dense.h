@@ -15,6 +15,8 @@ struct RopeTables;
 
 // x [..., T, d] rotated by position (interleaved pairs); see apply_rope in layers.h.
 at::Tensor rotary_differentiable(const at::Tensor& x, const RopeTables& rope);
+// The LibTorch form of the rotation; cos/sin [T, d/2] or anything broadcasting to x [..., T, d/2].
+at::Tensor rotary_composite(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
 // silu(gate) * up, elementwise on equal shapes.
 at::Tensor swiglu_gate_differentiable(const at::Tensor& gate, const at::Tensor& up);

@@ -23,9 +23,20 @@ struct RopeTables {
   at::Tensor prefix(int64_t length, bool want_cos) const { return (want_cos ? cos : sin).narrow(0, 0, length); }
 };
 
+struct KvCache;  // model/detail/kv_cache.h
+
 // What every layer's forward needs besides its input, set up once per stage forward.
 struct ForwardContext {
-  RopeTables rope;                         // for the longest sequence of this forward
+  RopeTables rope;  // for the longest sequence of this forward
+  // Rows that are not one sequence starting at position 0 (packed samples, decoding after a
+  // cache): each input token's rotary position [B, T] int64 and the keys each query may see
+  // [B, 1, T, S] bool (S = T, or the cache length when decoding). Undefined: positions 0..T-1
+  // and plain causal attention, the training fast path.
+  at::Tensor positions;
+  at::Tensor attn_mask;
+  // Decoding: the attention layers read and extend this cache instead of attending to their
+  // input alone (model/detail/kv_cache.h). Null in training.
+  KvCache* kv_cache = nullptr;
   std::shared_ptr<WeightGradQueue> queue;  // where split layers defer W (may be null)
   double loss_scale = 1.0;                 // scale of the injected balance-loss gradient
   at::Tensor aux_loss;                     // [] running sum of balance losses (detached), out
@@ -142,5 +153,13 @@ RopeTables make_rope_tables(const ModelConfig& config, int64_t rope_dim, int64_t
 // Rotates consecutive pairs (x[2i], x[2i+1]) by angle pos * inv_freq[i] (the interleaved
 // layout of DeepSeek's checkpoints). x [B, H, T, d], tables for positions 0..T-1.
 at::Tensor apply_rope(const at::Tensor& x, const RopeTables& rope);
+// The same rotation at explicit positions: x [B, H, T, d], positions [B, T] int64 below the
+// tables' length. The composite path (packed rows and decoding are not the hot training loop).
+at::Tensor apply_rope_at(const at::Tensor& x, const RopeTables& rope, const at::Tensor& positions);
+// apply_rope_at with ctx.positions when set, else apply_rope.
+at::Tensor apply_rope(const at::Tensor& x, const ForwardContext& ctx);
+// Causal SDPA over q/k/v [B, H, T|S, d] honouring ctx.attn_mask when set.
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                            const ForwardContext& ctx);
 
 }  // namespace tandem::model::detail

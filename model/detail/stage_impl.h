@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "model/detail/decoder.h"
+#include "model/detail/kv_cache.h"
 #include "model/stage.h"
 #include "parallel/layer_hooks.h"
 
@@ -58,9 +59,17 @@ struct Stage::Impl {
   StageOutput forward(const StageInput& input);
   // The last stage's part of forward: final norm, MTP modules, the head over all their rows, and
   // the objective's losses. h [B, T(/tp), C] is the last decoder layer's output.
-  LossPieces head_losses(const at::Tensor& h, const at::Tensor& tokens, detail::ForwardContext& ctx);
+  LossPieces head_losses(const at::Tensor& h, const at::Tensor& tokens, detail::ForwardContext& ctx,
+                         std::shared_ptr<const ResponseTokens> responses = nullptr);
   // [B, T] -> [B, T, V/tp] (this rank's vocabulary columns); stage spanning the model only.
-  at::Tensor main_logits(const at::Tensor& tokens);
+  at::Tensor main_logits(const at::Tensor& tokens, const PackedRows& packing = {});
+  // Decoding (no gradients): the next n tokens of every row [B, n] at `positions` [B, n], seeing
+  // the keys `attn_mask` [B, 1, n, cache.length + n] allows; appends them to `cache` and returns
+  // the logits of each row's last position [B, V/tp]. Stage spanning the model only.
+  at::Tensor decode_logits(const at::Tensor& tokens, const at::Tensor& positions, const at::Tensor& attn_mask,
+                           detail::KvCache& cache);
+  // Sets ctx.positions and ctx.attn_mask for packed rows of T input tokens (no-op when undefined).
+  void apply_packing(const PackedRows& packing, int64_t batch, int64_t t, detail::ForwardContext& ctx) const;
   // Queue and parallel groups of a forward; the caller adds the rotary tables and loss scale.
   detail::ForwardContext make_context() const;
   // One decoder layer's forward between its layer hooks; `position` is its index within the

@@ -53,4 +53,5 @@ CommandRunner add_train_command(CLI::App& app);             // tandem train JOB.
 CommandRunner add_preprocess_command(CLI::App& app);        // tandem preprocess --input FILE... --output PREFIX
 CommandRunner add_export_command(CLI::App& app);            // tandem export CKPT_DIR OUT_DIR
 CommandRunner add_checkpoint_command(CLI::App& app);        // tandem checkpoint inspect DIR
+CommandRunner add_generate_command(CLI::App& app);          // tandem generate CKPT --prompt TEXT
 }  // namespace tandem::launch

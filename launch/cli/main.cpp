@@ -88,6 +88,7 @@ int run(int argc, char** argv) {
   add("preprocess", add_preprocess_command(app));
   add("export", add_export_command(app));
   add("checkpoint", add_checkpoint_command(app));
+  add("generate", add_generate_command(app));
 
   MpiSetupGate gate(session);
   try {

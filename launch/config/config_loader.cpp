@@ -270,6 +270,30 @@ YAML::Node find_node(const YAML::Node& root, const std::string& key) {
   return current;
 }
 
+// yaml-cpp keeps both entries of a repeated key and its lookups return the first, so a second
+// `pp: 2` further down would be silently ignored. Walk the tree as parsed (before any --set) and
+// refuse a repeated key, naming both lines.
+void reject_duplicate_keys(const YAML::Node& node, const std::string& prefix, const std::string& source_name) {
+  if (node.IsSequence()) {
+    for (const YAML::Node& item : node) reject_duplicate_keys(item, prefix, source_name);
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::map<std::string, int> first_line;  // key -> 1-based line of its first occurrence
+  for (const auto& entry : node) {
+    const std::string name = entry.first.IsScalar() ? entry.first.Scalar() : std::string();
+    const int line = entry.first.Mark().line + 1;
+    const auto [it, inserted] = first_line.emplace(name, line);
+    if (!inserted) {
+      TANDEM_THROW(kConfig,
+                   "{}:{}: {}{}: duplicate key (already set at line {}); YAML keeps only one of them: delete one",
+                   source_name, line, prefix, name, it->second);
+    }
+    reject_duplicate_keys(entry.second, prefix + name + ".", source_name);
+  }
+}
+
+// `world_size` 0: bind only, without resolve_and_validate (job_file_world).
 JobConfig bind(YAML::Node root, Source& source, const std::vector<std::string>& overrides, int64_t world_size) {
   if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
   TANDEM_CHECK_CONFIG(root.IsMap(), "{}: a job file must be a mapping of sections (run, model, parallel, ...)",
@@ -279,6 +303,7 @@ JobConfig bind(YAML::Node root, Source& source, const std::vector<std::string>& 
   Binder binder(root, "", source);
   config.visit(binder);
   binder.reject_unknown_keys();
+  if (world_size == 0) return config;
   try {
     config.resolve_and_validate(world_size);
   } catch (const config::KeyError& error) {
@@ -327,6 +352,24 @@ class YamlPrinter {
   int indent_ = 0;
 };
 
+// Dotted key -> value text, for comparing two configs.
+class ValueLister {
+ public:
+  template <class T>
+  void operator()(const char* name, T& field, const config::FieldInfo&) {
+    values_.emplace_back(prefix_ + name, scalar_text(field));
+  }
+  template <class S>
+  void section(const char* name, S& sub, const char*) {
+    const std::string saved = prefix_;
+    prefix_ += std::string(name) + ".";
+    sub.visit(*this);
+    prefix_ = saved;
+  }
+  std::vector<std::pair<std::string, std::string>> values_;
+  std::string prefix_;
+};
+
 class ReferencePrinter {
  public:
   template <class T>
@@ -358,9 +401,10 @@ class ReferencePrinter {
 
 }  // namespace
 
-JobConfig load_job_config_from_string(const std::string& yaml_text, const std::string& source_name,
-                                      const std::vector<std::string>& overrides, int64_t world_size) {
-  Source source{source_name, {}};
+namespace {
+
+// The parsed tree of a job file's text, its repeated keys refused.
+YAML::Node parse_job_text(const std::string& yaml_text, const std::string& source_name) {
   YAML::Node root;
   try {
     root = YAML::Load(yaml_text);
@@ -368,10 +412,11 @@ JobConfig load_job_config_from_string(const std::string& yaml_text, const std::s
     TANDEM_THROW(kConfig, "{}:{}:{}: YAML syntax error: {}", source_name, error.mark.line + 1, error.mark.column + 1,
                  error.msg);
   }
-  return bind(root, source, overrides, world_size);
+  reject_duplicate_keys(root, "", source_name);
+  return root;
 }
 
-JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides, int64_t world_size) {
+std::string read_job_file(const std::string& path) {
   std::ifstream file(path);
   TANDEM_CHECK_CONFIG(file.good(),
                       "cannot open job file '{}': check the path (it is relative to the directory "
@@ -379,7 +424,27 @@ JobConfig load_job_config(const std::string& path, const std::vector<std::string
                       path);
   std::stringstream text;
   text << file.rdbuf();
-  return load_job_config_from_string(text.str(), path, overrides, world_size);
+  return text.str();
+}
+
+}  // namespace
+
+JobConfig load_job_config_from_string(const std::string& yaml_text, const std::string& source_name,
+                                      const std::vector<std::string>& overrides, int64_t world_size) {
+  TANDEM_CHECK(world_size > 0, "world size {} is not a number of ranks", world_size);
+  Source source{source_name, {}};
+  return bind(parse_job_text(yaml_text, source_name), source, overrides, world_size);
+}
+
+JobConfig load_job_config(const std::string& path, const std::vector<std::string>& overrides, int64_t world_size) {
+  return load_job_config_from_string(read_job_file(path), path, overrides, world_size);
+}
+
+int64_t job_file_world(const std::string& path, const std::vector<std::string>& overrides) {
+  Source source{path, {}};
+  const JobConfig bound = bind(parse_job_text(read_job_file(path), path), source, overrides, /*world_size=*/0);
+  const parallel::ParallelConfig& p = bound.parallel;
+  return p.pp * p.tp * std::max<int64_t>(p.dp, 1);
 }
 
 std::string job_config_to_yaml(JobConfig config) {
@@ -405,6 +470,12 @@ std::vector<std::string> job_config_keys() {
   ReferencePrinter printer;
   defaults.visit(printer);
   return printer.keys_;
+}
+
+std::vector<std::pair<std::string, std::string>> job_config_values(JobConfig config) {
+  ValueLister lister;
+  config.visit(lister);
+  return lister.values_;
 }
 
 }  // namespace tandem::launch

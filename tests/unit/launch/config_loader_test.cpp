@@ -65,6 +65,23 @@ TEST(ConfigLoader, MisspeltKeySuggestsTheRightOne) {
                   {"parallel.ppp=2"});
 }
 
+TEST(ConfigLoader, DuplicateKeysNameBothLines) {
+  // yaml-cpp alone would keep the first `pp` and drop the second without a word.
+  expect_rejected("parallel:\n  pp: 1\n  tp: 1\n  pp: 2\n",
+                  {"job.yaml:4", "parallel.pp", "duplicate key", "already set at line 2"});
+  expect_rejected("train:\n  steps: 5\nrun:\n  seed: 1\ntrain:\n  steps: 6\n",
+                  {"job.yaml:5", "train: duplicate key", "line 1"});
+  // The same name in two sections is not a duplicate.
+  const JobConfig config = load_job_config_from_string("run:\n  name: a\noptim:\n  name: adamw\n", "job.yaml", {}, 1);
+  EXPECT_EQ(config.run.name, "a");
+}
+
+TEST(ConfigLoader, JobFileWorldIsTheLayoutsOwn) {
+  // simulate and plan outside mpirun: the default job is pp 4 with dp derived (1 on its own).
+  EXPECT_EQ(job_file_world(kTinyJob, {}), 4);
+  EXPECT_EQ(job_file_world(kTinyJob, {"parallel.pp=2", "parallel.dp=3", "parallel.tp=2"}), 12);
+}
+
 TEST(ConfigLoader, WrongTypesNameKeyValueAndLine) {
   expect_rejected("parallel:\n  tp: 1\n  pp: two\n", {"job.yaml:3", "parallel.pp", "expected an integer, got 'two'"});
   expect_rejected("parallel:\n  pp: 1.5\n", {"parallel.pp", "expected an integer, got '1.5'"});

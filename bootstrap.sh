@@ -91,8 +91,10 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 export NCCL_NVLS_ENABLE=0
 case "$mode" in
   run)
-    log "default job (DualPipe over 4 pipeline ranks): mpirun -np 4 $BUILD_DIR/bin/tandem train configs/tiny_moe.yaml"
-    mpirun -np 4 --bind-to none "$BUILD_DIR/bin/tandem" train configs/tiny_moe.yaml "$@"
+    # --overwrite: each `./bootstrap.sh run` starts the default job afresh in runs/tiny_moe
+    # (tandem train refuses to replace another run's outputs unless told to).
+    log "default job (DualPipe over 4 pipeline ranks): mpirun -np 4 $BUILD_DIR/bin/tandem train configs/tiny_moe.yaml --overwrite"
+    mpirun -np 4 --bind-to none "$BUILD_DIR/bin/tandem" train configs/tiny_moe.yaml --overwrite "$@"
     ;;
   test)
     ctest --test-dir "$BUILD_DIR" -LE bench --output-on-failure -j "$jobs" "$@"

@@ -16,6 +16,7 @@ struct CheckpointConfig {
   int64_t keep_last = 3;
   std::string resume = "auto";  // auto | none | path to a checkpoint directory
   bool save_on_exit = true;
+  bool allow_changes = false;  // resume although the job changes how the optimisation continues
 
   template <class V>
   void visit(V& v) {
@@ -26,6 +27,9 @@ struct CheckpointConfig {
       {.doc = "Checkpoints kept; older ones are deleted after a new one is complete", .min = 1});
     v("resume", resume, {.doc = "auto (latest valid checkpoint, if any), none, or a checkpoint directory"});
     v("save_on_exit", save_on_exit, {.doc = "Write a checkpoint when training ends or is stopped by a signal"});
+    v("allow_changes", allow_changes,
+      {.doc = "Resume even though the job changes the optimisation of the resumed run (learning rates of its "
+              "finished steps, batch, optimizer, data, model, seed); the changes are logged either way"});
   }
 };
 

@@ -10,9 +10,12 @@
 
 #include <chrono>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "launch/cli/command.h"
 #include "launch/config/config_loader.h"
+#include "launch/train/run_directory.h"
 #include "launch/train/trainer.h"
 #include "parallel/device_routed_communicator.h"
 #include "parallel/host_staged_communicator.h"
@@ -29,6 +32,8 @@ struct TrainOptions {
   std::string job_path;
   std::vector<std::string> overrides;
   int64_t comm_timeout_s = 300;
+  bool overwrite = false;
+  bool verbose = false;
 };
 
 // The communicator factory for this run (see the file comment).
@@ -75,15 +80,29 @@ CommandRunner add_train_command(CLI::App& app) {
       ->add_option("--comm-timeout", options->comm_timeout_s,
                    "Seconds a collective may wait for peers before the job is aborted")
       ->check(CLI::PositiveNumber);
+  command->add_flag("--overwrite", options->overwrite,
+                    "Start afresh even if run.output_dir holds another run, deleting its metrics, TensorBoard "
+                    "events, traces and checkpoints (same as --set run.overwrite=true)");
+  command->add_flag("--verbose", options->verbose,
+                    "Also log the resolved config (it is always written to run.output_dir/config.resolved.yaml)");
   return [options](const CommandEnv& env) {
     env.signals.set_graceful(true);  // a stop signal ends the run after the step, with a checkpoint
-    JobConfig config = load_job_config(options->job_path, options->overrides, env.process.world_size);
+    std::vector<std::string> overrides = options->overrides;
+    if (options->overwrite) overrides.emplace_back("run.overwrite=true");
+    JobConfig config = load_job_config(options->job_path, overrides, env.process.world_size);
     runtime::init_logging(env.process, {config.logging.level, config.logging.all_ranks, ""});
-    Trainer trainer(config, env.process, env.signals);
+    Trainer trainer(config, env.process, env.signals, TrainerOptions{options->verbose});
+    // Rank 0 decides whether this run may use its directory (only it writes metrics), before the
+    // agreement, so that a refusal exits 2 on every rank before anything is written.
+    RunDirectoryPlan plan;
+    if (env.process.is_root()) plan = check_run_directory(config);
     const int device = trainer.uses_gpu() ? runtime::select_device_for_local_rank(env.process.local_rank) : -1;
     const parallel::CommunicatorFactory factory = communicator_factory(
         config.parallel.backend, std::chrono::seconds(options->comm_timeout_s), trainer.uses_gpu(), device);
     env.setup.pass();
+    // Before the grid: no rank writes into the directory until the grid's collectives include rank 0.
+    if (plan.clear) clear_run_directory(config);
+    for (const std::string& note : plan.notes) TANDEM_LOG_INFO("train", "{}", note);
     const parallel::ProcessGrid grid(parallel::GridLayout::create(env.process.world_size, config.parallel.pp,
                                                                   config.parallel.dp, config.parallel.tp,
                                                                   config.parallel.ep, config.parallel.order),

@@ -34,6 +34,7 @@ struct RunConfig {
   std::string output_dir = "runs/tandem";
   int64_t seed = 1234;
   runtime::DeviceKind device = runtime::DeviceKind::kAuto;
+  bool overwrite = false;  // a fresh run may replace another run's outputs in output_dir
 
   template <class V>
   void visit(V& v) {
@@ -41,6 +42,9 @@ struct RunConfig {
     v("output_dir", output_dir, {.doc = "Where metrics.jsonl, TensorBoard events, traces and checkpoints go"});
     v("seed", seed, {.doc = "Seed for weights, data order and everything random", .min = 0});
     v("device", device, {.doc = "Where to train: auto (GPU when present), cpu or cuda"});
+    v("overwrite", overwrite,
+      {.doc = "Start afresh in an output_dir that holds another run's metrics or checkpoints, deleting them "
+              "(`tandem train --overwrite`); without it such a start is refused"});
   }
 };
 

@@ -40,7 +40,10 @@ StepLogger::StepLogger(const JobConfig& config, const runtime::ProcessContext& p
       run_start_(std::chrono::steady_clock::now()) {
   if (!process.is_root()) return;
   runtime::make_directories(config.run.output_dir);
-  metrics_ = std::make_unique<runtime::MetricsWriter>(config.run.output_dir + "/metrics.jsonl", resumed_step);
+  // Lines after the resumed step (or every line, starting afresh) belong to a run that did not
+  // finish them: dropped, so that metrics.jsonl never holds a step twice.
+  metrics_ =
+      std::make_unique<runtime::MetricsWriter>(config.run.output_dir + "/metrics.jsonl", resumed_step.value_or(0));
   if (config.logging.tensorboard) {
     tensorboard_ = std::make_unique<runtime::TensorBoardWriter>(config.run.output_dir + "/tensorboard", process.host);
   }
@@ -79,14 +82,14 @@ void StepLogger::log(const StepRecord& r, double step_seconds) {
   if (r.eval_loss) fields.emplace_back("eval_loss", *r.eval_loss);
   metrics_->write(fields);
   if (tensorboard_) {
-    std::vector<std::pair<std::string, double>> scalars = {{"train/loss", l.loss},
-                                                           {"train/lm_loss", l.lm_loss},
-                                                           {"train/mtp_loss", l.mtp_loss},
-                                                           {"train/lr", r.lr},
-                                                           {"train/grad_norm", r.grad_norm},
-                                                           {"train/tokens_per_s", tokens_per_s},
-                                                           {"train/expert_imbalance", r.expert_imbalance}};
-    if (r.eval_loss) scalars.emplace_back("eval/lm_loss", *r.eval_loss);
+    // Every series of metrics.jsonl (eval_loss under its established tag eval/lm_loss).
+    std::vector<std::pair<std::string, double>> scalars;
+    for (const auto& [key, value] : fields) {
+      if (key == "step") continue;
+      const double number = std::holds_alternative<double>(value) ? std::get<double>(value)
+                                                                  : static_cast<double>(std::get<int64_t>(value));
+      scalars.emplace_back(key == "eval_loss" ? std::string("eval/lm_loss") : "train/" + key, number);
+    }
     tensorboard_->add_scalars(r.step, scalars);
   }
 }

@@ -34,7 +34,8 @@ struct StepRecord {
 class StepLogger {
  public:
   // `resumed_step`: the checkpoint step a resumed run continues from (metrics.jsonl lines after
-  // it are dropped); `peak_flops`: of the whole job, for MFU. Creates run.output_dir on rank 0.
+  // it are dropped; nullopt, a fresh start: every line is); `peak_flops`: of the whole job, for
+  // MFU. Creates run.output_dir on rank 0. TensorBoard gets every series metrics.jsonl has.
   StepLogger(const JobConfig& config, const runtime::ProcessContext& process, std::optional<int64_t> resumed_step,
              double peak_flops);
   ~StepLogger();

@@ -14,11 +14,11 @@ bool is_traced_step(const JobConfig& config, int64_t step) {
   return std::find(steps.begin(), steps.end(), step) != steps.end();
 }
 
-void warn_untraced_steps(const JobConfig& config) {
+void note_untraced_steps(const JobConfig& config) {
   const std::vector<int64_t>& steps = config.logging.trace_steps;
   if (steps.empty()) return;
   if (!uses_pipeline(config) && config.parallel.ep <= 1) {
-    TANDEM_LOG_WARN("train",
+    TANDEM_LOG_INFO("train",
                     "logging.trace_steps: this job runs no pipeline (pp = 1, schedule {}) and no expert "
                     "parallelism, so there is no op timeline or all-to-all to trace",
                     config::enum_name(config.parallel.pipeline.schedule));
@@ -29,7 +29,7 @@ void warn_untraced_steps(const JobConfig& config) {
     if (step > config.train.steps) late.push_back(step);
   }
   if (!late.empty()) {
-    TANDEM_LOG_WARN("train", "logging.trace_steps: step(s) {} come after the last step ({}) and will not be traced",
+    TANDEM_LOG_INFO("train", "logging.trace_steps: step(s) {} come after the last step ({}): not traced this run",
                     fmt::join(late, ", "), config.train.steps);
   }
 }

@@ -21,9 +21,10 @@ namespace tandem::launch {
 
 // Whether logging.trace_steps names `step`.
 bool is_traced_step(const JobConfig& config, int64_t step);
-// Warns (on the calling rank) about logging.trace_steps that will not be traced: a job with no
-// pipeline and no expert parallelism, or steps after train.steps.
-void warn_untraced_steps(const JobConfig& config);
+// Notes (info, on the calling rank) logging.trace_steps that will not be traced: a job with no
+// pipeline and no expert parallelism, or steps after train.steps. Not warnings: a short trial
+// run of a job that traces a later step is normal.
+void note_untraced_steps(const JobConfig& config);
 
 class StepTracing {
  public:

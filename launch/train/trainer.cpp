@@ -30,6 +30,7 @@
 #include "parallel/grid_layout.h"
 #include "parallel/process_grid.h"
 #include "runtime/device.h"
+#include "runtime/file_util.h"
 #include "runtime/log.h"
 #include "runtime/placement_check.h"
 #include "runtime/process_context.h"
@@ -75,6 +76,7 @@ struct Trainer::State {
   JobConfig config;
   const runtime::ProcessContext& process;
   const runtime::SignalWatcher& signals;
+  TrainerOptions options;
   TrainingDevice device;
   TrainingData data;
   StepTracing tracing;
@@ -107,11 +109,13 @@ struct Trainer::State {
   bool end_of_step(int64_t step);  // true: stop now
 };
 
-Trainer::Trainer(JobConfig config, const runtime::ProcessContext& process, const runtime::SignalWatcher& signals) {
+Trainer::Trainer(JobConfig config, const runtime::ProcessContext& process, const runtime::SignalWatcher& signals,
+                 TrainerOptions options) {
   check_pipeline_supported(config);  // what the pipeline path cannot run
   const auto layout = parallel::GridLayout::create(process.world_size, config.parallel.pp, config.parallel.dp,
                                                    config.parallel.tp, config.parallel.ep, config.parallel.order);
   state_ = std::make_unique<State>(std::move(config), process, signals, layout);
+  state_->options = options;
 }
 
 Trainer::~Trainer() = default;
@@ -172,10 +176,16 @@ void Trainer::State::set_up(const parallel::ProcessGrid& job_grid) {
 
 void Trainer::State::log_start() const {
   TANDEM_LOG_INFO("train", "tandem {} | LibTorch {} | {}", TANDEM_VERSION_STRING, TORCH_VERSION, TANDEM_GIT_SHA);
-  TANDEM_LOG_INFO("train", "resolved config:\n{}", job_config_to_yaml(config));
+  // The resolved config is long (every key): kept with the run's outputs, printed on request.
+  const std::string resolved = job_config_to_yaml(config);
+  const std::string resolved_path = config.run.output_dir + "/config.resolved.yaml";
+  runtime::make_directories(config.run.output_dir);
+  runtime::write_file_atomic(resolved_path, resolved);
+  if (options.print_config) TANDEM_LOG_INFO("train", "resolved config:\n{}", resolved);
+  else TANDEM_LOG_INFO("train", "resolved config: {} (--verbose prints it)", resolved_path);
   TANDEM_LOG_INFO("train", "layout:\n{}", grid->layout().describe());
   for (const std::string& line : data.describe()) TANDEM_LOG_INFO("data", "{}", line);
-  warn_untraced_steps(config);
+  note_untraced_steps(config);
 }
 
 void Trainer::State::log_model(int64_t local_params) const {

@@ -26,12 +26,18 @@ class SignalWatcher;
 
 namespace tandem::launch {
 
+struct TrainerOptions {
+  // Log the resolved config at start (rank 0 always writes it to run.output_dir/config.resolved.yaml).
+  bool print_config = false;
+};
+
 class Trainer {
  public:
   // Rank-local set-up that can fail on bad input (data files, layout support, the device): call
   // on every rank BEFORE the set-up agreement (SetupGate::pass), so a bad dataset exits 2
   // everywhere. Throws tandem::Error (kConfig / kInput).
-  Trainer(JobConfig config, const runtime::ProcessContext& process, const runtime::SignalWatcher& signals);
+  Trainer(JobConfig config, const runtime::ProcessContext& process, const runtime::SignalWatcher& signals,
+          TrainerOptions options = {});
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;

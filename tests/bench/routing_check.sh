@@ -29,6 +29,7 @@ PY
 steps=${ROUTING_CHECK_STEPS:-40}
 for run in "lr3e-3_warmup10|--set optim.lr=3e-3 --set optim.min_lr=3e-4 --set optim.warmup_steps=10" "as_configured|"; do
   IFS='|' read -r name overrides <<<"$run"
+  rm -rf "${out:?}/$name"  # a fresh run each time (tandem train refuses a directory holding another run)
   # shellcheck disable=SC2086  # the overrides are words
   "$root/build/bin/tandem" train "$job" --set train.steps="$steps" --set logging.log_interval=1 \
     --set logging.tensorboard=false --set checkpoint.interval=0 --set checkpoint.save_on_exit=false \

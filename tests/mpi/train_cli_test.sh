@@ -5,7 +5,11 @@
 #     (every metrics.jsonl field that is not a timing) to a straight run to 8, on 2 ranks (dp2);
 #  2. a corrupted latest checkpoint is detected and the previous one used;
 #  3. SIGTERM mid-run: every rank exits 0 after writing a checkpoint of the step it finished;
-#  4. bad input (missing dataset) exits 2 on every rank before training.
+#  4. bad input (missing dataset) exits 2 on every rank before training;
+#  5. a fresh run into a directory that holds another run exits 2 naming it and the choices, and
+#     --overwrite replaces that run (metrics.jsonl then holds each step once);
+#  6. a resume that would change the learning rates of finished steps exits 2 unless confirmed
+#     with checkpoint.allow_changes, and one that does not (more steps during warm-up) says so.
 # Usage: train_cli_test.sh TANDEM_BINARY SOURCE_DIR MPIEXEC...
 set -uo pipefail
 tandem=$1 source_dir=$2; shift 2
@@ -62,6 +66,44 @@ if [ $rc -eq 2 ] && grep -q "data.path" "$work/missing.log" && ! grep -q '"step"
   ok "missing dataset: exit 2 naming data.path"
 else
   fail "missing dataset: exit $rc"; tail -3 "$work/missing.log"
+fi
+# 5. runs never overwrite each other (straight/ holds the 8 steps of test 1)
+train "$work/straight" 1 --set train.steps=2; rc=$?
+if [ $rc -eq 2 ] && grep -q "run.output_dir $work/straight holds another run (metrics.jsonl with 8 steps" "$work/straight.log" \
+   && grep -q -- "--overwrite" "$work/straight.log" && [ "$(wc -l <"$work/straight/metrics.jsonl")" -eq 8 ]; then
+  ok "re-run into a used directory: exit 2 naming it, the earlier run untouched"
+else
+  fail "re-run into a used directory: exit $rc"; tail -3 "$work/straight.log"
+fi
+timeout 120 "${mpiexec[@]}" -np 1 "$tandem" train "$source_dir/configs/tiny_moe.yaml" "${small[@]}" --overwrite \
+  --set run.output_dir="$work/straight" --set train.steps=2 >"$work/straight.log" 2>&1; rc=$?
+steps=$(grep -o '"step":[0-9]*' "$work/straight/metrics.jsonl" | tr '\n' ' ')
+if [ $rc -eq 0 ] && [ "$steps" = '"step":1 "step":2 ' ] && [ "$(ls "$work/straight/checkpoints" | grep -c step_)" -eq 1 ]; then
+  ok "--overwrite: the earlier run replaced, metrics.jsonl holds steps 1-2 once"
+else
+  fail "--overwrite: exit $rc, steps '$steps'"; tail -3 "$work/straight.log"
+fi
+
+# 6. resume changes (resumed/ holds step 8 of a run with 10 warm-up steps)
+if grep -q "resuming step 4 with train.steps 4 -> 8 (steps 1-4 keep their learning rates)" "$work/resumed.log"; then
+  ok "resume with more steps during warm-up: reported, allowed"
+else
+  fail "resume 4 -> 8 steps not reported"; grep -i "resum" "$work/resumed.log" | head -3
+fi
+train "$work/resumed" 1 --set train.steps=9 --set checkpoint.resume=auto --set optim.warmup_steps=2; rc=$?
+if [ $rc -eq 2 ] && grep -q "optim.warmup_steps 10 -> 2, train.steps 8 -> 9 (the learning rate of step 1 was" "$work/resumed.log" \
+   && grep -q "checkpoint.allow_changes=true" "$work/resumed.log"; then
+  ok "resume that reshapes the finished steps' learning rates: exit 2 naming the change"
+else
+  fail "resume with another warm-up: exit $rc"; tail -3 "$work/resumed.log"
+fi
+train "$work/resumed" 1 --set train.steps=9 --set checkpoint.resume=auto --set optim.warmup_steps=2 \
+  --set checkpoint.allow_changes=true; rc=$?
+if [ $rc -eq 0 ] && grep -q "with changes to its optimisation (checkpoint.allow_changes)" "$work/resumed.log" \
+   && [ "$(grep -c '"step":9' "$work/resumed/metrics.jsonl")" -eq 1 ]; then
+  ok "confirmed resume with changes: runs and says so"
+else
+  fail "confirmed resume: exit $rc"; tail -3 "$work/resumed.log"
 fi
 echo "$passed passed, $failures failed"
 [ "$failures" -eq 0 ]

@@ -41,12 +41,19 @@ PlacementReport check_rank_placement(const PlacementInputs& in) {
     }
   } else {
     const int busy = in.ranks_on_node * in.threads_per_rank;
-    if (busy > in.cpu_cores) {
+    if (busy > in.cpu_cores && in.threads_per_rank > 1) {
       report.warnings.push_back(fmt::format(
           "host {}: {} rank(s) x {} thread(s) = {} busy threads on {} CPU thread(s): the ranks will slow each other "
           "down; set OMP_NUM_THREADS={} or start fewer ranks per node",
           in.host, in.ranks_on_node, in.threads_per_rank, busy, in.cpu_cores,
           std::max(1, in.cpu_cores / std::max(1, in.ranks_on_node))));
+    } else if (busy > in.cpu_cores) {
+      // One thread per rank already: fewer threads cannot help, only fewer ranks. Common and
+      // harmless on a small machine (a pipeline's idle ranks leave their core to the busy ones).
+      report.info.push_back(fmt::format(
+          "host {}: {} ranks of one thread each share {} CPU thread(s), so they take turns; start at most {} ranks "
+          "per node for speed",
+          in.host, in.ranks_on_node, in.cpu_cores, in.cpu_cores));
     }
   }
   return report;

@@ -26,7 +26,7 @@ struct PlacementInputs {
 };
 
 struct PlacementReport {
-  std::vector<std::string> info;      // one line describing the node
+  std::vector<std::string> info;      // lines describing the node (and harmless crowding)
   std::vector<std::string> warnings;  // each mismatch, what it causes and how to fix it
   bool ok() const { return warnings.empty(); }
 };

@@ -1,11 +1,13 @@
 // `tandem` entry point and top-level error handling. Every command runs under one policy:
 //  - an error during set-up (bad config or data; before SetupGate::pass) is agreed on by all
 //    ranks, which exit together with the same code (2 for bad input);
-//  - an error afterwards is logged with rank, host and file:line on the failing rank, then
+//  - an error afterwards is logged with rank and host on the failing rank (file:line only for
+//    internal errors; the debug log has it for every error), then
 //    MPI_Abort ends every rank within seconds: a job never hangs on a dead peer.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <map>
 
@@ -72,7 +74,18 @@ int run(int argc, char** argv) {
   runtime::SignalWatcher signals;
   runtime::MpiSession session(&argc, &argv);
   const runtime::ProcessContext& process = session.context();
-  runtime::init_logging(process, {});
+  // Until a command loads its job's logging section: TANDEM_LOG_LEVEL=debug also shows, e.g.,
+  // where an error was raised.
+  runtime::LogOptions log_options;
+  if (const char* level = std::getenv("TANDEM_LOG_LEVEL"); level != nullptr && *level != '\0')
+    log_options.level = level;
+  try {
+    runtime::init_logging(process, log_options);
+  } catch (const Error&) {
+    runtime::init_logging(process, {});
+    TANDEM_LOG_WARN("launch", "TANDEM_LOG_LEVEL={} is not a level (trace, debug, info, warn, error); logging at info",
+                    log_options.level);
+  }
 
   CLI::App app{"tandem: pretraining of DeepSeek-V3-style Mixture-of-Experts models"};
   app.require_subcommand(1);
@@ -111,8 +124,15 @@ int run(int argc, char** argv) {
                     failed.exit_code);
     return failed.exit_code;
   } catch (const Error& error) {
+    // A user reads what went wrong and what to do; the source location helps only a developer
+    // (debug log), except for a broken invariant of tandem itself, which is a bug to report.
     const Error located = error.with_location(process.rank, process.host);
-    return handle_failure(exit_code_for(error.kind()), located.what(), error.what(), gate, process);
+    TANDEM_LOG_DEBUG("launch", "{}", located.what());
+    const std::string message = error.kind() == ErrorKind::kInternal
+                                    ? std::string(located.what())
+                                    : fmt::format("[rank {} on {}] {}: {}", process.rank, process.host,
+                                                  error_kind_name(error.kind()), error.message());
+    return handle_failure(exit_code_for(error.kind()), message, error.what(), gate, process);
   } catch (const std::exception& error) {
     return handle_failure(1,
                           fmt::format("[rank {} on {}] unexpected error: {}", process.rank, process.host, error.what()),
@@ -128,7 +148,8 @@ int main(int argc, char** argv) {
     return tandem::launch::run(argc, argv);
   } catch (const tandem::Error& error) {
     // MPI itself could not start: there is no job to coordinate with.
-    std::fprintf(stderr, "tandem: %s\n", error.what());
+    std::fprintf(stderr, "tandem: %s: %s\n", std::string(tandem::error_kind_name(error.kind())).c_str(),
+                 error.message().c_str());
     return tandem::exit_code_for(error.kind());
   }
 }

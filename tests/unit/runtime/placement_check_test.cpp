@@ -61,6 +61,16 @@ TEST(PlacementCheck, CpuOversubscriptionWarns) {
   expect_warning(check_rank_placement(in), {"8 rank(s) x 4 thread(s) = 32 busy threads on 16", "OMP_NUM_THREADS=2"});
   in.threads_per_rank = 2;
   EXPECT_TRUE(check_rank_placement(in).ok());
+  // One thread per rank already: OMP_NUM_THREADS cannot help, so no advice to set it, only a note.
+  in.ranks_on_node = 32;
+  in.threads_per_rank = 1;
+  const PlacementReport crowded = check_rank_placement(in);
+  EXPECT_TRUE(crowded.ok());
+  ASSERT_EQ(crowded.info.size(), 2u);
+  EXPECT_NE(crowded.info[1].find("32 ranks of one thread each share 16"), std::string::npos) << crowded.info[1];
+  EXPECT_EQ(crowded.info[1].find("OMP_NUM_THREADS"), std::string::npos) << crowded.info[1];
+  in.ranks_on_node = 8;
+  in.threads_per_rank = 2;
   // A cpu job on a GPU node ignores the GPUs.
   in.gpus_visible = 8;
   EXPECT_TRUE(check_rank_placement(in).ok());

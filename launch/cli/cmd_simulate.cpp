@@ -18,8 +18,10 @@
 #include "launch/config/config_loader.h"
 #include "launch/plan/job_costs.h"
 #include "launch/plan/memory_estimate.h"
+#include "runtime/device.h"
 #include "runtime/file_util.h"
 #include "runtime/process_context.h"
+#include "schedule/generators.h"
 #include "schedule/measured.h"
 #include "schedule/planner.h"
 
@@ -68,12 +70,44 @@ int simulate_measured(const SimulateOptions& options, const schedule::MeasuredSt
   return 0;
 }
 
+// What the columns mean, for --help (and docs/schedules.md#simulate-and-plan).
+constexpr const char* kColumnsHelp = R"help(
+Columns:
+  schedule     the pipeline schedule (parallel.pipeline.schedule)
+  M            micro-batches per step and pipeline (global batch / (mbs * dp))
+  v            model chunks (stages) each pipeline rank holds: 2 for DualPipe(V), virtual_stages if interleaved
+  mbs          micro-batch size (data.micro_batch_size)
+  step (ms)    predicted time of one optimizer step's forward and backward through the pipeline
+  bubble       share of the ranks' time spent idle in that step (waiting for a neighbour)
+  peak live    most micro-batch chunks whose activations one rank holds at once (activation memory)
+  params       parameters per rank, in units of one stage of a plain 1F1B pipeline (DualPipe: 2x)
+  memory/rank  estimated peak memory of the most loaded rank (weights, gradients, AdamW, activations);
+               "(over budget)" above hardware.gpu_memory_gib
+Times use the job's hardware section: a CPU job (run.device: cpu) runs at hardware.cpu_gflops_per_core
+per thread, otherwise at hardware.gpu_tflops, both times hardware.mfu_assumed. Schedules that cannot
+run this job are listed with the reason.)help";
+
 void add_job_options(CLI::App* command, SimulateOptions& options) {
   command->add_option("job", options.job_path, "Job YAML file")->required();
   command->add_option("--set", options.overrides, "Override a key: --set parallel.pp=8 (repeatable)");
-  command->add_option("--world", options.world, "Number of ranks (default: the MPI world size)")
+  command
+      ->add_option("--world", options.world,
+                   "Number of ranks (default: the MPI world size under mpirun, else the job's own: pp * tp * dp, "
+                   "dp 1 where derived)")
       ->check(CLI::PositiveNumber);
+  command->footer(kColumnsHelp);
 }
+
+// --world, else the MPI world when there is one, else the world the job file lays out.
+int64_t job_world(const SimulateOptions& options, const CommandEnv& env) {
+  if (options.world > 0) return options.world;
+  if (env.process.world_size > 1) return env.process.world_size;
+  return job_file_world(options.job_path, options.overrides);
+}
+
+// Intra-op threads of one rank of a CPU job of `world` ranks on this machine, as `tandem train`
+// would give it.
+int cpu_threads(int64_t world) { return runtime::threads_per_rank(static_cast<int>(world)); }
 
 struct Candidate {
   schedule::CompareRow row;
@@ -82,9 +116,9 @@ struct Candidate {
 };
 
 // Simulates every applicable schedule of `config` as it stands (its micro-batch count), with the
-// memory estimate of each.
-std::vector<Candidate> evaluate(const JobConfig& config, int virtual_stages) {
-  const JobWork work = job_work(config);
+// memory estimate of each. `threads`: intra-op threads per rank of a CPU job.
+std::vector<Candidate> evaluate(const JobConfig& config, int virtual_stages, int threads) {
+  const JobWork work = job_work(config, threads);
   const auto rows = schedule::compare_schedules(
       static_cast<int>(config.parallel.pp), static_cast<int>(config.parallel.pipeline.micro_batches), virtual_stages,
       schedule::work_cost_factory(work.layers, work.hardware, work.first_extra, work.last_extra));
@@ -115,15 +149,47 @@ std::string render(const std::vector<Candidate>& candidates, double budget_bytes
   return out;
 }
 
-std::string header(const JobConfig& config, int64_t world) {
-  const JobWork work = job_work(config);
+std::string header(const JobConfig& config, int64_t world, int threads) {
+  const JobWork work = job_work(config, threads);
+  const HardwareConfig& hw = config.hardware;
+  const std::string device =
+      config.run.device == runtime::DeviceKind::kCpu
+          ? fmt::format("CPU job: {} thread(s) per rank x {:.0f} GFLOP/s (hardware.cpu_gflops_per_core)", threads,
+                        hw.cpu_gflops_per_core)
+          : fmt::format("one GPU per rank at {:.0f} TFLOP/s (hardware.gpu_tflops)", hw.gpu_tflops);
+  // GFLOP below a TFLOP: the small jobs of a laptop would print 0.000 TFLOP.
+  const bool tera = work.layers.f_tflop >= 1.0;
+  const double scale = tera ? 1.0 : 1e3;
   return fmt::format(
-      "# {} on {} ranks: pp {} x dp {} x tp {}, ep {}; hardware {:.0f} TFLOP/s x {:.0f}% assumed, all-to-all "
-      "{:.0f} GB/s\n# one micro-batch through all decoder layers, per tensor-parallel rank: "
-      "F {:.3f} / B {:.3f} / W {:.3f} TFLOP, all-to-all {:.1f} MB\n",
-      config.run.name, world, config.parallel.pp, config.parallel.dp, config.parallel.tp, config.parallel.ep,
-      config.hardware.gpu_tflops, 100.0 * config.hardware.mfu_assumed, work.hardware.a2a_gbps, work.layers.f_tflop,
-      work.layers.b_tflop, work.layers.w_tflop, work.layers.f_a2a_bytes / 1e6);
+      "# {} on {} ranks: pp {} x dp {} x tp {}, ep {}\n# {} x {:.0f}% assumed (hardware.mfu_assumed) = {:.4g} "
+      "TFLOP/s per rank; all-to-all {:.0f} GB/s, p2p latency {:.0f} us\n# one micro-batch through all decoder "
+      "layers, per tensor-parallel rank: F {:.4g} / B {:.4g} / W {:.4g} {}FLOP, all-to-all {:.1f} MB\n",
+      config.run.name, world, config.parallel.pp, config.parallel.dp, config.parallel.tp, config.parallel.ep, device,
+      100.0 * hw.mfu_assumed, work.hardware.tflops, work.hardware.a2a_gbps, hw.p2p_latency_us,
+      work.layers.f_tflop * scale, work.layers.b_tflop * scale, work.layers.w_tflop * scale, tera ? "T" : "G",
+      work.layers.f_a2a_bytes / 1e6);
+}
+
+// The schedules absent from `shown`, each with why it cannot run this job (micro-batch count,
+// pipeline size, layers) as "# skipped: kind (reason); ...", or "" when none is.
+std::string skipped_schedules(const JobConfig& config, const std::vector<Candidate>& shown, int virtual_stages) {
+  std::vector<std::string> skipped;
+  for (const schedule::ScheduleKind kind : schedule::kAllScheduleKinds) {
+    const bool present =
+        std::any_of(shown.begin(), shown.end(), [&](const Candidate& c) { return c.row.kind == kind; });
+    if (present) continue;
+    const int v = kind == schedule::ScheduleKind::kInterleaved ? virtual_stages : 0;
+    const int pp = static_cast<int>(config.parallel.pp);
+    std::optional<std::string> reason =
+        schedule::precondition_violation(kind, pp, static_cast<int>(config.parallel.pipeline.micro_batches), v);
+    if (!reason) {  // evaluate() drops a schedule with more stages than layers
+      const int stages =
+          schedule::generate(kind, pp, static_cast<int>(config.parallel.pipeline.micro_batches), v).num_stages;
+      reason = fmt::format("needs {} stages, more than the model's {} layers", stages, config.model.num_hidden_layers);
+    }
+    skipped.push_back(fmt::format("{} ({})", schedule::schedule_kind_name(kind), *reason));
+  }
+  return skipped.empty() ? std::string() : fmt::format("# skipped: {}\n", fmt::join(skipped, "; "));
 }
 
 }  // namespace
@@ -143,7 +209,7 @@ CommandRunner add_simulate_command(CLI::App& app) {
     std::optional<schedule::MeasuredStep> measured;
     int64_t measured_world = 0;
     if (!options->measured_dir.empty()) measured = load_measured_step(options->measured_dir, measured_world);
-    const int64_t world = options->world > 0 ? options->world : measured ? measured_world : env.process.world_size;
+    const int64_t world = measured && options->world == 0 ? measured_world : job_world(*options, env);
     const JobConfig config = load_job_config(options->job_path, options->overrides, world);
     if (measured) {
       const schedule::Schedule& ran = measured->schedule;
@@ -160,7 +226,10 @@ CommandRunner add_simulate_command(CLI::App& app) {
     if (measured) return simulate_measured(*options, *measured);
     const int v = static_cast<int>(std::max<int64_t>(config.parallel.pipeline.virtual_stages, 2));
     const double budget = config.hardware.gpu_memory_gib * 1024.0 * 1024.0 * 1024.0;
-    const std::string out = header(config, world) + render(evaluate(config, v), budget);
+    const int threads = cpu_threads(world);
+    const std::vector<Candidate> candidates = evaluate(config, v, threads);
+    const std::string out = header(config, world, threads) + render(candidates, budget) +
+                            skipped_schedules(config, candidates, v);
     std::fputs(out.c_str(), stdout);
     return 0;
   };
@@ -173,10 +242,11 @@ CommandRunner add_plan_command(CLI::App& app) {
   add_job_options(command, *options);
   command->add_option("--top", options->top, "How many choices to print")->check(CLI::PositiveNumber);
   return [options](const CommandEnv& env) {
-    const int64_t world = options->world > 0 ? options->world : env.process.world_size;
+    const int64_t world = job_world(*options, env);
     const JobConfig config = load_job_config(options->job_path, options->overrides, world);
     env.setup.pass();
     if (!env.process.is_root()) return 0;
+    const int threads = cpu_threads(world);
     // The global batch is fixed; the micro-batch count moves with micro_batch_size.
     const int64_t sequences_per_dp_rank = config.data.global_batch_size / config.parallel.dp;
     std::vector<Candidate> all;
@@ -186,7 +256,7 @@ CommandRunner add_plan_command(CLI::App& app) {
       variant.data.micro_batch_size = mbs;
       variant.parallel.pipeline.micro_batches = sequences_per_dp_rank / mbs;
       for (int v : {2, 3, 4}) {
-        for (Candidate& candidate : evaluate(variant, v)) {
+        for (Candidate& candidate : evaluate(variant, v, threads)) {
           const bool interleaved = candidate.row.kind == schedule::ScheduleKind::kInterleaved;
           if (interleaved || v == 2) all.push_back(candidate);  // other kinds do not depend on v
         }
@@ -200,12 +270,13 @@ CommandRunner add_plan_command(CLI::App& app) {
     std::sort(fitting.begin(), fitting.end(),
               [](const Candidate& a, const Candidate& b) { return a.row.makespan < b.row.makespan; });
     if (static_cast<int64_t>(fitting.size()) > options->top) fitting.resize(static_cast<size_t>(options->top));
-    std::string out = header(config, world);
+    std::string out = header(config, world, threads);
     out += fmt::format("# {} choices simulated, {} fit in {:.0f} GiB per rank; fastest first\n", all.size(),
                        all.size() - std::count_if(all.begin(), all.end(),
                                                   [&](const Candidate& c) { return c.peak_memory_bytes > budget; }),
                        config.hardware.gpu_memory_gib);
     out += render(fitting, budget);
+    out += skipped_schedules(config, all, 2);
     std::fputs(out.c_str(), stdout);
     return 0;
   };

@@ -5,7 +5,15 @@
 
 namespace tandem::launch {
 
-JobWork job_work(const JobConfig& config) {
+double rank_sustained_tflops(const JobConfig& config, int cpu_threads) {
+  const HardwareConfig& hw = config.hardware;
+  const double peak_tflops = config.run.device == runtime::DeviceKind::kCpu
+                                 ? hw.cpu_gflops_per_core * static_cast<double>(cpu_threads) / 1000.0
+                                 : hw.gpu_tflops;
+  return peak_tflops * hw.mfu_assumed;
+}
+
+JobWork job_work(const JobConfig& config, int cpu_threads) {
   const model::ModelConfig& m = config.model;
   const parallel::ParallelConfig& p = config.parallel;
   const model::ModelSize size = model::compute_model_size(m);
@@ -46,7 +54,7 @@ JobWork job_work(const JobConfig& config) {
   const bool ep_inside_node = p.ep * p.tp <= hw.gpus_per_node;
   // Pipeline neighbours are dp*tp ranks apart in the default order.
   const bool pp_inside_node = p.dp * p.tp < hw.gpus_per_node;
-  work.hardware.tflops = hw.gpu_tflops * hw.mfu_assumed;
+  work.hardware.tflops = rank_sustained_tflops(config, cpu_threads);
   work.hardware.a2a_gbps = ep_inside_node ? hw.intra_node_gbps : hw.inter_node_gbps;
   work.hardware.p2p_gbps = pp_inside_node ? hw.intra_node_gbps : hw.inter_node_gbps;
   work.hardware.p2p_latency_ms = hw.p2p_latency_us / 1000.0;

@@ -25,7 +25,11 @@ import os
 import struct
 import sys
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError:
+    sys.exit("check_hf_export.py needs torch, which this python lacks: run it with the python ./bootstrap.sh "
+             "used (.venv/bin/python when it installed torch there)")
 
 DTYPES = {  # safetensors name -> (torch dtype, bytes per element)
     "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2),

@@ -5,8 +5,11 @@
       --title "tiny_moe: training loss" --hline 3.32 "unigram entropy"
 
 Plots `loss` against `step`, plus every other field given with --field (e.g. eval_loss, drawn
-where present), and optional horizontal reference lines. Uses only the standard library, so the
-project renders its own pictures on any machine with python3.
+where present), and optional horizontal reference lines. Losses (nats per token) share the top
+panel; any other field (lr, grad_norm, tokens_per_s, ...) gets a panel of its own below, with its
+own axis. A step that goes back (a restarted run appended to the same file) starts a new segment
+instead of a line jumping back. Uses only the standard library, so the project renders its own
+pictures on any machine with python3.
 """
 import argparse
 import json
@@ -28,6 +31,61 @@ def nice_ticks(low, high, count=6):
     return [round(i * step, 10) for i in range(first, last + 1)]
 
 
+LOSS_FIELDS = {"loss", "lm_loss", "mtp_loss", "aux_loss", "eval_loss"}
+PANEL_HEIGHT = 160  # each panel below the losses
+
+
+def segments(points):
+    """Splits (step, value) points where the step goes back: each piece is one run's stretch."""
+    pieces = [[]]
+    for x, y in points:
+        if pieces[-1] and x <= pieces[-1][-1][0]:
+            pieces.append([])
+        pieces[-1].append((x, y))
+    return pieces
+
+
+def draw_panel(out, top, height, x_ticks, series, hlines, unit, first_color):
+    """One axis box at y = top: grid, ticks, the series (each in segments) and reference lines."""
+    ys = [y for points in series.values() for _, y in points] + [v for v, _ in hlines]
+    y_ticks = nice_ticks(min(ys), max(ys), count=6 if height > 200 else 3)
+    x0, x1 = x_ticks[0], x_ticks[-1]
+    y0, y1 = y_ticks[0], y_ticks[-1]
+    bottom = top + height
+
+    def px(x):
+        return LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT)
+
+    def py(y):
+        return bottom - (y - y0) / ((y1 - y0) or 1.0) * height
+
+    for t in x_ticks:
+        out.append(f'<line x1="{px(t):.1f}" y1="{top}" x2="{px(t):.1f}" y2="{bottom}" stroke="#e5e5e5"/>')
+    for t in y_ticks:
+        out.append(f'<line x1="{LEFT}" y1="{py(t):.1f}" x2="{WIDTH - RIGHT}" y2="{py(t):.1f}" stroke="#e5e5e5"/>')
+        out.append(f'<text x="{LEFT - 8}" y="{py(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
+    out.append(f'<rect x="{LEFT}" y="{top}" width="{WIDTH - LEFT - RIGHT}" height="{height}" fill="none" '
+               f'stroke="#444"/>')
+    out.append(f'<text transform="translate(18 {top + height / 2}) rotate(-90)" text-anchor="middle">{unit}</text>')
+    for value, label in hlines:
+        out.append(f'<line x1="{LEFT}" y1="{py(value):.1f}" x2="{WIDTH - RIGHT}" y2="{py(value):.1f}" '
+                   f'stroke="#888" stroke-dasharray="6 4"/>')
+        out.append(f'<text x="{WIDTH - RIGHT - 6}" y="{py(value) + 16:.1f}" text-anchor="end" fill="#555">'
+                   f'{label} ({value:g})</text>')
+    for i, (name, points) in enumerate(series.items()):
+        color = COLORS[(first_color + i) % len(COLORS)]
+        pieces = segments(points)
+        path = " ".join(f"{'M' if j == 0 else 'L'}{px(x):.1f},{py(y):.1f}"
+                        for piece in pieces for j, (x, y) in enumerate(piece))
+        out.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+        if len(points) < 20:
+            out.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in points)
+        last = points[-1]
+        restarts = f", {len(pieces) - 1} restart(s)" if len(pieces) > 1 else ""
+        out.append(f'<text x="{WIDTH - RIGHT - 10}" y="{top + 18 + 16 * i}" text-anchor="end" fill="{color}">'
+                   f'{name}: {last[1]:.4g} at step {last[0]}{restarts}</text>')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("metrics")
@@ -44,50 +102,26 @@ def main():
     if "loss" not in series:
         sys.exit(f"{args.metrics}: no 'loss' values")
     hlines = [(float(v), label) for v, label in args.hline]
-    xs = [x for points in series.values() for x, _ in points]
-    ys = [y for points in series.values() for _, y in points] + [v for v, _ in hlines]
-    x_ticks = nice_ticks(0, max(xs))
-    y_ticks = nice_ticks(min(ys), max(ys))
-    x0, x1 = x_ticks[0], x_ticks[-1]
-    y0, y1 = y_ticks[0], y_ticks[-1]
+    losses = {f: p for f, p in series.items() if f in LOSS_FIELDS}
+    others = {f: p for f, p in series.items() if f not in LOSS_FIELDS}
+    height = HEIGHT + len(others) * (PANEL_HEIGHT + 20)
+    x_ticks = nice_ticks(0, max(x for points in series.values() for x, _ in points))
 
-    def px(x):
-        return LEFT + (x - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT)
-
-    def py(y):
-        return HEIGHT - BOTTOM - (y - y0) / (y1 - y0) * (HEIGHT - TOP - BOTTOM)
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
-           f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">',
-           f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>']
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
+           f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
+           f'<rect width="{WIDTH}" height="{height}" fill="white"/>']
     if args.title:
         out.append(f'<text x="{WIDTH / 2}" y="22" text-anchor="middle" font-size="15">{args.title}</text>')
+    draw_panel(out, TOP, HEIGHT - TOP - BOTTOM, x_ticks, losses, hlines, "nats / token", 0)
+    top = HEIGHT - BOTTOM + 20
+    for i, (name, points) in enumerate(others.items()):
+        draw_panel(out, top, PANEL_HEIGHT, x_ticks, {name: points}, [], name, len(losses) + i)
+        top += PANEL_HEIGHT + 20
+    x0, x1 = x_ticks[0], x_ticks[-1]
     for t in x_ticks:
-        out.append(f'<line x1="{px(t):.1f}" y1="{TOP}" x2="{px(t):.1f}" y2="{HEIGHT - BOTTOM}" stroke="#e5e5e5"/>')
-        out.append(f'<text x="{px(t):.1f}" y="{HEIGHT - BOTTOM + 18}" text-anchor="middle">{t:g}</text>')
-    for t in y_ticks:
-        out.append(f'<line x1="{LEFT}" y1="{py(t):.1f}" x2="{WIDTH - RIGHT}" y2="{py(t):.1f}" stroke="#e5e5e5"/>')
-        out.append(f'<text x="{LEFT - 8}" y="{py(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
-    out.append(f'<rect x="{LEFT}" y="{TOP}" width="{WIDTH - LEFT - RIGHT}" height="{HEIGHT - TOP - BOTTOM}" '
-               f'fill="none" stroke="#444"/>')
-    out.append(f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{HEIGHT - 12}" text-anchor="middle">step</text>')
-    out.append(f'<text transform="translate(18 {(TOP + HEIGHT - BOTTOM) / 2}) rotate(-90)" '
-               f'text-anchor="middle">nats / token</text>')
-    for value, label in hlines:
-        out.append(f'<line x1="{LEFT}" y1="{py(value):.1f}" x2="{WIDTH - RIGHT}" y2="{py(value):.1f}" '
-                   f'stroke="#888" stroke-dasharray="6 4"/>')
-        out.append(f'<text x="{WIDTH - RIGHT - 6}" y="{py(value) + 16:.1f}" text-anchor="end" fill="#555">'
-                   f'{label} ({value:g})</text>')
-    for i, (name, points) in enumerate(series.items()):
-        color = COLORS[i % len(COLORS)]
-        path = " ".join(f"{'M' if j == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for j, (x, y) in enumerate(points))
-        out.append(f'<path d="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
-        if len(points) < 20:
-            out.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"/>' for x, y in points)
-        last = points[-1]
-        out.append(f'<text x="{WIDTH - RIGHT - 10}" y="{TOP + 18 + 16 * i}" text-anchor="end" fill="{color}">'
-                   f'{name}: {last[1]:.3f} at step '
-                   f'{last[0]}</text>')
+        x = LEFT + (t - x0) / (x1 - x0) * (WIDTH - LEFT - RIGHT)
+        out.append(f'<text x="{x:.1f}" y="{top - 2}" text-anchor="middle">{t:g}</text>')
+    out.append(f'<text x="{(LEFT + WIDTH - RIGHT) / 2}" y="{top + 14}" text-anchor="middle">step</text>')
     out.append("</svg>")
     with open(args.out, "w") as f:
         f.write("\n".join(out) + "\n")

@@ -1,7 +1,8 @@
 // `tandem check-config JOB.yaml [--world N] [--set key=value ...]`: loads and validates a job
 // exactly as `train` would, then prints the resolved config, the rank layout, the parameter
-// count and a per-rank memory estimate. Under mpirun the world is the MPI world; --world sizes a
-// layout for a cluster you are not on (e.g. DeepSeek-V3 on 2048 GPUs).
+// count and a per-rank memory estimate. Under mpirun the world is the MPI world, outside it the
+// job's own (pp * tp * dp); --world sizes a layout for a cluster you are not on (e.g.
+// DeepSeek-V3 on 2048 GPUs).
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -95,16 +96,26 @@ void print_report(const JobConfig& config, int64_t world, bool quiet) {
 
 }  // namespace
 
+int64_t described_job_world(int64_t given, const CommandEnv& env, const std::string& job_path,
+                            const std::vector<std::string>& overrides) {
+  if (given > 0) return given;
+  if (env.process.world_size > 1) return env.process.world_size;
+  return job_file_world(job_path, overrides);
+}
+
 CommandRunner add_check_config_command(CLI::App& app) {
   auto options = std::make_shared<CheckConfigOptions>();
   CLI::App* command = app.add_subcommand("check-config", "Validate a job file and print its layout, size and memory");
   command->add_option("job", options->job_path, "Job YAML file")->required();
   command->add_option("--set", options->overrides, "Override a key: --set parallel.pp=2 (repeatable)");
-  command->add_option("--world", options->world, "Number of ranks to lay out (default: the MPI world size)")
+  command
+      ->add_option("--world", options->world,
+                   "Number of ranks to lay out (default: the MPI world size under mpirun, else the job's own: "
+                   "pp * tp * dp, dp 1 where derived)")
       ->check(CLI::PositiveNumber);
   command->add_flag("--quiet", options->quiet, "Omit the resolved config from the printout");
   return [options](const CommandEnv& env) {
-    const int64_t world = options->world > 0 ? options->world : env.process.world_size;
+    const int64_t world = described_job_world(options->world, env, options->job_path, options->overrides);
     const JobConfig config = load_job_config(options->job_path, options->overrides, world);
     env.setup.pass();
     if (env.process.is_root()) print_report(config, world, options->quiet);

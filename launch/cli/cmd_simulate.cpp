@@ -98,13 +98,6 @@ void add_job_options(CLI::App* command, SimulateOptions& options) {
   command->footer(kColumnsHelp);
 }
 
-// --world, else the MPI world when there is one, else the world the job file lays out.
-int64_t job_world(const SimulateOptions& options, const CommandEnv& env) {
-  if (options.world > 0) return options.world;
-  if (env.process.world_size > 1) return env.process.world_size;
-  return job_file_world(options.job_path, options.overrides);
-}
-
 // Intra-op threads of one rank of a CPU job of `world` ranks on this machine, as `tandem train`
 // would give it.
 int cpu_threads(int64_t world) { return runtime::threads_per_rank(static_cast<int>(world)); }
@@ -209,7 +202,9 @@ CommandRunner add_simulate_command(CLI::App& app) {
     std::optional<schedule::MeasuredStep> measured;
     int64_t measured_world = 0;
     if (!options->measured_dir.empty()) measured = load_measured_step(options->measured_dir, measured_world);
-    const int64_t world = measured && options->world == 0 ? measured_world : job_world(*options, env);
+    const int64_t world = measured && options->world == 0
+                              ? measured_world
+                              : described_job_world(options->world, env, options->job_path, options->overrides);
     const JobConfig config = load_job_config(options->job_path, options->overrides, world);
     if (measured) {
       const schedule::Schedule& ran = measured->schedule;
@@ -242,7 +237,7 @@ CommandRunner add_plan_command(CLI::App& app) {
   add_job_options(command, *options);
   command->add_option("--top", options->top, "How many choices to print")->check(CLI::PositiveNumber);
   return [options](const CommandEnv& env) {
-    const int64_t world = job_world(*options, env);
+    const int64_t world = described_job_world(options->world, env, options->job_path, options->overrides);
     const JobConfig config = load_job_config(options->job_path, options->overrides, world);
     env.setup.pass();
     if (!env.process.is_root()) return 0;

@@ -3,7 +3,10 @@
 // launch/cmd_*.cpp; main() knows nothing about any of them beyond this signature.
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <string>
+#include <vector>
 
 namespace CLI {
 class App;
@@ -38,6 +41,12 @@ struct CommandEnv {
   SetupGate& setup;
   runtime::SignalWatcher& signals;  // SIGINT/SIGTERM; a command that polls it calls set_graceful(true)
 };
+
+// The world a command that describes a job lays out: `given` (--world) when positive, else the
+// MPI world under mpirun, else the world the job file lays out by itself (pp * tp * dp, dp 1
+// where derived), so that outside mpirun a pipeline job is not refused for a world of 1.
+int64_t described_job_world(int64_t given, const CommandEnv& env, const std::string& job_path,
+                            const std::vector<std::string>& overrides);
 
 // Runs the command; returns the process exit code (0 ok, 2 bad input, 1 failure) or throws
 // tandem::Error, which the top-level handler turns into a logged message and that exit code.

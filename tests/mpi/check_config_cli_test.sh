@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The check-config acceptance on 4 ranks: a good layout exits 0 and prints the rank map; a
 # misspelt key, a negative size, a repeated key and a layout that does not divide the world each
-# exit 2 on every rank with a message naming the problem. Then simulate and plan outside mpirun. Usage: check_config_cli_test.sh TANDEM_BINARY SOURCE_DIR MPIEXEC...
+# exit 2 on every rank with a message naming the problem. Then simulate, plan and check-config
+# outside mpirun. Usage: check_config_cli_test.sh TANDEM_BINARY SOURCE_DIR MPIEXEC...
 set -uo pipefail
 tandem=$1 source_dir=$2; shift 2
 mpiexec=("$@")
@@ -46,8 +47,8 @@ expect 2 "parallel.pipeline.virtual_stages: the interleaved schedule needs virtu
 printf 'parallel:\n  pp: 4\n  tp: 1\n  pp: 2\n' >"$work/duplicate.yaml"
 expect 2 "duplicate.yaml:4: parallel.pp: duplicate key (already set at line 2)" check-config "$work/duplicate.yaml"
 
-# simulate and plan outside mpirun: the job's own world (pp 4), CPU speeds for a CPU job, the
-# schedules that cannot run it named with the reason, the columns explained in --help.
+# Outside mpirun: the job's own world (pp 4), and for simulate and plan CPU speeds for a CPU job,
+# the schedules that cannot run it named with the reason, the columns explained in --help.
 # check SUBJECT FRAGMENT...: every fragment is in $work/sim.txt.
 check() {
   local subject=$1 missing=""; shift
@@ -60,6 +61,8 @@ check "simulate: the job's 4 ranks at CPU speed, skipped schedules named" "tiny_
   "CPU job: " "hardware.cpu_gflops_per_core" "  dualpipe " "# skipped: " "interleaved ("
 "$tandem" plan "$job" --top 3 >"$work/sim.txt" 2>&1
 check "plan: the job's 4 ranks at CPU speed" "tiny_moe on 4 ranks" "CPU job: " "fastest first"
+"$tandem" check-config "$job" --quiet >"$work/sim.txt" 2>&1
+check "check-config outside mpirun: the job's own 4 ranks" "4 ranks = pp 4 x dp 1 x tp 1"
 "$tandem" simulate --help >"$work/sim.txt" 2>&1
 check "simulate --help explains the columns" "Columns:" "bubble       share of the ranks' time" "peak live"
-[ "$failures" -eq 0 ] && echo "11 passed, 0 failed" || { echo "$((11 - failures)) passed, $failures failed"; exit 1; }
+[ "$failures" -eq 0 ] && echo "12 passed, 0 failed" || { echo "$((12 - failures)) passed, $failures failed"; exit 1; }

@@ -89,6 +89,17 @@ CommandRunner add_train_command(CLI::App& app) {
     env.signals.set_graceful(true);  // a stop signal ends the run after the step, with a checkpoint
     std::vector<std::string> overrides = options->overrides;
     if (options->overwrite) overrides.emplace_back("run.overwrite=true");
+    if (env.process.world_size == 1) {
+      // Started as one process (no mpirun): say how to start a job that lays out several ranks,
+      // rather than only that a world of 1 does not divide by its pp.
+      const int64_t own = job_file_world(options->job_path, overrides);
+      TANDEM_CHECK_CONFIG(
+          own == 1,
+          "{}: this job lays out {} ranks (parallel.pp * tp * dp) but runs as one process; start "
+          "it with `mpirun -np {} build/bin/tandem train {} ...` (add --oversubscribe when the "
+          "machine has fewer cores), or lay it out for one process (parallel.pp, tp and dp 1, schedule 1f1b)",
+          options->job_path, own, own, options->job_path);
+    }
     JobConfig config = load_job_config(options->job_path, overrides, env.process.world_size);
     runtime::init_logging(env.process, {config.logging.level, config.logging.all_ranks, ""});
     Trainer trainer(config, env.process, env.signals, TrainerOptions{options->verbose});

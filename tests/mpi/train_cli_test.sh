@@ -5,7 +5,8 @@
 #     (every metrics.jsonl field that is not a timing) to a straight run to 8, on 2 ranks (dp2);
 #  2. a corrupted latest checkpoint is detected and the previous one used;
 #  3. SIGTERM mid-run: every rank exits 0 after writing a checkpoint of the step it finished;
-#  4. bad input (missing dataset) exits 2 on every rank before training;
+#  4. bad input (missing dataset) exits 2 on every rank before training, and a pipeline job
+#     started as one process exits 2 saying how to start it;
 #  5. a fresh run into a directory that holds another run exits 2 naming it and the choices, and
 #     --overwrite replaces that run (metrics.jsonl then holds each step once);
 #  6. a resume that would change the learning rates of finished steps exits 2 unless confirmed
@@ -67,6 +68,14 @@ if [ $rc -eq 2 ] && grep -q "data.path" "$work/missing.log" && ! grep -q '"step"
 else
   fail "missing dataset: exit $rc"; tail -3 "$work/missing.log"
 fi
+# 4b. a pipeline job started without mpirun: exit 2 saying how to start it
+"$tandem" train "$source_dir/configs/tiny_moe.yaml" >"$work/alone.log" 2>&1; rc=$?
+if [ $rc -eq 2 ] && grep -q "lays out 4 ranks .* start it with \`mpirun -np 4 " "$work/alone.log"; then
+  ok "pp 4 job as one process: exit 2 with the mpirun command"
+else
+  fail "pp 4 job as one process: exit $rc"; tail -2 "$work/alone.log"
+fi
+
 # 5. runs never overwrite each other (straight/ holds the 8 steps of test 1)
 train "$work/straight" 1 --set train.steps=2; rc=$?
 if [ $rc -eq 2 ] && grep -q "run.output_dir $work/straight holds another run (metrics.jsonl with 8 steps" "$work/straight.log" \

@@ -113,6 +113,14 @@ void TensorBoardWriter::add_scalars(int64_t step, const std::vector<std::pair<st
   write_event(event.SerializeAsString());
 }
 
+void TensorBoardWriter::add_session_start(int64_t step) {
+  tandem::tensorboard::Event event;
+  event.set_wall_time(now_seconds());
+  event.set_step(step);
+  event.mutable_session_log()->set_status(tandem::tensorboard::SessionLog::START);
+  write_event(event.SerializeAsString());
+}
+
 void TensorBoardWriter::add_scalar(int64_t step, std::string_view tag, double value) {
   add_scalars(step, {{std::string(tag), value}});
 }

@@ -40,6 +40,10 @@ class TensorBoardWriter {
   // the current wall time. Buffered until flush(). Throws kIo.
   void add_scalars(int64_t step, const std::vector<std::pair<std::string, double>>& values);
   void add_scalar(int64_t step, std::string_view tag, double value);
+  // A SessionLog START event at `step`: TensorBoard then hides what earlier event files hold
+  // for steps >= `step`, the steps a resumed run redoes (torch's SummaryWriter(purge_step) does
+  // the same). Buffered until flush(). Throws kIo.
+  void add_session_start(int64_t step);
 
   // Pushes buffered records to the OS (no fsync: event files are advisory). Throws kIo.
   void flush();

@@ -46,6 +46,8 @@ StepLogger::StepLogger(const JobConfig& config, const runtime::ProcessContext& p
       std::make_unique<runtime::MetricsWriter>(config.run.output_dir + "/metrics.jsonl", resumed_step.value_or(0));
   if (config.logging.tensorboard) {
     tensorboard_ = std::make_unique<runtime::TensorBoardWriter>(config.run.output_dir + "/tensorboard", process.host);
+    // The dead run's events after the resumed step stay in its file: TensorBoard hides them.
+    if (resumed_step) tensorboard_->add_session_start(*resumed_step + 1);
   }
 }
 

@@ -1,5 +1,6 @@
 // StepLogger: metrics.jsonl never holds a step twice (a fresh start drops an earlier file's
-// lines, a resume those after its step), and TensorBoard gets every series metrics.jsonl has.
+// lines, a resume those after its step; TensorBoard is told to hide them), and TensorBoard gets
+// every series metrics.jsonl has.
 #include "launch/train/step_logger.h"
 
 #include <gtest/gtest.h>
@@ -47,6 +48,14 @@ TEST(StepLogger, MetricsNeverHoldAStepTwice) {
   log_steps(config, 2, 3, 4);  // resumed from step 2: the dead run's step 3 goes
   EXPECT_EQ(lines(dir / "run/metrics.jsonl"),
             (std::vector<std::string>{"{\"step\":1", "{\"step\":2", "{\"step\":3", "{\"step\":4"}));
+  // TensorBoard keeps the dead run's file; the resumed run's starts with a SessionLog START at
+  // step 3 (field 6 {status: START}), on which TensorBoard hides the dead run's step 3.
+  int marked = 0;
+  for (const std::string& name : runtime::list_directory(dir / "run/tensorboard")) {
+    const std::string events = runtime::read_file(dir / "run/tensorboard/" + name);
+    if (events.find(std::string("\x10\x03\x32\x02\x08\x01", 6)) != std::string::npos) ++marked;
+  }
+  EXPECT_EQ(marked, 1) << "one event file with a restart marker at step 3";
   log_steps(config, std::nullopt, 1, 1);  // a fresh start (run.overwrite) replaces them all
   EXPECT_EQ(lines(dir / "run/metrics.jsonl"), (std::vector<std::string>{"{\"step\":1"}));
 }

@@ -70,10 +70,12 @@ struct DecodedEvent {
   double wall_time = 0;
   int64_t step = 0;
   std::string file_version;
+  int64_t session_status = 0;  // SessionLog.status; 1 = START
   std::vector<std::pair<std::string, float>> scalars;
 };
 
-// Event{double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5}
+// Event{double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
+// SessionLog session_log = 6}; SessionLog{SessionStatus status = 1}.
 // Summary{repeated Value value = 1}; Value{string tag = 1; float simple_value = 2}.
 DecodedEvent decode_event(const std::string& data) {
   DecodedEvent event;
@@ -81,7 +83,11 @@ DecodedEvent decode_event(const std::string& data) {
     if (field.number == 1 && field.wire_type == 1) std::memcpy(&event.wall_time, field.bytes.data(), 8);
     else if (field.number == 2 && field.wire_type == 0) event.step = static_cast<int64_t>(field.varint);
     else if (field.number == 3 && field.wire_type == 2) event.file_version = field.bytes;
-    else if (field.number == 5 && field.wire_type == 2) {
+    else if (field.number == 6 && field.wire_type == 2) {
+      for (const Field& part : parse_fields(field.bytes)) {
+        if (part.number == 1 && part.wire_type == 0) event.session_status = static_cast<int64_t>(part.varint);
+      }
+    } else if (field.number == 5 && field.wire_type == 2) {
       for (const Field& value : parse_fields(field.bytes)) {
         EXPECT_EQ(value.number, 1);
         std::string tag;
@@ -143,6 +149,24 @@ TEST(TensorBoardWriter, WritesCheckedRecordsThatDecodeAsEvents) {
   std::memcpy(&data_crc, bytes.data() + 12 + length, 4);
   EXPECT_EQ(length_crc, mask_crc32c(crc32c(bytes.data(), 8)));
   EXPECT_EQ(data_crc, mask_crc32c(crc32c(records[0])));
+}
+
+TEST(TensorBoardWriter, SessionStartMarksARestartAtItsStep) {
+  TempDir dir;
+  std::string path;
+  {
+    TensorBoardWriter writer(dir.path(), "h");
+    writer.add_session_start(11);
+    writer.add_scalar(11, "train/loss", 3.0);
+    writer.flush();
+    path = writer.path();
+  }
+  const std::vector<std::string> records = read_tfrecords(path);
+  ASSERT_EQ(records.size(), 3u);
+  const DecodedEvent start = decode_event(records[1]);
+  EXPECT_EQ(start.step, 11);
+  EXPECT_EQ(start.session_status, 1) << "SessionLog.START, which TensorBoard purges later steps on";
+  EXPECT_TRUE(start.scalars.empty());
 }
 
 TEST(TensorBoardWriter, TwoWritersInOneSecondGetTwoFiles) {

@@ -20,10 +20,10 @@ namespace {
 bool starts_with(const std::string& text, const char* prefix) { return text.rfind(prefix, 0) == 0; }
 
 // Keys that change how the job is laid out or computed, not what it computes (a checkpoint
-// reshards into any layout; micro-batching and recomputation change rounding at most).
+// reshards into any layout; micro-batching, recomputation and CUDA graphs change rounding at most).
 bool is_layout_key(const std::string& key) {
   return starts_with(key, "parallel.") || key == "data.micro_batch_size" || starts_with(key, "train.recompute") ||
-         key == "run.device";
+         key == "train.cuda_graph" || key == "run.device";
 }
 
 // Keys that only say where and how often things are written or logged.

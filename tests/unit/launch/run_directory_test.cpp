@@ -82,6 +82,13 @@ TEST(RunDirectory, ResumeSortsChanges) {
   EXPECT_TRUE(changes.schedule.empty());
   ASSERT_GE(changes.layout.size(), 2u);
   EXPECT_EQ(changes.layout[0], "parallel.pp 4 -> 1");
+  // Replaying CUDA graphs computes the same steps: reported as another layout, allowed. (Set
+  // directly: the default job's CPU pipeline cannot record graphs, and only the keys count.)
+  JobConfig graphed = saved;
+  graphed.train.cuda_graph = true;
+  changes = compare_for_resume(saved, graphed, 50);
+  EXPECT_TRUE(changes.optimisation.empty());
+  EXPECT_EQ(changes.layout, (std::vector<std::string>{"train.cuda_graph false -> true"}));
   // More steps during warm-up (10 steps): the finished steps keep their learning rates.
   changes = compare_for_resume(saved, tiny({"train.steps=200"}), 4);
   EXPECT_TRUE(changes.optimisation.empty());

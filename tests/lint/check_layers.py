@@ -19,6 +19,7 @@ LAYERS = [
     "parallel",
     "model",
     "schedule/executor",
+    "launch/post_train",
     "launch/config",
     "launch/plan",
     "launch/train",

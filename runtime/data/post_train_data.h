@@ -86,9 +86,9 @@ struct DpoData {
 };
 
 struct RlPrompt {
-  int64_t prompt_id = 0;  // 0-based index among the file's records (blank lines not counted)
-  int64_t line = 0;       // 1-based line of the JSONL file
-  std::string prompt_text;
+  int64_t prompt_id = 0;        // 0-based index among the file's records (blank lines not counted)
+  int64_t line = 0;             // 1-based line of the JSONL file
+  std::string prompt_text;      // as the file has it (not truncated), for rewards and logs
   std::vector<int64_t> prompt;  // BOS + prompt (after truncation)
   std::string answer;           // the reference answer, for the reward
   bool truncated = false;

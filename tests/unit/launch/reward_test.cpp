@@ -3,6 +3,7 @@
 // shell commands: scores in input order, a large batch that would deadlock without concurrent
 // reading and writing, and every way a command can fail (timeout, exit status, signal, a bad
 // line, too few or too many lines), each with a message that says what happened.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -156,6 +157,15 @@ TEST(Reward, CommandThatIgnoresItsInputStillWorks) {
   std::vector<RewardItem> items(2, RewardItem{"p", std::string(2 << 20, 'x'), "a"});
   EXPECT_EQ(make_reward(command_config("echo 0.5; echo -1e-3"))->score(items).rewards,
             (std::vector<double>{0.5, -1e-3}));
+}
+
+TEST(Reward, CommandInheritsOnlyItsStandardStreams) {
+  const int fd = ::open("/dev/null", O_RDONLY);  // no O_CLOEXEC, as MPI's or NCCL's might be
+  ASSERT_GE(fd, 3);
+  const std::string path = "/proc/$$/fd/" + std::to_string(fd);
+  const auto reward = make_reward(command_config("if [ -e " + path + " ]; then echo 0; else echo 1; fi"));
+  EXPECT_EQ(reward->score(items_of({{"a", "a"}})).rewards, std::vector<double>{1});
+  ::close(fd);
 }
 
 bool process_is_gone(pid_t pid) {

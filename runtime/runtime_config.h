@@ -17,6 +17,7 @@ struct CheckpointConfig {
   std::string resume = "auto";  // auto | none | path to a checkpoint directory
   bool save_on_exit = true;
   bool allow_changes = false;  // resume although the job changes how the optimisation continues
+  std::string init_from;       // a tandem checkpoint whose weights start a new run (fine-tuning)
 
   template <class V>
   void visit(V& v) {
@@ -30,6 +31,10 @@ struct CheckpointConfig {
     v("allow_changes", allow_changes,
       {.doc = "Resume even though the job changes the optimisation of the resumed run (learning rates of its "
               "finished steps, batch, optimizer, data, model, seed); the changes are logged either way"});
+    v("init_from", init_from,
+      {.doc = "A tandem checkpoint (step directory, or a root whose newest valid one is taken) whose model weights "
+              "start this run, written by any layout (fine-tuning, post-training); optimizer state, step and data "
+              "position start fresh. A resume of this run's own checkpoints takes precedence"});
   }
 };
 

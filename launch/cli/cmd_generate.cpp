@@ -17,7 +17,7 @@
 #include "launch/cli/command.h"
 #include "launch/config/config_loader.h"
 #include "launch/export/checkpoint_inspect.h"
-#include "launch/export/checkpoint_weights.h"
+#include "launch/train/checkpoint_weights.h"
 #include "launch/train/training_device.h"
 #include "model/generation.h"
 #include "parallel/host_staged_communicator.h"
@@ -170,7 +170,8 @@ std::vector<std::string> gather_lines(parallel::Communicator& world, const std::
 
 int run_generate(const GenerateOptions& options, const CommandEnv& env) {
   const std::vector<Prompt> prompts = read_prompts(options);
-  const runtime::LoadedCheckpoint checkpoint = runtime::load_checkpoint(resolve_checkpoint_dir(options.checkpoint));
+  const runtime::LoadedCheckpoint checkpoint =
+      load_weights_checkpoint(options.checkpoint, "tandem generate CHECKPOINT");
   const JobConfig config = generation_config(checkpoint, options.overrides, env.process.world_size);
   const model::SamplingOptions sampling = tokenizer_sampling(options);
   model::Generator::check(sampling);

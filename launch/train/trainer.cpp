@@ -13,6 +13,7 @@
 
 #include "launch/config/config_loader.h"
 #include "launch/plan/memory_estimate.h"
+#include "launch/train/checkpoint_weights.h"
 #include "launch/train/checkpointer.h"
 #include "launch/train/lr_schedule.h"
 #include "launch/train/pipeline_runner.h"
@@ -80,6 +81,8 @@ struct Trainer::State {
   TrainingDevice device;
   TrainingData data;
   StepTracing tracing;
+  // checkpoint.init_from, verified at set-up; its weights start the model (before any resume).
+  std::optional<runtime::LoadedCheckpoint> init_weights;
   int threads = 1;   // intra-op threads of this rank
   int64_t step = 0;  // optimizer steps completed
 
@@ -98,7 +101,11 @@ struct Trainer::State {
         signals(watcher),
         device(resolve_training_device(config, context.local_rank, context.host)),
         data(config, layout.coord(context.rank).dp, layout.dp_size()),
-        tracing(config, context.rank, device.device.is_cuda() ? device.device.index() : -1) {}
+        tracing(config, context.rank, device.device.is_cuda() ? device.device.index() : -1) {
+    if (!config.checkpoint.init_from.empty()) {
+      init_weights = load_weights_checkpoint(config.checkpoint.init_from, "checkpoint.init_from");
+    }
+  }
 
   void set_up(const parallel::ProcessGrid& grid);
   void log_start() const;
@@ -157,6 +164,16 @@ void Trainer::State::set_up(const parallel::ProcessGrid& job_grid) {
   tracing.instrument(groups);
   runner = make_step_runner(config, job_grid, groups, device, job_objective(config));
   const std::vector<parallel::ShardedParam> params = runner->sharded_parameters();
+  if (init_weights) {
+    // Before the optimizer copies the parameters into its buffers; a resume below overrides them.
+    load_weights(*init_weights, params, runner->named_buffers(/*stored_only=*/false));
+    if (process.is_root()) {
+      TANDEM_LOG_INFO("train",
+                      "checkpoint.init_from: weights of step {} from {} (optimizer, step and data start fresh)",
+                      init_weights->step, init_weights->dir);
+    }
+    init_weights.reset();  // the reader's mappings are no longer needed
+  }
   int64_t local_params = 0;  // counted before ZeRO-3 releases the storage
   for (const parallel::ShardedParam& p : params) local_params += p.param.numel();
   optimizer =

@@ -59,6 +59,63 @@ at::Tensor decoding_positions(const std::vector<Row>& rows, int64_t first, int64
   return (at::arange(first, first + n, at::kLong).view({1, n}) - pad).clamp_min(0);  // [B, n]
 }
 
+// One row per request, or a single placeholder when there is none (it keeps this rank's
+// forwards in step with the others and is never sampled). Checks every prompt.
+std::vector<Row> make_rows(const std::vector<GenerationRequest>& requests, int64_t vocab) {
+  std::vector<Row> rows;
+  for (const GenerationRequest& r : requests) {
+    TANDEM_CHECK_INPUT(!r.prompt.empty(), "prompt {} (sample {}) is empty", r.prompt_id, r.sample_id);
+    for (int64_t id : r.prompt) {
+      TANDEM_CHECK_INPUT(id >= 0 && id < vocab, "prompt {} holds token id {} outside the vocabulary [0, {})",
+                         r.prompt_id, id, vocab);
+    }
+    Row row{.request = &r, .active = true};
+    row.completion.prompt_id = r.prompt_id;
+    row.completion.sample_id = r.sample_id;
+    rows.push_back(std::move(row));
+  }
+  if (rows.empty()) rows.push_back({.request = nullptr});
+  return rows;
+}
+
+// The prompts right-aligned in [B, L] (L the longest); sets each row's padding.
+at::Tensor left_padded_prompts(std::vector<Row>& rows) {
+  const std::vector<int64_t> placeholder{0};
+  auto prompt_of = [&](const Row& r) -> const std::vector<int64_t>& {
+    return r.request ? r.request->prompt : placeholder;
+  };
+  int64_t longest = 0;
+  for (const Row& r : rows) longest = std::max<int64_t>(longest, static_cast<int64_t>(prompt_of(r).size()));
+  at::Tensor tokens = at::zeros({static_cast<int64_t>(rows.size()), longest}, at::kLong);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const std::vector<int64_t>& prompt = prompt_of(rows[i]);
+    rows[i].padding = longest - static_cast<int64_t>(prompt.size());
+    tokens[static_cast<int64_t>(i)]
+        .narrow(0, rows[i].padding, static_cast<int64_t>(prompt.size()))
+        .copy_(at::tensor(prompt, at::kLong));
+  }
+  return tokens;
+}
+
+// Draws row's token of `step` from its logits [V] and applies the stop rules.
+int64_t sample_next(Row& row, const at::Tensor& logits, int64_t step, const SamplingOptions& options) {
+  Completion& c = row.completion;
+  const int64_t token = sample_token(logits, options, sampling_uniform(options.seed, c.prompt_id, c.sample_id, step));
+  c.tokens.push_back(token);
+  c.logprobs.push_back(at::log_softmax(logits, 0)[token].item<float>());
+  const auto& stops = options.stop_token_ids;
+  if (std::find(stops.begin(), stops.end(), token) != stops.end()) {
+    c.finish_reason = "stop_token";
+  } else if (std::any_of(options.stop_sequences.begin(), options.stop_sequences.end(),
+                         [&](const std::vector<int64_t>& s) { return ends_with(c.tokens, s); })) {
+    c.finish_reason = "stop_sequence";
+  } else if (step + 1 == options.max_new_tokens) {
+    c.finish_reason = "length";
+  }
+  row.active = c.finish_reason.empty();
+  return token;
+}
+
 }  // namespace
 
 double sampling_uniform(uint64_t seed, int64_t prompt_id, int64_t sample_id, int64_t step) {
@@ -114,31 +171,9 @@ std::vector<Completion> Generator::generate(const std::vector<GenerationRequest>
   Stage::Impl& impl = model_.whole().impl();
   model_.train(false);
   const at::Device device = impl.embed->weight.device();
-  const int64_t vocab = model_.config().vocab_size;
-
-  std::vector<Row> rows;
-  const GenerationRequest placeholder{.prompt_id = -1, .sample_id = -1, .prompt = {0}};
-  for (const GenerationRequest& r : requests) rows.push_back({.request = &r, .active = true});
-  if (rows.empty()) rows.push_back({.request = nullptr});  // keeps this rank's forwards in step
-  int64_t longest = 0;
-  for (Row& row : rows) {
-    const GenerationRequest& r = row.request ? *row.request : placeholder;
-    TANDEM_CHECK_INPUT(!r.prompt.empty(), "prompt {} (sample {}) is empty", r.prompt_id, r.sample_id);
-    for (int64_t id : r.prompt) {
-      TANDEM_CHECK_INPUT(id >= 0 && id < vocab, "prompt {} holds token id {} outside the vocabulary [0, {})",
-                         r.prompt_id, id, vocab);
-    }
-    longest = std::max<int64_t>(longest, static_cast<int64_t>(r.prompt.size()));
-    row.completion.prompt_id = r.prompt_id;
-    row.completion.sample_id = r.sample_id;
-  }
-  const int64_t b = static_cast<int64_t>(rows.size());
-  at::Tensor tokens = at::zeros({b, longest}, at::kLong);
-  for (int64_t i = 0; i < b; ++i) {
-    const std::vector<int64_t>& prompt = rows[i].request ? rows[i].request->prompt : placeholder.prompt;
-    rows[i].padding = longest - static_cast<int64_t>(prompt.size());
-    tokens[i].narrow(0, rows[i].padding, static_cast<int64_t>(prompt.size())).copy_(at::tensor(prompt, at::kLong));
-  }
+  std::vector<Row> rows = make_rows(requests, model_.config().vocab_size);
+  const at::Tensor tokens = left_padded_prompts(rows);  // [B, L]
+  const int64_t b = tokens.size(0), longest = tokens.size(1);
 
   detail::KvCache cache{.capacity = longest + options_.max_new_tokens};
   stats_ = {};
@@ -155,26 +190,10 @@ std::vector<Completion> Generator::generate(const std::vector<GenerationRequest>
     at::Tensor next = at::zeros({b, 1}, at::kLong);
     bool any_active = false;
     for (int64_t i = 0; i < b; ++i) {
-      Row& row = rows[i];
-      if (!row.active) continue;
-      Completion& c = row.completion;
-      const int64_t token =
-          sample_token(logits[i], options_, sampling_uniform(options_.seed, c.prompt_id, c.sample_id, step));
-      c.tokens.push_back(token);
-      c.logprobs.push_back(at::log_softmax(logits[i], 0)[token].item<float>());
-      next[i][0] = token;
+      if (!rows[i].active) continue;
+      next[i][0] = sample_next(rows[i], logits[i], step, options_);
       ++stats_.new_tokens;
-      if (std::find(options_.stop_token_ids.begin(), options_.stop_token_ids.end(), token) !=
-          options_.stop_token_ids.end()) {
-        c.finish_reason = "stop_token";
-      } else if (std::any_of(options_.stop_sequences.begin(), options_.stop_sequences.end(),
-                             [&](const std::vector<int64_t>& s) { return ends_with(c.tokens, s); })) {
-        c.finish_reason = "stop_sequence";
-      } else if (step + 1 == options_.max_new_tokens) {
-        c.finish_reason = "length";
-      }
-      row.active = c.finish_reason.empty();
-      any_active = any_active || row.active;
+      any_active = any_active || rows[i].active;
     }
     if (step + 1 == options_.max_new_tokens) break;  // the same step on every rank
     if (lockstep_ && lockstep_->size() > 1) {
